@@ -1,0 +1,1065 @@
+//! The per-stream meter: SSE framing → delta extraction → exact token count → forward /
+//! truncate / pause decision, in one pass over each network read.
+//!
+//! Forwarding works on whole event blocks. Bytes of a block that has not ended yet are held
+//! back until it ends (usually the next read), which costs no latency in practice (upstreams
+//! write whole events) and buys two guarantees: a cut or an error ending never lands in the
+//! middle of a half-sent line, and a limit is checked before any byte of the event that would
+//! cross it leaves. Everything that is forwarded is the upstream's original bytes.
+//!
+//! Two allowances gate billed text:
+//! - `limit`: a hard cap on delivered completion tokens. The first event whose text would take
+//!   the count past it is not forwarded; the format's synthetic ending is, and the stream is
+//!   over (`Truncated`). With `shadow` the cap is only observed (`would_truncate_at`).
+//! - `credit`: prepaid or leased headroom. When an event would overrun it the meter stops
+//!   before that event (`Paused`) and keeps the rest; `grant` adds headroom and resumes from
+//!   exactly that event. `truncate` ends a paused stream instead.
+
+use crate::endings::{ending, EndingParams, EndingStyle, StreamSnapshot};
+use crate::extract::{
+    extract, Anomaly, AnomalyKind, Channel, EventKind, Extracted, Format, StreamError,
+    StreamInfo, Usage,
+};
+use crate::sse::{Flow, RawEvent, SseDecoder, DEFAULT_MAX_EVENT_SIZE};
+use crate::tokens::{resolve_model, Encoding, IncrementalCounter, Provenance};
+
+#[derive(Debug, Clone)]
+pub struct MeterConfig {
+    /// `None`: detect from the first event.
+    pub format: Option<Format>,
+    /// Model whose tokenizer counts; `None`: the model the stream names.
+    pub model: Option<String>,
+    /// Explicit encoding, overriding the model table.
+    pub encoding: Option<Encoding>,
+    pub max_event_size: usize,
+    pub limit: Option<u64>,
+    pub shadow: bool,
+    pub ending: EndingStyle,
+    /// Prompt tokens counted at admission, reported in synthetic usage.
+    pub prompt_tokens: Option<u64>,
+    pub credit: Option<u64>,
+}
+
+impl Default for MeterConfig {
+    fn default() -> Self {
+        MeterConfig {
+            format: None,
+            model: None,
+            encoding: None,
+            max_event_size: DEFAULT_MAX_EVENT_SIZE,
+            limit: None,
+            shadow: false,
+            ending: EndingStyle::Graceful,
+            prompt_tokens: None,
+            credit: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MeterState {
+    /// Forwarding; the upstream has not signalled its end.
+    Streaming,
+    /// Waiting for credit; the rest of the stream is kept.
+    Paused,
+    /// The end-of-stream marker went through (`[DONE]`, `message_stop`, terminal response).
+    Finished,
+    /// Cut at the limit (or by `truncate`), ending sent.
+    Truncated,
+    /// Framing failed or the stream was ended with an error ending.
+    Failed,
+}
+
+impl MeterState {
+    pub fn name(self) -> &'static str {
+        match self {
+            MeterState::Streaming => "streaming",
+            MeterState::Paused => "paused",
+            MeterState::Finished => "finished",
+            MeterState::Truncated => "truncated",
+            MeterState::Failed => "failed",
+        }
+    }
+}
+
+/// Bytes to send to the client for one call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Forward {
+    /// Exactly the input chunk (the common case; lets the binding skip a copy).
+    Input,
+    Bytes(Vec<u8>),
+}
+
+impl Forward {
+    pub fn to_vec(&self, input: &[u8]) -> Vec<u8> {
+        match self {
+            Forward::Input => input.to_vec(),
+            Forward::Bytes(b) => b.clone(),
+        }
+    }
+
+    pub fn len(&self, input: &[u8]) -> usize {
+        match self {
+            Forward::Input => input.len(),
+            Forward::Bytes(b) => b.len(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct FeedOutcome {
+    pub forward: Forward,
+    /// Events dispatched by this call (including one held back by a pause or cut).
+    pub events: u32,
+    /// Absolute stream spans of those events.
+    pub spans: Vec<(u64, u64)>,
+    /// Anomalies raised by this call.
+    pub anomalies: Vec<Anomaly>,
+    /// This call cut the stream.
+    pub truncated: bool,
+    /// This call paused the stream.
+    pub paused: bool,
+}
+
+impl FeedOutcome {
+    fn empty() -> Self {
+        FeedOutcome {
+            forward: Forward::Bytes(Vec::new()),
+            events: 0,
+            spans: Vec::new(),
+            anomalies: Vec::new(),
+            truncated: false,
+            paused: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Slot {
+    choice: u32,
+    part: u32,
+    channel: Channel,
+    counter: IncrementalCounter,
+    /// Exact count, valid while `!dirty`.
+    exact: u64,
+    dirty: bool,
+}
+
+impl Slot {
+    fn exact(&mut self) -> u64 {
+        if self.dirty {
+            self.exact = self.counter.count();
+            self.dirty = false;
+        }
+        self.exact
+    }
+
+    fn upper_bound(&self) -> u64 {
+        if self.dirty {
+            self.counter.upper_bound()
+        } else {
+            self.exact
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    Forward,
+    Cut,
+    Pause,
+}
+
+/// Everything but the framing buffers, so the decoder callback can borrow it.
+#[derive(Debug, Clone)]
+struct Core {
+    format: Option<Format>,
+    model: Option<String>,
+    encoding: Option<(Encoding, Provenance)>,
+    cfg_encoding: Option<Encoding>,
+    slots: Vec<Slot>,
+    usage: Usage,
+    usage_seen: bool,
+    finishes: Vec<(u32, String)>,
+    choices: Vec<u32>,
+    info: Option<StreamInfo>,
+    open_block: Option<u32>,
+    message_started: bool,
+    response_template: Option<String>,
+    last_seq: Option<u64>,
+    state: MeterState,
+    anomalies: Vec<Anomaly>,
+    unknown_reported: bool,
+    after_done_reported: bool,
+    events: u64,
+    limit: Option<u64>,
+    shadow: bool,
+    credit: Option<u64>,
+    would_truncate_at: Option<u64>,
+    stream_error: Option<StreamError>,
+}
+
+impl Core {
+    fn anomaly(&mut self, kind: AnomalyKind, message: String, offset: u64) {
+        self.anomalies.push(Anomaly {
+            kind,
+            message,
+            offset,
+        });
+    }
+
+    fn encoding(&mut self) -> Encoding {
+        if let Some((enc, _)) = self.encoding {
+            return enc;
+        }
+        let resolved = match (self.cfg_encoding, &self.model) {
+            (Some(enc), _) => (enc, Provenance::Counted),
+            (None, Some(m)) => resolve_model(m),
+            (None, None) => match self.info.as_ref().and_then(|i| i.model.as_deref()) {
+                Some(m) => resolve_model(m),
+                None => resolve_model(""),
+            },
+        };
+        self.encoding = Some(resolved);
+        resolved.0
+    }
+
+    fn upper_bound_total(&self) -> u64 {
+        self.slots.iter().map(Slot::upper_bound).sum()
+    }
+
+    fn total(&mut self) -> u64 {
+        self.slots.iter_mut().map(Slot::exact).sum()
+    }
+
+    fn slot_index(&mut self, choice: u32, part: u32, channel: Channel) -> usize {
+        if let Some(i) = self
+            .slots
+            .iter()
+            .position(|s| s.choice == choice && s.part == part && s.channel == channel)
+        {
+            return i;
+        }
+        let enc = self.encoding();
+        self.slots.push(Slot {
+            choice,
+            part,
+            channel,
+            counter: IncrementalCounter::new(enc),
+            exact: 0,
+            dirty: false,
+        });
+        self.slots.len() - 1
+    }
+
+    /// Exact delivered total if this event's deltas were accepted.
+    fn total_with(&mut self, ex: &Extracted<'_>) -> u64 {
+        let mut touched: Vec<(usize, String)> = Vec::new();
+        for d in &ex.deltas {
+            let i = self.slot_index(d.choice, d.part, d.channel);
+            match touched.iter_mut().find(|(j, _)| *j == i) {
+                Some((_, text)) => text.push_str(&d.text),
+                None => touched.push((i, d.text.to_string())),
+            }
+        }
+        let mut total = 0;
+        for i in 0..self.slots.len() {
+            total += match touched.iter().find(|(j, _)| *j == i) {
+                Some((_, text)) => self.slots[i].counter.count_with(text),
+                None => self.slots[i].exact(),
+            };
+        }
+        total
+    }
+
+    /// Would delivering this event keep the total within `cap`? Cheap bound first: every
+    /// token covers at least one byte, so counting is needed only close to the cap.
+    fn fits(&mut self, ex: &Extracted<'_>, cap: u64) -> bool {
+        let extra: u64 = ex.deltas.iter().map(|d| d.text.len() as u64).sum();
+        if self.upper_bound_total() + extra <= cap {
+            return true;
+        }
+        self.total_with(ex) <= cap
+    }
+
+    fn on_event(&mut self, ev: RawEvent<'_>) -> Verdict {
+        self.events += 1;
+        if self.state == MeterState::Finished && !self.after_done_reported {
+            self.after_done_reported = true;
+            self.anomaly(
+                AnomalyKind::EventAfterDone,
+                "event after the end-of-stream marker".into(),
+                ev.start,
+            );
+        }
+        let format = match self.format {
+            Some(f) => f,
+            None => match Format::detect(ev.event, ev.data) {
+                Some(f) => {
+                    self.format = Some(f);
+                    f
+                }
+                None => {
+                    if !self.unknown_reported {
+                        self.unknown_reported = true;
+                        self.anomaly(
+                            AnomalyKind::UnknownFormat,
+                            "stream format not recognised from its first event; forwarding unmetered until it is".into(),
+                            ev.start,
+                        );
+                    }
+                    return Verdict::Forward;
+                }
+            },
+        };
+        let ex = match extract(format, ev.event, ev.data) {
+            Ok(ex) => ex,
+            Err(msg) => {
+                self.anomaly(AnomalyKind::MalformedJson, msg, ev.start);
+                return Verdict::Forward;
+            }
+        };
+        // The stream's identity is kept even from an event that is held back, so an ending
+        // sent instead of it still names the stream's own id and model.
+        if let Some(info) = &ex.info {
+            if self.info.is_none() {
+                if format == Format::OpenAiResponses && ev.event == b"response.created" {
+                    self.response_template = response_object(ev.data);
+                }
+                if format == Format::Anthropic {
+                    self.message_started = true;
+                }
+                self.info = Some(info.clone());
+            }
+        }
+        if !ex.deltas.is_empty() {
+            let cap_credit = self.credit;
+            let cap_limit = self.limit;
+            if let Some(cap) = cap_limit {
+                if !self.fits(&ex, cap) {
+                    if self.shadow {
+                        if self.would_truncate_at.is_none() {
+                            self.would_truncate_at = Some(self.total());
+                        }
+                    } else {
+                        return Verdict::Cut;
+                    }
+                }
+            }
+            if let Some(cap) = cap_credit {
+                if !self.fits(&ex, cap) {
+                    return Verdict::Pause;
+                }
+            }
+        }
+        self.apply(ex);
+        Verdict::Forward
+    }
+
+    fn apply(&mut self, ex: Extracted<'_>) {
+        if ex.sequence_number.is_some() {
+            self.last_seq = ex.sequence_number;
+        }
+        if let Some(b) = ex.block_opened {
+            self.open_block = Some(b);
+        }
+        if ex.block_closed.is_some() && ex.block_closed == self.open_block {
+            self.open_block = None;
+        }
+        for c in ex.choices_seen.iter().copied() {
+            if !self.choices.contains(&c) {
+                self.choices.push(c);
+            }
+        }
+        for d in ex.deltas {
+            if !self.choices.contains(&d.choice) {
+                self.choices.push(d.choice);
+            }
+            let i = self.slot_index(d.choice, d.part, d.channel);
+            let slot = &mut self.slots[i];
+            slot.counter.push(&d.text);
+            slot.dirty = true;
+        }
+        for (choice, reason) in ex.finishes {
+            match self.finishes.iter_mut().find(|(c, _)| *c == choice) {
+                Some(f) => f.1 = reason,
+                None => self.finishes.push((choice, reason)),
+            }
+        }
+        if let Some(u) = ex.usage {
+            self.usage.merge(&u);
+            self.usage_seen = true;
+        }
+        if let Some(err) = ex.error {
+            self.stream_error = Some(err);
+        }
+        if ex.kind == EventKind::Done && self.state == MeterState::Streaming {
+            self.state = MeterState::Finished;
+        }
+    }
+
+    fn open_choices(&self) -> Vec<u32> {
+        let mut open: Vec<u32> = self
+            .choices
+            .iter()
+            .copied()
+            .filter(|c| !self.finishes.iter().any(|(f, _)| f == c))
+            .collect();
+        open.sort_unstable();
+        open
+    }
+}
+
+fn response_object(data: &[u8]) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(data).ok()?;
+    v.get("response").map(|r| r.to_string())
+}
+
+#[derive(Debug, Clone)]
+pub struct StreamMeter {
+    decoder: SseDecoder,
+    core: Core,
+    ending_style: EndingStyle,
+    prompt_tokens: Option<u64>,
+    /// Bytes of the unfinished block, from `decoder.position() - held.len()`.
+    held: Vec<u8>,
+    /// Bytes received while paused (or not yet processed when the pause happened).
+    stash: Vec<u8>,
+    upstream_closed: bool,
+    bytes_in: u64,
+    bytes_out: u64,
+}
+
+impl StreamMeter {
+    pub fn new(cfg: MeterConfig) -> Self {
+        StreamMeter {
+            decoder: SseDecoder::new(cfg.max_event_size),
+            core: Core {
+                format: cfg.format,
+                model: cfg.model,
+                encoding: None,
+                cfg_encoding: cfg.encoding,
+                slots: Vec::new(),
+                usage: Usage::default(),
+                usage_seen: false,
+                finishes: Vec::new(),
+                choices: Vec::new(),
+                info: None,
+                open_block: None,
+                message_started: false,
+                response_template: None,
+                last_seq: None,
+                state: MeterState::Streaming,
+                anomalies: Vec::new(),
+                unknown_reported: false,
+                after_done_reported: false,
+                events: 0,
+                limit: cfg.limit,
+                shadow: cfg.shadow,
+                credit: cfg.credit,
+                would_truncate_at: None,
+                stream_error: None,
+            },
+            ending_style: cfg.ending,
+            prompt_tokens: cfg.prompt_tokens,
+            held: Vec::new(),
+            stash: Vec::new(),
+            upstream_closed: false,
+            bytes_in: 0,
+            bytes_out: 0,
+        }
+    }
+
+    /// One network read in, the bytes to send out.
+    pub fn feed(&mut self, chunk: &[u8]) -> FeedOutcome {
+        self.bytes_in += chunk.len() as u64;
+        match self.core.state {
+            MeterState::Truncated | MeterState::Failed => FeedOutcome::empty(),
+            MeterState::Paused => {
+                self.stash.extend_from_slice(chunk);
+                FeedOutcome::empty()
+            }
+            MeterState::Streaming | MeterState::Finished => self.process(chunk),
+        }
+    }
+
+    fn process(&mut self, chunk: &[u8]) -> FeedOutcome {
+        let chunk_start = self.decoder.position();
+        let held_start = chunk_start - self.held.len() as u64;
+        let end_abs = chunk_start + chunk.len() as u64;
+        let anomalies_before = self.core.anomalies.len();
+        let mut spans = Vec::new();
+        let mut stop: Option<(Verdict, u64)> = None;
+        let core = &mut self.core;
+        let result = self.decoder.feed(chunk, |ev| {
+            spans.push((ev.start, ev.end));
+            match core.on_event(ev) {
+                Verdict::Forward => Flow::Continue,
+                v => {
+                    stop = Some((v, ev.start));
+                    Flow::Stop
+                }
+            }
+        });
+        if let Err(e) = &result {
+            self.core.state = MeterState::Failed;
+            self.core
+                .anomaly(AnomalyKind::EventTooLarge, e.to_string(), self.decoder.block_start());
+        }
+        let fwd_end = match stop {
+            Some((_, start)) => start,
+            None => self.decoder.block_start(),
+        };
+        let mut out = FeedOutcome {
+            forward: self.take_forward(chunk, held_start, chunk_start, fwd_end, end_abs),
+            events: spans.len() as u32,
+            spans,
+            anomalies: self.core.anomalies[anomalies_before..].to_vec(),
+            truncated: false,
+            paused: false,
+        };
+        if result.is_err() {
+            // The oversized block will never be forwarded; do not keep it.
+            self.held = Vec::new();
+        }
+        match stop {
+            Some((Verdict::Cut, _)) => {
+                self.held.clear();
+                let tail = self.end_with(self.ending_style, "rate_limit_error", "completion_tokens_exceeded",
+                    "the completion token limit was reached");
+                self.append(&mut out.forward, chunk, tail);
+                out.truncated = true;
+            }
+            Some((Verdict::Pause, start)) => {
+                // `take_forward` left exactly [start, end_abs) held: that is what resumes.
+                debug_assert!(self.stash.is_empty());
+                self.stash = std::mem::take(&mut self.held);
+                self.decoder.rewind_to_block(start);
+                self.core.state = MeterState::Paused;
+                out.paused = true;
+            }
+            _ => {}
+        }
+        self.bytes_out += out.forward.len(chunk) as u64;
+        if self.upstream_closed && !out.paused && self.core.state != MeterState::Paused {
+            // Upstream ended while paused and the grant drained the stash: finish now.
+            let tail = self.finalize_close();
+            if let Some(t) = tail {
+                self.append(&mut out.forward, chunk, t);
+            }
+        }
+        out
+    }
+
+    /// Forward `[held_start, fwd_end)` and keep `[fwd_end, end_abs)` held.
+    fn take_forward(
+        &mut self,
+        chunk: &[u8],
+        held_start: u64,
+        chunk_start: u64,
+        fwd_end: u64,
+        end_abs: u64,
+    ) -> Forward {
+        if self.held.is_empty() && fwd_end == end_abs {
+            return Forward::Input;
+        }
+        let mut out = Vec::with_capacity((fwd_end.saturating_sub(held_start)) as usize);
+        let held_part = (fwd_end.saturating_sub(held_start) as usize).min(self.held.len());
+        out.extend_from_slice(&self.held[..held_part]);
+        if fwd_end > chunk_start {
+            out.extend_from_slice(&chunk[..(fwd_end - chunk_start) as usize]);
+        }
+        // What stays held: the rest of the old held bytes, then the chunk from fwd_end on.
+        let mut rest = self.held.split_off(held_part);
+        let chunk_from = fwd_end.saturating_sub(chunk_start) as usize;
+        rest.extend_from_slice(&chunk[chunk_from.min(chunk.len())..]);
+        self.held = rest;
+        Forward::Bytes(out)
+    }
+
+    fn append(&mut self, fwd: &mut Forward, chunk: &[u8], tail: Vec<u8>) {
+        self.bytes_out += tail.len() as u64;
+        match fwd {
+            Forward::Input => {
+                let mut v = chunk.to_vec();
+                v.extend_from_slice(&tail);
+                *fwd = Forward::Bytes(v);
+            }
+            Forward::Bytes(v) => v.extend_from_slice(&tail),
+        }
+    }
+
+    fn end_with(&mut self, style: EndingStyle, error_type: &str, code: &str, message: &str) -> Vec<u8> {
+        let completion = self.completion_tokens();
+        let format = self.core.format.unwrap_or(Format::OpenAiChat);
+        let open = self.core.open_choices();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        let snap = StreamSnapshot {
+            info: self.core.info.as_ref(),
+            fallback_model: self.core.model.as_deref(),
+            open_choices: &open,
+            open_block: self.core.open_block,
+            message_started: self.core.message_started,
+            response_template: self.core.response_template.as_deref(),
+            last_sequence_number: self.core.last_seq,
+            now_unix: now,
+        };
+        let bytes = ending(
+            format,
+            &snap,
+            &EndingParams {
+                style,
+                error_type,
+                code,
+                message,
+                usage: Some((self.prompt_tokens, completion)),
+            },
+        );
+        self.core.state = match style {
+            EndingStyle::Graceful => MeterState::Truncated,
+            EndingStyle::Error if code == "completion_tokens_exceeded" => MeterState::Truncated,
+            EndingStyle::Error => MeterState::Failed,
+        };
+        bytes
+    }
+
+    /// Add headroom. A paused stream resumes at the event that paused it; the outcome carries
+    /// whatever can now be forwarded.
+    pub fn grant(&mut self, tokens: u64) -> FeedOutcome {
+        self.core.credit = Some(self.core.credit.unwrap_or(0).saturating_add(tokens));
+        if self.core.state != MeterState::Paused {
+            return FeedOutcome::empty();
+        }
+        self.resume()
+    }
+
+    fn resume(&mut self) -> FeedOutcome {
+        self.core.state = MeterState::Streaming;
+        let stash = std::mem::take(&mut self.stash);
+        let mut out = self.process(&stash);
+        // `Input` would name the stash, which the caller never saw.
+        if out.forward == Forward::Input {
+            out.forward = Forward::Bytes(stash);
+        }
+        out
+    }
+
+    /// Remove the credit gate (e.g. the session closed its books): everything flows.
+    pub fn clear_credit(&mut self) -> FeedOutcome {
+        self.core.credit = None;
+        if self.core.state != MeterState::Paused {
+            return FeedOutcome::empty();
+        }
+        self.resume()
+    }
+
+    /// End the stream now with the configured ending (used when a paused stream gets no more
+    /// credit, or a policy decides to stop). Held and stashed bytes are dropped.
+    pub fn truncate(&mut self, message: &str) -> Vec<u8> {
+        if matches!(self.core.state, MeterState::Truncated | MeterState::Failed) {
+            return Vec::new();
+        }
+        self.held.clear();
+        self.stash.clear();
+        let bytes = self.end_with(self.ending_style, "rate_limit_error", "completion_tokens_exceeded", message);
+        self.core.state = MeterState::Truncated;
+        self.bytes_out += bytes.len() as u64;
+        bytes
+    }
+
+    /// End the stream with an error event (upstream failure mid-stream). Any held partial
+    /// event is dropped so the error lands on a clean event boundary.
+    pub fn fail(&mut self, error_type: &str, code: &str, message: &str) -> Vec<u8> {
+        if matches!(self.core.state, MeterState::Truncated | MeterState::Failed) {
+            return Vec::new();
+        }
+        self.held.clear();
+        self.stash.clear();
+        let bytes = self.end_with(EndingStyle::Error, error_type, code, message);
+        self.core.state = MeterState::Failed;
+        self.bytes_out += bytes.len() as u64;
+        bytes
+    }
+
+    /// Upstream end of stream. Returns the remaining held bytes (an unfinished event is passed
+    /// through as the upstream sent it and reported as an anomaly). While paused, the stash
+    /// stays until `grant` or `truncate`.
+    pub fn close(&mut self) -> FeedOutcome {
+        self.upstream_closed = true;
+        let mut out = FeedOutcome::empty();
+        if self.core.state == MeterState::Paused {
+            return out;
+        }
+        let before = self.core.anomalies.len();
+        if let Some(tail) = self.finalize_close() {
+            self.bytes_out += tail.len() as u64;
+            out.forward = Forward::Bytes(tail);
+        }
+        out.anomalies = self.core.anomalies[before..].to_vec();
+        out
+    }
+
+    /// Upstream EOF: dispatch an event whose blank line ended the stream, report an
+    /// unfinished one, and release the held bytes (the unfinished event passes through as
+    /// the upstream sent it; the client's parser discards it just as ours did).
+    fn finalize_close(&mut self) -> Option<Vec<u8>> {
+        let offset = self.decoder.block_start();
+        let core = &mut self.core;
+        let mut held_back: Option<(Verdict, u64)> = None;
+        let discarded = self.decoder.close(|ev| {
+            match core.on_event(ev) {
+                Verdict::Forward => {}
+                v => held_back = Some((v, ev.start)),
+            }
+            Flow::Continue
+        });
+        match held_back {
+            Some((Verdict::Pause, start)) => {
+                // Out of credit on the very last event: keep it for `grant`, as mid-stream.
+                self.stash = std::mem::take(&mut self.held);
+                self.decoder.rewind_to_block(start);
+                self.core.state = MeterState::Paused;
+                return None;
+            }
+            Some(_) => {
+                self.held.clear();
+                let style = self.ending_style;
+                return Some(self.end_with(style, "rate_limit_error", "completion_tokens_exceeded",
+                    "the completion token limit was reached"));
+            }
+            None => {}
+        }
+        if discarded > 0 && !matches!(self.core.state, MeterState::Truncated | MeterState::Failed) {
+            self.core.anomaly(
+                AnomalyKind::IncompleteEvent,
+                format!("stream ended inside an event ({discarded} bytes discarded)"),
+                offset,
+            );
+        }
+        let held = std::mem::take(&mut self.held);
+        (!held.is_empty()).then_some(held)
+    }
+
+    // ---- readings ----
+
+    pub fn completion_tokens(&mut self) -> u64 {
+        self.core.total()
+    }
+
+    /// Delivered tokens per channel: (content, reasoning, tool arguments, refusal).
+    pub fn tokens_by_channel(&mut self) -> [(Channel, u64); 4] {
+        let mut out = [
+            (Channel::Content, 0),
+            (Channel::Reasoning, 0),
+            (Channel::ToolArguments, 0),
+            (Channel::Refusal, 0),
+        ];
+        for s in &mut self.core.slots {
+            let n = s.exact();
+            if let Some(e) = out.iter_mut().find(|(c, _)| *c == s.channel) {
+                e.1 += n;
+            }
+        }
+        out
+    }
+
+    pub fn usage(&self) -> Option<Usage> {
+        self.core.usage_seen.then_some(self.core.usage)
+    }
+
+    pub fn state(&self) -> MeterState {
+        self.core.state
+    }
+
+    pub fn format(&self) -> Option<Format> {
+        self.core.format
+    }
+
+    /// Encoding and provenance in use (resolved at the first billed delta).
+    pub fn encoding(&mut self) -> (Encoding, Provenance) {
+        self.core.encoding();
+        self.core.encoding.expect("resolved above")
+    }
+
+    pub fn finish_reasons(&self) -> &[(u32, String)] {
+        &self.core.finishes
+    }
+
+    pub fn anomalies(&self) -> &[Anomaly] {
+        &self.core.anomalies
+    }
+
+    pub fn stream_error(&self) -> Option<&StreamError> {
+        self.core.stream_error.as_ref()
+    }
+
+    pub fn info(&self) -> Option<&StreamInfo> {
+        self.core.info.as_ref()
+    }
+
+    pub fn events(&self) -> u64 {
+        self.core.events
+    }
+
+    pub fn bytes_in(&self) -> u64 {
+        self.bytes_in
+    }
+
+    pub fn bytes_out(&self) -> u64 {
+        self.bytes_out
+    }
+
+    pub fn credit(&self) -> Option<u64> {
+        self.core.credit
+    }
+
+    pub fn limit(&self) -> Option<u64> {
+        self.core.limit
+    }
+
+    pub fn would_truncate_at(&self) -> Option<u64> {
+        self.core.would_truncate_at
+    }
+
+    pub fn upstream_closed(&self) -> bool {
+        self.upstream_closed
+    }
+
+    /// Bytes kept back: an unfinished event plus anything stashed during a pause.
+    pub fn pending_bytes(&self) -> usize {
+        self.held.len() + self.stash.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tokens::Encoding;
+
+    fn chat_chunk(text: &str) -> String {
+        format!(
+            "data: {{\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"gpt-4o\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":{}}},\"finish_reason\":null}}]}}\n\n",
+            serde_json::to_string(text).unwrap()
+        )
+    }
+
+    fn chat_stream(words: &[&str]) -> Vec<u8> {
+        let mut s = String::new();
+        for w in words {
+            s.push_str(&chat_chunk(w));
+        }
+        s.push_str("data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"gpt-4o\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n");
+        s.push_str("data: [DONE]\n\n");
+        s.into_bytes()
+    }
+
+    const WORDS: &[&str] = &["Hello", ",", " world", "!", " How", " are", " you", " today", "?", " 🙂"];
+
+    fn run(meter: &mut StreamMeter, bytes: &[u8], chunk: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        for c in bytes.chunks(chunk) {
+            let r = meter.feed(c);
+            out.extend(r.forward.to_vec(c));
+        }
+        if let Forward::Bytes(b) = meter.close().forward {
+            out.extend(b);
+        }
+        out
+    }
+
+    #[test]
+    fn passes_bytes_through_exactly_and_counts_exactly() {
+        let bytes = chat_stream(WORDS);
+        let text: String = WORDS.concat();
+        for chunk in [1, 2, 3, 7, 64, bytes.len()] {
+            let mut m = StreamMeter::new(MeterConfig { model: Some("gpt-4o".into()), ..Default::default() });
+            let out = run(&mut m, &bytes, chunk);
+            assert_eq!(String::from_utf8_lossy(&out), String::from_utf8_lossy(&bytes), "chunk size {chunk}");
+            assert_eq!(m.completion_tokens(), Encoding::O200kBase.count(&text) as u64);
+            assert_eq!(m.state(), MeterState::Finished);
+            assert_eq!(m.format(), Some(Format::OpenAiChat));
+            assert_eq!(m.finish_reasons(), [(0, "stop".to_string())]);
+            assert!(m.anomalies().is_empty());
+        }
+    }
+
+    #[test]
+    fn whole_chunk_forwarded_without_copy() {
+        let bytes = chat_stream(WORDS);
+        let mut m = StreamMeter::new(MeterConfig::default());
+        assert_eq!(m.feed(&bytes).forward, Forward::Input);
+    }
+
+    #[test]
+    fn limit_cuts_before_the_crossing_event_with_graceful_ending() {
+        let bytes = chat_stream(WORDS);
+        for limit in 0..12u64 {
+            for chunk in [1, 5, bytes.len()] {
+                let mut m = StreamMeter::new(MeterConfig {
+                    model: Some("gpt-4o".into()),
+                    limit: Some(limit),
+                    prompt_tokens: Some(3),
+                    ..Default::default()
+                });
+                let out = run(&mut m, &bytes, chunk);
+                let events = SseDecoder::default().feed_owned(&out).unwrap();
+                // Delivered text never exceeds the limit, and is the longest prefix that fits.
+                let mut delivered = String::new();
+                for e in &events {
+                    if let Ok(ex) = extract(Format::OpenAiChat, b"", e.data.as_bytes()) {
+                        for d in ex.deltas {
+                            delivered.push_str(&d.text);
+                        }
+                    }
+                }
+                let n = Encoding::O200kBase.count(&delivered) as u64;
+                assert!(n <= limit, "limit {limit}: delivered {n}");
+                assert_eq!(m.completion_tokens(), n);
+                let full: String = WORDS.concat();
+                if Encoding::O200kBase.count(&full) as u64 > limit {
+                    assert_eq!(m.state(), MeterState::Truncated);
+                    let k = delivered.len();
+                    let next_word = WORDS.iter().scan(0, |acc, w| { *acc += w.len(); Some(*acc) }).position(|e| e > k).unwrap();
+                    let mut with_next = delivered.clone();
+                    with_next.push_str(WORDS[next_word]);
+                    assert!(Encoding::O200kBase.count(&with_next) as u64 > limit, "cut too early at limit {limit}");
+                    let last = events.last().unwrap();
+                    assert_eq!(last.data, "[DONE]");
+                    let fin = &events[events.len() - 2];
+                    assert!(fin.data.contains("\"finish_reason\":\"length\""), "{}", fin.data);
+                    assert!(fin.data.contains(&format!("\"completion_tokens\":{n}")));
+                    assert!(fin.data.contains("\"id\":\"c1\""));
+                } else {
+                    assert_eq!(String::from_utf8_lossy(&out), String::from_utf8_lossy(&bytes));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn shadow_never_cuts_but_reports() {
+        let bytes = chat_stream(WORDS);
+        let mut m = StreamMeter::new(MeterConfig { limit: Some(3), shadow: true, ..Default::default() });
+        let out = run(&mut m, &bytes, 9);
+        assert_eq!(String::from_utf8_lossy(&out), String::from_utf8_lossy(&bytes));
+        assert_eq!(m.would_truncate_at(), Some(3));
+        assert_eq!(m.state(), MeterState::Finished);
+    }
+
+    #[test]
+    fn credit_pauses_and_grant_resumes_exactly() {
+        let bytes = chat_stream(WORDS);
+        let mut m = StreamMeter::new(MeterConfig { credit: Some(2), ..Default::default() });
+        let mut out = Vec::new();
+        let mut pauses = 0;
+        for c in bytes.chunks(13) {
+            let r = m.feed(c);
+            out.extend(r.forward.to_vec(c));
+            let mut paused = r.paused;
+            while paused || m.state() == MeterState::Paused {
+                pauses += 1;
+                assert!(m.completion_tokens() <= m.credit().unwrap());
+                let r = m.grant(1);
+                out.extend(r.forward.to_vec(&[]));
+                paused = r.paused;
+            }
+        }
+        out.extend(m.close().forward.to_vec(&[]));
+        assert_eq!(String::from_utf8_lossy(&out), String::from_utf8_lossy(&bytes));
+        assert!(pauses > 3);
+        assert_eq!(m.state(), MeterState::Finished);
+    }
+
+    #[test]
+    fn close_while_paused_then_grant_flushes() {
+        let bytes = chat_stream(WORDS);
+        let mut m = StreamMeter::new(MeterConfig { credit: Some(1), ..Default::default() });
+        let mut out = m.feed(&bytes).forward.to_vec(&bytes);
+        assert_eq!(m.state(), MeterState::Paused);
+        assert!(matches!(m.close().forward, Forward::Bytes(ref b) if b.is_empty()));
+        out.extend(m.grant(1000).forward.to_vec(&[]));
+        assert_eq!(String::from_utf8_lossy(&out), String::from_utf8_lossy(&bytes));
+    }
+
+    #[test]
+    fn truncate_while_paused_sends_ending() {
+        let bytes = chat_stream(WORDS);
+        let mut m = StreamMeter::new(MeterConfig { credit: Some(1), ..Default::default() });
+        let mut out = m.feed(&bytes).forward.to_vec(&bytes);
+        out.extend(m.truncate("budget exhausted"));
+        let s = String::from_utf8(out).unwrap();
+        assert!(s.ends_with("data: [DONE]\n\n"));
+        assert!(s.contains("\"finish_reason\":\"length\""));
+        assert_eq!(m.state(), MeterState::Truncated);
+        assert!(m.feed(b"data: x\n\n").forward.to_vec(&[]).is_empty());
+    }
+
+    #[test]
+    fn malformed_event_is_forwarded_and_reported() {
+        let bytes = b"data: {\"object\":\"chat.completion.chunk\",\"choices\":[]}\n\ndata: {oops\n\ndata: [DONE]\n\n";
+        let mut m = StreamMeter::new(MeterConfig::default());
+        let r = m.feed(bytes);
+        assert_eq!(r.forward, Forward::Input);
+        assert_eq!(r.anomalies.len(), 1);
+        assert_eq!(r.anomalies[0].kind, AnomalyKind::MalformedJson);
+        assert_eq!(r.anomalies[0].offset, 55);
+        assert_eq!(m.state(), MeterState::Finished);
+    }
+
+    #[test]
+    fn upstream_reset_mid_event_gets_clean_error_ending() {
+        let bytes = chat_stream(WORDS);
+        let mut m = StreamMeter::new(MeterConfig::default());
+        let cut = bytes.len() / 2;
+        let mut out = m.feed(&bytes[..cut]).forward.to_vec(&bytes[..cut]);
+        out.extend(m.fail("api_error", "upstream_error", "upstream connection reset"));
+        let events = SseDecoder::default().feed_owned(&out).unwrap();
+        // Only whole events went out, then the error chunk and [DONE].
+        assert!(events[events.len() - 2].data.starts_with("{\"error\""));
+        assert_eq!(events.last().unwrap().data, "[DONE]");
+        let s = String::from_utf8(out).unwrap();
+        assert!(!s.contains("\n\n\n"));
+        assert_eq!(m.state(), MeterState::Failed);
+    }
+
+    #[test]
+    fn anthropic_stream_counts_blocks_and_truncates_with_block_stop() {
+        let mut s = String::new();
+        s.push_str("event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"model\":\"claude-sonnet-4-5\",\"usage\":{\"input_tokens\":9,\"output_tokens\":1}}}\n\n");
+        s.push_str("event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n");
+        for w in WORDS {
+            s.push_str(&format!("event: content_block_delta\ndata: {{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{{\"type\":\"text_delta\",\"text\":{}}}}}\n\n", serde_json::to_string(w).unwrap()));
+        }
+        s.push_str("event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n");
+        s.push_str("event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\",\"stop_sequence\":null},\"usage\":{\"output_tokens\":12}}\n\n");
+        s.push_str("event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n");
+        let bytes = s.into_bytes();
+        let mut m = StreamMeter::new(MeterConfig::default());
+        assert_eq!(run(&mut m, &bytes, 11), bytes);
+        assert_eq!(m.format(), Some(Format::Anthropic));
+        assert_eq!(m.usage().unwrap().output_tokens, Some(12));
+        assert_eq!(m.usage().unwrap().input_tokens, Some(9));
+        assert_eq!(m.encoding(), (Encoding::O200kBase, Provenance::Estimated));
+
+        let mut m = StreamMeter::new(MeterConfig { limit: Some(3), ..Default::default() });
+        let out = String::from_utf8(run(&mut m, &bytes, 11)).unwrap();
+        assert!(out.contains("event: content_block_stop\ndata: {\"index\":0,\"type\":\"content_block_stop\"}")
+            || out.contains("\"type\":\"content_block_stop\""));
+        assert!(out.contains("\"stop_reason\":\"max_tokens\""));
+        assert!(out.ends_with("event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n"));
+        assert_eq!(m.state(), MeterState::Truncated);
+    }
+
+    #[test]
+    fn oversized_event_fails_the_stream() {
+        let mut m = StreamMeter::new(MeterConfig { max_event_size: 64, ..Default::default() });
+        let big = format!("data: {}\n\n", "x".repeat(100));
+        let r = m.feed(big.as_bytes());
+        assert_eq!(m.state(), MeterState::Failed);
+        assert_eq!(r.anomalies[0].kind, AnomalyKind::EventTooLarge);
+        assert!(r.forward.to_vec(&[]).is_empty());
+    }
+}

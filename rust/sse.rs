@@ -1,0 +1,720 @@
+//! Incremental Server-Sent Events framing, WHATWG HTML "event stream interpretation".
+//!
+//! The decoder is fed network reads of any size and calls back once per dispatched event.
+//! Two properties matter to the proxy above it:
+//! - chunking independence: any split of a byte stream yields the same events and spans;
+//! - linear cost: each input byte is scanned for a line end once. A pending partial line is
+//!   carried over and appended to, never rescanned (a parser that re-splits its whole buffer
+//!   on every read goes quadratic on long lines).
+//!
+//! Field parsing works on bytes: every delimiter (CR, LF, `:`, space) is ASCII and never part
+//! of a multi-byte UTF-8 sequence, so splitting bytes first and decoding fields afterwards gives
+//! the same fields as decoding the stream first.
+
+use memchr::memchr2;
+use std::fmt;
+
+/// Default cap on one event block (its lines and terminators). Large enough for a Responses
+/// `response.completed` event that repeats a long answer in full, small enough that a broken
+/// upstream cannot make the proxy buffer without bound.
+pub const DEFAULT_MAX_EVENT_SIZE: usize = 16 * 1024 * 1024;
+
+const BOM: [u8; 3] = [0xEF, 0xBB, 0xBF];
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SseError {
+    /// One event block grew past the configured maximum. `offset` is the stream offset of the
+    /// block's first byte.
+    EventTooLarge { limit: usize, offset: u64 },
+}
+
+impl fmt::Display for SseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SseError::EventTooLarge { limit, offset } => write!(
+                f,
+                "SSE event starting at byte {offset} exceeds the maximum event size of {limit} bytes"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for SseError {}
+
+/// A dispatched event. Slices borrow the decoder's reused buffers, so dispatching allocates
+/// nothing in the steady state.
+#[derive(Debug, Clone, Copy)]
+pub struct RawEvent<'a> {
+    /// The `event` field; empty when absent (the spec's default type is `message`).
+    pub event: &'a [u8],
+    /// Data lines joined with `\n`, without the final trailing newline.
+    pub data: &'a [u8],
+    /// The last-event-id buffer at dispatch (it persists across events, per the spec); `None`
+    /// while empty.
+    pub id: Option<&'a [u8]>,
+    /// A valid `retry` field seen in this event's block.
+    pub retry: Option<u64>,
+    /// Stream offset of the block's first byte (right after the previous block's blank line).
+    pub start: u64,
+    /// Stream offset just past the blank line that dispatched the event.
+    pub end: u64,
+}
+
+impl RawEvent<'_> {
+    pub fn event_type(&self) -> &[u8] {
+        if self.event.is_empty() {
+            b"message"
+        } else {
+            self.event
+        }
+    }
+}
+
+/// What the event callback wants next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    /// Stop right after this event; the rest of the chunk stays unconsumed.
+    Stop,
+}
+
+#[derive(Debug, Clone)]
+pub struct SseDecoder {
+    max_event_size: usize,
+    /// Bytes of the current line not yet terminated (never rescanned).
+    line: Vec<u8>,
+    data: Vec<u8>,
+    event: Vec<u8>,
+    last_id: Vec<u8>,
+    retry: Option<u64>,
+    /// Absolute number of bytes consumed.
+    pos: u64,
+    /// Offset where the current block began.
+    block_start: u64,
+    /// The previous chunk ended in CR: an LF first in the next chunk belongs to that line end.
+    skip_lf: bool,
+    /// A blank line ended in CR at the very end of a chunk. Its event is dispatched when the
+    /// next byte shows whether an LF completes the line end, so that the event's span (and
+    /// so everything a caller sees) is the same however the stream was split.
+    dispatch_pending: bool,
+    /// How many BOM bytes matched at the stream start; `None` once the check is over.
+    bom_matched: Option<usize>,
+    failed: Option<SseError>,
+}
+
+impl Default for SseDecoder {
+    fn default() -> Self {
+        Self::new(DEFAULT_MAX_EVENT_SIZE)
+    }
+}
+
+impl SseDecoder {
+    pub fn new(max_event_size: usize) -> Self {
+        Self {
+            max_event_size: max_event_size.max(1),
+            line: Vec::new(),
+            data: Vec::new(),
+            event: Vec::new(),
+            last_id: Vec::new(),
+            retry: None,
+            pos: 0,
+            block_start: 0,
+            skip_lf: false,
+            dispatch_pending: false,
+            bom_matched: Some(0),
+            failed: None,
+        }
+    }
+
+    pub fn max_event_size(&self) -> usize {
+        self.max_event_size
+    }
+
+    /// Bytes consumed so far.
+    pub fn position(&self) -> u64 {
+        self.pos
+    }
+
+    /// Offset of the first byte of the block being read: every byte before it belongs to a
+    /// finished block and is safe to forward.
+    pub fn block_start(&self) -> u64 {
+        self.block_start
+    }
+
+    /// Bytes of an unfinished event block (what `close` would discard).
+    pub fn pending_bytes(&self) -> u64 {
+        self.pos - self.block_start
+    }
+
+    pub fn last_event_id(&self) -> &[u8] {
+        &self.last_id
+    }
+
+    pub fn error(&self) -> Option<&SseError> {
+        self.failed.as_ref()
+    }
+
+    /// Feed one network read. Calls `on_event` for each dispatched event and returns how many
+    /// bytes of `chunk` were consumed: all of them, unless the callback returned
+    /// [`Flow::Stop`]. After an error the decoder stays failed.
+    pub fn feed<F>(&mut self, chunk: &[u8], mut on_event: F) -> Result<usize, SseError>
+    where
+        F: FnMut(RawEvent<'_>) -> Flow,
+    {
+        if let Some(err) = &self.failed {
+            return Err(err.clone());
+        }
+        let mut input = chunk;
+        if let Some(matched) = self.bom_matched {
+            let mut m = matched;
+            while m < 3 && !input.is_empty() && input[0] == BOM[m] {
+                m += 1;
+                input = &input[1..];
+                self.pos += 1;
+            }
+            if m == 3 {
+                self.bom_matched = None;
+                self.block_start = self.pos;
+            } else if input.is_empty() {
+                self.bom_matched = Some(m);
+                return Ok(chunk.len());
+            } else {
+                // Not a BOM after all: the bytes that looked like one are content.
+                self.bom_matched = None;
+                self.pos -= m as u64;
+                let consumed = self.scan_or_fail(&BOM[..m], &mut on_event)?;
+                debug_assert_eq!(consumed, m, "a BOM prefix holds no line end");
+            }
+        }
+        let offset = chunk.len() - input.len();
+        Ok(offset + self.scan_or_fail(input, &mut on_event)?)
+    }
+
+    fn scan_or_fail<F>(&mut self, buf: &[u8], on_event: &mut F) -> Result<usize, SseError>
+    where
+        F: FnMut(RawEvent<'_>) -> Flow,
+    {
+        self.scan(buf, on_event).inspect_err(|e| self.failed = Some(e.clone()))
+    }
+
+    /// Rewind to the start of a block that was dispatched by the last `feed` (which stopped
+    /// right after it), so the block's bytes can be fed again later. Used by the meter to
+    /// pause before an event and replay it on resume.
+    pub fn rewind_to_block(&mut self, start: u64) {
+        debug_assert!(self.line.is_empty() && self.data.is_empty() && start <= self.pos);
+        self.pos = start;
+        self.block_start = start;
+        self.skip_lf = false;
+        self.dispatch_pending = false;
+        self.retry = None;
+        self.event.clear();
+    }
+
+    /// End of stream. An event whose blank line ended the stream is dispatched; an unfinished
+    /// event is discarded, as the spec says. Returns the number of discarded bytes so the
+    /// caller can report a stream that ended mid-event.
+    pub fn close<F>(&mut self, mut on_event: F) -> u64
+    where
+        F: FnMut(RawEvent<'_>) -> Flow,
+    {
+        if self.failed.is_none() && self.dispatch_pending {
+            self.dispatch_pending = false;
+            self.dispatch(&mut on_event);
+        }
+        let discarded = self.pending_bytes();
+        self.line.clear();
+        self.data.clear();
+        self.event.clear();
+        self.retry = None;
+        self.block_start = self.pos;
+        self.skip_lf = false;
+        self.bom_matched = None;
+        discarded
+    }
+
+    fn check_size(&self, block_len: u64) -> Result<(), SseError> {
+        if block_len > self.max_event_size as u64 {
+            Err(SseError::EventTooLarge {
+                limit: self.max_event_size,
+                offset: self.block_start,
+            })
+        } else {
+            Ok(())
+        }
+    }
+
+    fn scan<F>(&mut self, buf: &[u8], on_event: &mut F) -> Result<usize, SseError>
+    where
+        F: FnMut(RawEvent<'_>) -> Flow,
+    {
+        let mut i = 0;
+        if self.skip_lf && !buf.is_empty() {
+            self.skip_lf = false;
+            if buf[0] == b'\n' {
+                i = 1;
+                self.pos += 1;
+            }
+        }
+        if self.dispatch_pending && !buf.is_empty() {
+            self.dispatch_pending = false;
+            if self.dispatch(on_event) == Flow::Stop {
+                return Ok(i);
+            }
+        }
+        while i < buf.len() {
+            let rest = &buf[i..];
+            let Some(off) = memchr2(b'\n', b'\r', rest) else {
+                self.check_size(self.pos + rest.len() as u64 - self.block_start)?;
+                self.line.extend_from_slice(rest);
+                self.pos += rest.len() as u64;
+                return Ok(buf.len());
+            };
+            let end = i + off;
+            let term_len = if buf[end] == b'\r' {
+                if end + 1 < buf.len() {
+                    if buf[end + 1] == b'\n' {
+                        2
+                    } else {
+                        1
+                    }
+                } else {
+                    self.skip_lf = true;
+                    1
+                }
+            } else {
+                1
+            };
+            let next = end + term_len;
+            self.check_size(self.pos + (next - i) as u64 - self.block_start)?;
+            self.pos += (next - i) as u64;
+            if next == buf.len() && self.skip_lf && self.line.is_empty() && end == i {
+                // A blank line ended by CR at the chunk end: wait for the next byte.
+                self.dispatch_pending = true;
+                return Ok(buf.len());
+            }
+            let flow = if self.line.is_empty() {
+                self.process_line(&buf[i..end], on_event)
+            } else {
+                let mut line = std::mem::take(&mut self.line);
+                line.extend_from_slice(&buf[i..end]);
+                let flow = self.process_line(&line, on_event);
+                line.clear();
+                self.line = line;
+                flow
+            };
+            i = next;
+            if flow == Flow::Stop {
+                return Ok(i);
+            }
+        }
+        Ok(buf.len())
+    }
+
+    fn process_line<F>(&mut self, line: &[u8], on_event: &mut F) -> Flow
+    where
+        F: FnMut(RawEvent<'_>) -> Flow,
+    {
+        if line.is_empty() {
+            return self.dispatch(on_event);
+        }
+        if line[0] == b':' {
+            return Flow::Continue;
+        }
+        let (name, value) = match memchr::memchr(b':', line) {
+            Some(c) => {
+                let v = &line[c + 1..];
+                (&line[..c], v.strip_prefix(b" ").unwrap_or(v))
+            }
+            None => (line, &b""[..]),
+        };
+        match name {
+            b"data" => {
+                self.data.extend_from_slice(value);
+                self.data.push(b'\n');
+            }
+            b"event" => {
+                self.event.clear();
+                self.event.extend_from_slice(value);
+            }
+            b"id"
+                if !value.contains(&0) => {
+                    self.last_id.clear();
+                    self.last_id.extend_from_slice(value);
+                }
+            b"retry"
+                if !value.is_empty() && value.iter().all(u8::is_ascii_digit) => {
+                    // Saturate instead of overflowing on absurd values.
+                    let ms = value.iter().fold(0u64, |acc, d| {
+                        acc.saturating_mul(10).saturating_add(u64::from(d - b'0'))
+                    });
+                    self.retry = Some(ms);
+                }
+            _ => {}
+        }
+        Flow::Continue
+    }
+
+    fn dispatch<F>(&mut self, on_event: &mut F) -> Flow
+    where
+        F: FnMut(RawEvent<'_>) -> Flow,
+    {
+        let start = self.block_start;
+        self.block_start = self.pos;
+        let retry = self.retry.take();
+        if self.data.is_empty() {
+            self.event.clear();
+            return Flow::Continue;
+        }
+        let data_len = self.data.len() - 1; // drop the final "\n"
+        let flow = on_event(RawEvent {
+            event: &self.event,
+            data: &self.data[..data_len],
+            id: if self.last_id.is_empty() {
+                None
+            } else {
+                Some(&self.last_id)
+            },
+            retry,
+            start,
+            end: self.pos,
+        });
+        self.data.clear();
+        self.event.clear();
+        flow
+    }
+}
+
+/// An owned event, for callers that keep events beyond the callback.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnedEvent {
+    pub event: String,
+    pub data: String,
+    pub id: Option<String>,
+    pub retry: Option<u64>,
+    pub start: u64,
+    pub end: u64,
+}
+
+impl From<RawEvent<'_>> for OwnedEvent {
+    fn from(e: RawEvent<'_>) -> Self {
+        OwnedEvent {
+            event: String::from_utf8_lossy(e.event_type()).into_owned(),
+            data: String::from_utf8_lossy(e.data).into_owned(),
+            id: e.id.map(|v| String::from_utf8_lossy(v).into_owned()),
+            retry: e.retry,
+            start: e.start,
+            end: e.end,
+        }
+    }
+}
+
+impl SseDecoder {
+    /// Feed and collect owned events (convenience for tests and the Python binding).
+    pub fn feed_owned(&mut self, chunk: &[u8]) -> Result<Vec<OwnedEvent>, SseError> {
+        let mut out = Vec::new();
+        self.feed(chunk, |e| {
+            out.push(e.into());
+            Flow::Continue
+        })?;
+        Ok(out)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EncodeError {
+    /// `event` or `id` holds a line break, which would split the field and inject lines.
+    LineBreakInField(&'static str),
+    /// `id` holds NUL, which every receiver ignores.
+    NulInId,
+}
+
+impl fmt::Display for EncodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EncodeError::LineBreakInField(field) => {
+                write!(f, "SSE field {field:?} must not contain CR or LF")
+            }
+            EncodeError::NulInId => write!(f, "SSE field \"id\" must not contain NUL"),
+        }
+    }
+}
+
+impl std::error::Error for EncodeError {}
+
+/// Append one event in wire form. `data` may hold any line breaks: each line becomes its own
+/// `data:` line, so a receiver reassembles exactly `data` (with CRLF and CR normalised to LF,
+/// as the receiver's line splitting does).
+pub fn encode_event(
+    out: &mut Vec<u8>,
+    event: Option<&str>,
+    data: &str,
+    id: Option<&str>,
+    retry: Option<u64>,
+) -> Result<(), EncodeError> {
+    if let Some(ev) = event {
+        if ev.contains(['\r', '\n']) {
+            return Err(EncodeError::LineBreakInField("event"));
+        }
+    }
+    if let Some(id) = id {
+        if id.contains(['\r', '\n']) {
+            return Err(EncodeError::LineBreakInField("id"));
+        }
+        if id.contains('\0') {
+            return Err(EncodeError::NulInId);
+        }
+    }
+    if let Some(ev) = event {
+        out.extend_from_slice(b"event: ");
+        out.extend_from_slice(ev.as_bytes());
+        out.push(b'\n');
+    }
+    if let Some(id) = id {
+        out.extend_from_slice(b"id: ");
+        out.extend_from_slice(id.as_bytes());
+        out.push(b'\n');
+    }
+    if let Some(r) = retry {
+        out.extend_from_slice(b"retry: ");
+        out.extend_from_slice(r.to_string().as_bytes());
+        out.push(b'\n');
+    }
+    let bytes = data.as_bytes();
+    let mut start = 0;
+    loop {
+        out.extend_from_slice(b"data: ");
+        match memchr2(b'\n', b'\r', &bytes[start..]) {
+            Some(off) => {
+                let end = start + off;
+                out.extend_from_slice(&bytes[start..end]);
+                out.push(b'\n');
+                start = if bytes[end] == b'\r' && bytes.get(end + 1) == Some(&b'\n') {
+                    end + 2
+                } else {
+                    end + 1
+                };
+            }
+            None => {
+                out.extend_from_slice(&bytes[start..]);
+                out.push(b'\n');
+                break;
+            }
+        }
+    }
+    out.push(b'\n');
+    Ok(())
+}
+
+/// Append a comment line (`: text`), e.g. a keep-alive. Line breaks in `text` start new
+/// comment lines so nothing can be injected.
+pub fn encode_comment(out: &mut Vec<u8>, text: &str) {
+    for line in text.split(['\r', '\n']) {
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(line.as_bytes());
+        out.push(b'\n');
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode_chunks(chunks: &[&[u8]]) -> Vec<OwnedEvent> {
+        let mut d = SseDecoder::default();
+        let mut out = Vec::new();
+        for c in chunks {
+            out.extend(d.feed_owned(c).unwrap());
+        }
+        d.close(|e| {
+            out.push(e.into());
+            Flow::Continue
+        });
+        out
+    }
+
+    fn decode(s: &[u8]) -> Vec<OwnedEvent> {
+        decode_chunks(&[s])
+    }
+
+    fn data(events: &[OwnedEvent]) -> Vec<&str> {
+        events.iter().map(|e| e.data.as_str()).collect()
+    }
+
+    #[test]
+    fn line_endings_all_three() {
+        let ev = decode(b"data: a\r\n\r\ndata: b\n\ndata: c\r\rdata: d\n\r\n");
+        assert_eq!(data(&ev), ["a", "b", "c", "d"]);
+    }
+
+    #[test]
+    fn blank_line_cr_at_chunk_end_waits_for_next_byte_or_close() {
+        let mut d = SseDecoder::default();
+        assert!(d.feed_owned(b"data: a\r\r").unwrap().is_empty());
+        let ev = d.feed_owned(b"\ndata: b\r\r").unwrap();
+        assert_eq!((ev[0].data.as_str(), ev[0].end), ("a", 10));
+        let mut last = Vec::new();
+        d.close(|e| {
+            last.push(OwnedEvent::from(e));
+            Flow::Continue
+        });
+        assert_eq!(last[0].data, "b");
+    }
+
+    #[test]
+    fn crlf_split_across_chunks_is_one_line_end() {
+        // If the LF were a second line end, "data: x\r" + "\n" would dispatch early and the
+        // second data line would become a separate event.
+        let ev = decode_chunks(&[b"data: x\r", b"\ndata: y\r", b"\n\r", b"\n"]);
+        assert_eq!(data(&ev), ["x\ny"]);
+        assert_eq!((ev[0].start, ev[0].end), (0, 20));
+    }
+
+    #[test]
+    fn bom_dropped_only_at_start_even_when_split() {
+        let ev = decode_chunks(&[b"\xEF", b"\xBB", b"\xBFdata: a\n\n"]);
+        assert_eq!(data(&ev), ["a"]);
+        assert_eq!(ev[0].start, 3);
+        // A BOM later is content; here it makes the field name unknown.
+        let ev = decode(b"data: a\n\n\xEF\xBB\xBFdata: b\n\n");
+        assert_eq!(data(&ev), ["a"]);
+    }
+
+    #[test]
+    fn partial_bom_is_content() {
+        let ev = decode_chunks(&[b"\xEF", b"data: a\n\ndata: b\n\n"]);
+        // "\xEFdata" is an unknown field: the first event has no data.
+        assert_eq!(data(&ev), ["b"]);
+    }
+
+    #[test]
+    fn comments_colonless_fields_and_space_rule() {
+        let ev = decode(b": comment\ndata\n\ndata:no-space\ndata:  two\n\n");
+        assert_eq!(data(&ev), ["", "no-space\n two"]);
+    }
+
+    #[test]
+    fn event_type_id_and_retry() {
+        let ev = decode(b"event: ping\nid: 7\nretry: 1500\ndata: x\n\ndata: y\n\n");
+        assert_eq!(ev[0].event, "ping");
+        assert_eq!(ev[0].id.as_deref(), Some("7"));
+        assert_eq!(ev[0].retry, Some(1500));
+        // id persists (last-event-id buffer), type and retry do not.
+        assert_eq!(ev[1].event, "message");
+        assert_eq!(ev[1].id.as_deref(), Some("7"));
+        assert_eq!(ev[1].retry, None);
+    }
+
+    #[test]
+    fn id_with_nul_ignored_and_bad_retry_ignored() {
+        let ev = decode(b"id: 1\n\nid: a\0b\nretry: 12x\nretry: \ndata: x\n\n");
+        assert_eq!(ev[0].id.as_deref(), Some("1"));
+        assert_eq!(ev[0].retry, None);
+    }
+
+    #[test]
+    fn empty_data_buffer_does_not_dispatch_but_resets_type() {
+        let ev = decode(b"event: a\n\ndata: x\n\n");
+        assert_eq!(ev.len(), 1);
+        assert_eq!(ev[0].event, "message");
+    }
+
+    #[test]
+    fn unknown_fields_ignored() {
+        let ev = decode(b"foo: bar\ndata: x\nDATA: y\n\n");
+        assert_eq!(data(&ev), ["x"]);
+    }
+
+    #[test]
+    fn unfinished_event_discarded_at_close() {
+        let mut d = SseDecoder::default();
+        assert!(d.feed_owned(b"data: a\n\ndata: b\n").unwrap().len() == 1);
+        assert_eq!(d.close(|_| panic!("nothing to dispatch")), 8);
+    }
+
+    #[test]
+    fn spans_cover_blocks_and_comments_between() {
+        let s = b": hi\n\ndata: a\n\nevent: e\ndata: b\n\n";
+        let ev = decode(s);
+        assert_eq!((ev[0].start, ev[0].end), (6, 15));
+        assert_eq!(&s[ev[1].start as usize..ev[1].end as usize], b"event: e\ndata: b\n\n");
+    }
+
+    #[test]
+    fn every_two_way_split_gives_same_events() {
+        let s: &[u8] = b"\xEF\xBB\xBF: c\r\nevent: x\r\ndata: 1\r\ndata:2\r\r\ndata: \xE2\x82\xAC\n\nid: 9\rdata: z\r\r";
+        let whole = decode(s);
+        assert_eq!(whole.len(), 3);
+        for i in 0..=s.len() {
+            for j in i..=s.len() {
+                let parts = decode_chunks(&[&s[..i], &s[i..j], &s[j..]]);
+                assert_eq!(parts, whole, "split at {i},{j}");
+            }
+        }
+    }
+
+    #[test]
+    fn stop_leaves_rest_unconsumed() {
+        let s = b"data: a\n\ndata: b\n\n";
+        let mut d = SseDecoder::default();
+        let mut seen = 0;
+        let n = d
+            .feed(s, |_| {
+                seen += 1;
+                Flow::Stop
+            })
+            .unwrap();
+        assert_eq!((seen, n), (1, 9));
+        let rest = d.feed_owned(&s[n..]).unwrap();
+        assert_eq!(data(&rest), ["b"]);
+        assert_eq!(rest[0].start, 9);
+    }
+
+    #[test]
+    fn oversized_event_is_an_error_and_sticks() {
+        let mut d = SseDecoder::new(16);
+        assert!(d.feed_owned(b"data: 0123456789").is_ok());
+        let err = d.feed_owned(b"abcdef").unwrap_err();
+        assert_eq!(err, SseError::EventTooLarge { limit: 16, offset: 0 });
+        assert!(d.feed_owned(b"\n\n").is_err());
+        // A line end inside the chunk is checked too.
+        let mut d = SseDecoder::new(16);
+        assert!(d.feed_owned(b"data: 0123456789abc\n\n").is_err());
+        // Exactly at the limit is fine.
+        let mut d = SseDecoder::new(10);
+        assert_eq!(d.feed_owned(b"data: ab\n\n").unwrap().len(), 1);
+    }
+
+    #[test]
+    fn long_line_fed_bytewise_is_one_event() {
+        let mut s = b"data: ".to_vec();
+        s.extend(std::iter::repeat_n(b'x', 10_000));
+        s.extend_from_slice(b"\n\n");
+        let mut d = SseDecoder::default();
+        let mut ev = Vec::new();
+        for b in s.chunks(1) {
+            ev.extend(d.feed_owned(b).unwrap());
+        }
+        assert_eq!(ev.len(), 1);
+        assert_eq!(ev[0].data.len(), 10_000);
+    }
+
+    #[test]
+    fn encoder_round_trips_and_rejects_injection() {
+        let mut out = Vec::new();
+        encode_event(&mut out, Some("message_delta"), "a\nb\r\nc\rd", Some("5"), Some(10))
+            .unwrap();
+        encode_event(&mut out, None, "", None, None).unwrap();
+        encode_comment(&mut out, "keep\nalive");
+        let ev = decode(&out);
+        assert_eq!(ev.len(), 2);
+        assert_eq!(ev[0].event, "message_delta");
+        assert_eq!(ev[0].data, "a\nb\nc\nd");
+        assert_eq!(ev[0].retry, Some(10));
+        assert_eq!(ev[1].data, "");
+        let mut out = Vec::new();
+        assert!(encode_event(&mut out, Some("a\nb"), "x", None, None).is_err());
+        assert!(encode_event(&mut out, None, "x", Some("1\r"), None).is_err());
+        assert!(encode_event(&mut out, None, "x", Some("1\0"), None).is_err());
+        assert!(out.is_empty());
+    }
+}
