@@ -1,0 +1,822 @@
+//! The one PyO3 binding file: thin wrappers that convert at the seam and nothing else.
+//! Classes are frozen; mutable state sits behind a Mutex (uncontended: one stream is driven
+//! by one task), which keeps the classes safe on free-threaded Python too.
+
+use std::sync::{Mutex, MutexGuard};
+
+use pyo3::exceptions::{PyKeyError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList};
+
+use crate::endings::EndingStyle;
+use crate::extract::{self, Anomaly, Format, Usage};
+use crate::meter::{self, FeedOutcome, Forward, MeterConfig, MeterState};
+use crate::sse::{self, Flow, OwnedEvent};
+use crate::tokens::{self, Encoding, IncrementalCounter, Provenance};
+
+pyo3::create_exception!(
+    _core,
+    SseError,
+    PyValueError,
+    "An SSE stream broke a hard limit (an event larger than the maximum event size)."
+);
+pyo3::create_exception!(
+    _core,
+    UnknownModelError,
+    PyKeyError,
+    "The model's tokenizer is not known; pass allow_estimate=True to count with the stated fallback."
+);
+
+/// Inputs longer than this are counted with the interpreter lock released.
+const DETACH_BYTES: usize = 8 * 1024;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic inside a call already surfaced as a Python exception; keep the state usable.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn parse_encoding(name: &str) -> PyResult<Encoding> {
+    Encoding::from_name(name).ok_or_else(|| {
+        PyValueError::new_err(format!(
+            "unknown encoding {name:?}; embedded encodings are cl100k_base and o200k_base"
+        ))
+    })
+}
+
+/// Encoding for an encoding name or a model name.
+fn resolve_name(name: &str, allow_estimate: bool) -> PyResult<(Encoding, Provenance)> {
+    if let Some(enc) = Encoding::from_name(name) {
+        return Ok((enc, Provenance::Counted));
+    }
+    match tokens::encoding_for_model(name) {
+        Some(enc) => Ok((enc, Provenance::Counted)),
+        None if allow_estimate => Ok(tokens::resolve_model(name)),
+        None => Err(UnknownModelError::new_err(format!(
+            "no known tokenizer for model {name:?}; pass allow_estimate=True to count with \
+             {} (provenance 'estimated')",
+            tokens::FALLBACK_ENCODING.name()
+        ))),
+    }
+}
+
+fn parse_format(name: &str) -> PyResult<Option<Format>> {
+    if name == "auto" {
+        return Ok(None);
+    }
+    Format::from_name(name).map(Some).ok_or_else(|| {
+        PyValueError::new_err(format!(
+            "unknown stream format {name:?}; expected auto, openai-chat, openai-responses, \
+             openai-completions or anthropic"
+        ))
+    })
+}
+
+// ---------------------------------------------------------------- SSE
+
+#[pyclass(frozen, module = "meterkit._core", name = "SseEvent")]
+pub struct PySseEvent {
+    #[pyo3(get)]
+    event: String,
+    #[pyo3(get)]
+    data: String,
+    #[pyo3(get)]
+    id: Option<String>,
+    #[pyo3(get)]
+    retry: Option<u64>,
+    #[pyo3(get)]
+    start: u64,
+    #[pyo3(get)]
+    end: u64,
+}
+
+impl From<OwnedEvent> for PySseEvent {
+    fn from(e: OwnedEvent) -> Self {
+        PySseEvent {
+            event: e.event,
+            data: e.data,
+            id: e.id,
+            retry: e.retry,
+            start: e.start,
+            end: e.end,
+        }
+    }
+}
+
+#[pymethods]
+impl PySseEvent {
+    #[getter]
+    fn span(&self) -> (u64, u64) {
+        (self.start, self.end)
+    }
+
+    fn __eq__(&self, other: &Bound<'_, PyAny>) -> bool {
+        match other.cast::<PySseEvent>() {
+            Ok(o) => {
+                let o = o.get();
+                (&self.event, &self.data, &self.id, self.retry, self.start, self.end)
+                    == (&o.event, &o.data, &o.id, o.retry, o.start, o.end)
+            }
+            Err(_) => false,
+        }
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "SseEvent(event={:?}, data={:?}, id={:?}, retry={:?}, span=({}, {}))",
+            self.event, self.data, self.id, self.retry, self.start, self.end
+        )
+    }
+}
+
+#[pyclass(frozen, module = "meterkit._core", name = "SseDecoder")]
+pub struct PySseDecoder {
+    inner: Mutex<sse::SseDecoder>,
+}
+
+fn sse_err(e: sse::SseError) -> PyErr {
+    SseError::new_err(e.to_string())
+}
+
+#[pymethods]
+impl PySseDecoder {
+    #[new]
+    #[pyo3(signature = (*, max_event_size = sse::DEFAULT_MAX_EVENT_SIZE))]
+    fn new(max_event_size: usize) -> PyResult<Self> {
+        if max_event_size == 0 {
+            return Err(PyValueError::new_err("max_event_size must be positive"));
+        }
+        Ok(PySseDecoder {
+            inner: Mutex::new(sse::SseDecoder::new(max_event_size)),
+        })
+    }
+
+    /// Feed bytes; returns the events completed by them.
+    fn feed(&self, data: &[u8]) -> PyResult<Vec<PySseEvent>> {
+        let events = lock(&self.inner).feed_owned(data).map_err(sse_err)?;
+        Ok(events.into_iter().map(Into::into).collect())
+    }
+
+    /// End of stream: dispatches an event completed by the final line end, discards an
+    /// unfinished one (see `pending_bytes` before calling to know whether there was one).
+    fn close(&self) -> Vec<PySseEvent> {
+        let mut out = Vec::new();
+        lock(&self.inner).close(|e| {
+            out.push(OwnedEvent::from(e).into());
+            Flow::Continue
+        });
+        out
+    }
+
+    #[getter]
+    fn position(&self) -> u64 {
+        lock(&self.inner).position()
+    }
+
+    #[getter]
+    fn pending_bytes(&self) -> u64 {
+        lock(&self.inner).pending_bytes()
+    }
+
+    #[getter]
+    fn last_event_id(&self) -> String {
+        String::from_utf8_lossy(lock(&self.inner).last_event_id()).into_owned()
+    }
+
+    #[getter]
+    fn max_event_size(&self) -> usize {
+        lock(&self.inner).max_event_size()
+    }
+}
+
+#[pyfunction]
+#[pyo3(signature = (data, *, event = None, id = None, retry = None))]
+fn encode_event<'py>(
+    py: Python<'py>,
+    data: &str,
+    event: Option<&str>,
+    id: Option<&str>,
+    retry: Option<u64>,
+) -> PyResult<Bound<'py, PyBytes>> {
+    let mut out = Vec::with_capacity(data.len() + 16);
+    sse::encode_event(&mut out, event, data, id, retry)
+        .map_err(|e| PyValueError::new_err(e.to_string()))?;
+    Ok(PyBytes::new(py, &out))
+}
+
+#[pyfunction]
+fn encode_comment<'py>(py: Python<'py>, text: &str) -> Bound<'py, PyBytes> {
+    let mut out = Vec::new();
+    sse::encode_comment(&mut out, text);
+    PyBytes::new(py, &out)
+}
+
+// ---------------------------------------------------------------- tokens
+
+#[pyfunction]
+#[pyo3(signature = (text, encoding))]
+fn count_tokens(py: Python<'_>, text: &str, encoding: &str) -> PyResult<usize> {
+    let enc = parse_encoding(encoding)?;
+    Ok(if text.len() > DETACH_BYTES {
+        py.detach(|| enc.count(text))
+    } else {
+        enc.count(text)
+    })
+}
+
+/// Sum of the counts of several texts (one call for a whole prompt).
+#[pyfunction]
+#[pyo3(signature = (texts, encoding))]
+fn count_tokens_total(py: Python<'_>, texts: Vec<String>, encoding: &str) -> PyResult<u64> {
+    let enc = parse_encoding(encoding)?;
+    let total_len: usize = texts.iter().map(String::len).sum();
+    let run = || texts.iter().map(|t| enc.count(t) as u64).sum::<u64>();
+    Ok(if total_len > DETACH_BYTES {
+        py.detach(run)
+    } else {
+        run()
+    })
+}
+
+/// The encoding a model uses, or None when it is not known.
+#[pyfunction]
+fn encoding_name_for_model(model: &str) -> Option<&'static str> {
+    tokens::encoding_for_model(model).map(Encoding::name)
+}
+
+/// (encoding, provenance) for any model: unknown models get the fallback, "estimated".
+#[pyfunction]
+fn resolve_model(model: &str) -> (&'static str, &'static str) {
+    let (enc, prov) = tokens::resolve_model(model);
+    (enc.name(), prov.name())
+}
+
+#[pyclass(frozen, module = "meterkit._core", name = "TokenCounter")]
+pub struct PyTokenCounter {
+    inner: Mutex<IncrementalCounter>,
+    provenance: Provenance,
+}
+
+#[pymethods]
+impl PyTokenCounter {
+    #[new]
+    #[pyo3(signature = (encoding_or_model = "o200k_base", *, allow_estimate = false))]
+    fn new(encoding_or_model: &str, allow_estimate: bool) -> PyResult<Self> {
+        let (enc, provenance) = resolve_name(encoding_or_model, allow_estimate)?;
+        Ok(PyTokenCounter {
+            inner: Mutex::new(IncrementalCounter::new(enc)),
+            provenance,
+        })
+    }
+
+    fn push(&self, py: Python<'_>, text: &str) {
+        if text.len() > DETACH_BYTES {
+            py.detach(|| lock(&self.inner).push(text));
+        } else {
+            lock(&self.inner).push(text);
+        }
+    }
+
+    /// Exact count of everything pushed so far.
+    #[getter]
+    fn count(&self) -> u64 {
+        lock(&self.inner).count()
+    }
+
+    /// Final count; equals the one-shot count of the concatenated text.
+    fn finish(&self) -> u64 {
+        lock(&self.inner).count()
+    }
+
+    #[getter]
+    fn encoding(&self) -> &'static str {
+        lock(&self.inner).encoding().name()
+    }
+
+    #[getter]
+    fn provenance(&self) -> &'static str {
+        self.provenance.name()
+    }
+
+    #[getter]
+    fn pushed_bytes(&self) -> u64 {
+        lock(&self.inner).pushed_bytes()
+    }
+
+    fn __repr__(&self) -> String {
+        let c = lock(&self.inner);
+        format!(
+            "TokenCounter(encoding={:?}, provenance={:?}, count={})",
+            c.encoding().name(),
+            self.provenance.name(),
+            c.count()
+        )
+    }
+}
+
+// ---------------------------------------------------------------- extraction
+
+#[pyclass(frozen, module = "meterkit._core", name = "Usage")]
+#[derive(Clone)]
+pub struct PyUsage {
+    #[pyo3(get)]
+    input_tokens: Option<u64>,
+    #[pyo3(get)]
+    output_tokens: Option<u64>,
+    #[pyo3(get)]
+    total_tokens: Option<u64>,
+    #[pyo3(get)]
+    cached_input_tokens: Option<u64>,
+    #[pyo3(get)]
+    cache_creation_input_tokens: Option<u64>,
+    #[pyo3(get)]
+    reasoning_tokens: Option<u64>,
+}
+
+impl From<Usage> for PyUsage {
+    fn from(u: Usage) -> Self {
+        PyUsage {
+            input_tokens: u.input_tokens,
+            output_tokens: u.output_tokens,
+            total_tokens: u.total_tokens,
+            cached_input_tokens: u.cached_input_tokens,
+            cache_creation_input_tokens: u.cache_creation_input_tokens,
+            reasoning_tokens: u.reasoning_tokens,
+        }
+    }
+}
+
+impl PyUsage {
+    fn fields(&self) -> [(&'static str, Option<u64>); 6] {
+        [
+            ("input_tokens", self.input_tokens),
+            ("output_tokens", self.output_tokens),
+            ("total_tokens", self.total_tokens),
+            ("cached_input_tokens", self.cached_input_tokens),
+            ("cache_creation_input_tokens", self.cache_creation_input_tokens),
+            ("reasoning_tokens", self.reasoning_tokens),
+        ]
+    }
+}
+
+#[pymethods]
+impl PyUsage {
+    /// The dimensions the upstream reported (absent ones omitted).
+    fn as_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        for (k, v) in self.fields() {
+            if let Some(v) = v {
+                d.set_item(k, v)?;
+            }
+        }
+        Ok(d)
+    }
+
+    fn __eq__(&self, other: &Bound<'_, PyAny>) -> bool {
+        match other.cast::<PyUsage>() {
+            Ok(o) => self.fields() == o.get().fields(),
+            Err(_) => false,
+        }
+    }
+
+    fn __repr__(&self) -> String {
+        let parts: Vec<String> = self
+            .fields()
+            .iter()
+            .filter_map(|(k, v)| v.map(|v| format!("{k}={v}")))
+            .collect();
+        format!("Usage({})", parts.join(", "))
+    }
+}
+
+#[pyclass(frozen, module = "meterkit._core", name = "Anomaly")]
+pub struct PyAnomaly {
+    #[pyo3(get)]
+    kind: &'static str,
+    #[pyo3(get)]
+    message: String,
+    #[pyo3(get)]
+    offset: u64,
+}
+
+impl From<&Anomaly> for PyAnomaly {
+    fn from(a: &Anomaly) -> Self {
+        PyAnomaly {
+            kind: a.kind.name(),
+            message: a.message.clone(),
+            offset: a.offset,
+        }
+    }
+}
+
+#[pymethods]
+impl PyAnomaly {
+    fn __repr__(&self) -> String {
+        format!(
+            "Anomaly(kind={:?}, offset={}, message={:?})",
+            self.kind, self.offset, self.message
+        )
+    }
+}
+
+#[pyclass(frozen, module = "meterkit._core", name = "ParsedEvent")]
+pub struct PyParsedEvent {
+    /// data / done / ping / error / other
+    #[pyo3(get)]
+    kind: &'static str,
+    /// (choice, part, channel, text) per billed delta.
+    #[pyo3(get)]
+    deltas: Vec<(u32, u32, &'static str, String)>,
+    #[pyo3(get)]
+    finish_reasons: Vec<(u32, String)>,
+    #[pyo3(get)]
+    usage: Option<PyUsage>,
+    /// (type, message, code) when the event is an error.
+    #[pyo3(get)]
+    error: Option<(String, String, Option<String>)>,
+}
+
+#[pymethods]
+impl PyParsedEvent {
+    fn __repr__(&self) -> String {
+        format!(
+            "ParsedEvent(kind={:?}, deltas={:?}, finish_reasons={:?}, error={:?})",
+            self.kind, self.deltas, self.finish_reasons, self.error
+        )
+    }
+}
+
+fn kind_name(k: extract::EventKind) -> &'static str {
+    match k {
+        extract::EventKind::Data => "data",
+        extract::EventKind::Done => "done",
+        extract::EventKind::Ping => "ping",
+        extract::EventKind::Error => "error",
+        extract::EventKind::Other => "other",
+    }
+}
+
+/// Extract one event's billed text, finish reasons, usage and errors.
+#[pyfunction]
+#[pyo3(signature = (format, data, event = None))]
+fn parse_event(format: &str, data: &str, event: Option<&str>) -> PyResult<PyParsedEvent> {
+    let format = parse_format(format)?.ok_or_else(|| {
+        PyValueError::new_err("parse_event needs an explicit format (use detect_format first)")
+    })?;
+    let event = event.filter(|e| *e != "message").unwrap_or("");
+    let ex = extract::extract(format, event.as_bytes(), data.as_bytes())
+        .map_err(|m| PyValueError::new_err(format!("malformed {} event: {m}", format.name())))?;
+    Ok(PyParsedEvent {
+        kind: kind_name(ex.kind),
+        deltas: ex
+            .deltas
+            .into_iter()
+            .map(|d| (d.choice, d.part, d.channel.name(), d.text.into_owned()))
+            .collect(),
+        finish_reasons: ex.finishes.into_vec(),
+        usage: ex.usage.map(Into::into),
+        error: ex.error.map(|e| (e.kind, e.message, e.code)),
+    })
+}
+
+/// The stream format, from a request path and/or a first event. None when neither says.
+#[pyfunction]
+#[pyo3(signature = (path = None, *, event = None, data = None))]
+fn detect_format(path: Option<&str>, event: Option<&str>, data: Option<&str>) -> Option<&'static str> {
+    if let Some(f) = path.and_then(Format::from_path) {
+        return Some(f.name());
+    }
+    let event = event.filter(|e| *e != "message").unwrap_or("");
+    data.and_then(|d| Format::detect(event.as_bytes(), d.as_bytes()))
+        .map(Format::name)
+}
+
+// ---------------------------------------------------------------- meter
+
+#[pyclass(frozen, module = "meterkit._core", name = "FeedResult")]
+pub struct PyFeedResult {
+    /// Bytes to write to the client now (the input object itself when it passes whole).
+    #[pyo3(get)]
+    forward: Py<PyBytes>,
+    #[pyo3(get)]
+    events: u32,
+    spans: Vec<(u64, u64)>,
+    #[pyo3(get)]
+    completion_tokens: u64,
+    #[pyo3(get)]
+    usage: Option<PyUsage>,
+    #[pyo3(get)]
+    state: &'static str,
+    #[pyo3(get)]
+    truncated: bool,
+    #[pyo3(get)]
+    paused: bool,
+    anomalies: Vec<Anomaly>,
+}
+
+#[pymethods]
+impl PyFeedResult {
+    /// Absolute stream spans of the events this call dispatched.
+    #[getter]
+    fn spans(&self) -> Vec<(u64, u64)> {
+        self.spans.clone()
+    }
+
+    #[getter]
+    fn anomalies(&self) -> Vec<PyAnomaly> {
+        self.anomalies.iter().map(Into::into).collect()
+    }
+
+    /// The upstream's end-of-stream marker has gone through.
+    #[getter]
+    fn finished(&self) -> bool {
+        self.state == MeterState::Finished.name()
+    }
+
+    fn __repr__(&self, py: Python<'_>) -> String {
+        format!(
+            "FeedResult(forward={} bytes, events={}, completion_tokens={}, state={:?}, truncated={}, paused={}, anomalies={})",
+            self.forward.bind(py).as_bytes().len(),
+            self.events,
+            self.completion_tokens,
+            self.state,
+            self.truncated,
+            self.paused,
+            self.anomalies.len()
+        )
+    }
+}
+
+#[pyclass(frozen, module = "meterkit._core", name = "StreamMeter")]
+pub struct PyStreamMeter {
+    inner: Mutex<meter::StreamMeter>,
+}
+
+impl PyStreamMeter {
+    fn result(
+        &self,
+        py: Python<'_>,
+        m: &mut meter::StreamMeter,
+        out: FeedOutcome,
+        input: Option<&Bound<'_, PyBytes>>,
+    ) -> PyFeedResult {
+        let forward = match (&out.forward, input) {
+            (Forward::Input, Some(b)) => b.clone().unbind(),
+            (Forward::Input, None) => PyBytes::new(py, b"").unbind(),
+            (Forward::Bytes(v), _) => PyBytes::new(py, v).unbind(),
+        };
+        PyFeedResult {
+            forward,
+            events: out.events,
+            spans: out.spans,
+            completion_tokens: m.completion_tokens(),
+            usage: m.usage().map(Into::into),
+            state: m.state().name(),
+            truncated: out.truncated,
+            paused: out.paused,
+            anomalies: out.anomalies,
+        }
+    }
+}
+
+#[pymethods]
+impl PyStreamMeter {
+    #[new]
+    #[pyo3(signature = (
+        format = "auto", model = None, *, path = None, encoding = None, limit = None,
+        shadow = false, ending = "graceful", credit = None, prompt_tokens = None,
+        max_event_size = sse::DEFAULT_MAX_EVENT_SIZE
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        format: &str,
+        model: Option<String>,
+        path: Option<&str>,
+        encoding: Option<&str>,
+        limit: Option<u64>,
+        shadow: bool,
+        ending: &str,
+        credit: Option<u64>,
+        prompt_tokens: Option<u64>,
+        max_event_size: usize,
+    ) -> PyResult<Self> {
+        let format = parse_format(format)?.or_else(|| path.and_then(Format::from_path));
+        let encoding = encoding.map(parse_encoding).transpose()?;
+        let ending = EndingStyle::from_name(ending).ok_or_else(|| {
+            PyValueError::new_err(format!(
+                "unknown ending {ending:?}; expected graceful_close or error_chunk"
+            ))
+        })?;
+        if max_event_size == 0 {
+            return Err(PyValueError::new_err("max_event_size must be positive"));
+        }
+        Ok(PyStreamMeter {
+            inner: Mutex::new(meter::StreamMeter::new(MeterConfig {
+                format,
+                model,
+                encoding,
+                max_event_size,
+                limit,
+                shadow,
+                ending,
+                prompt_tokens,
+                credit,
+            })),
+        })
+    }
+
+    /// One network read in: what to forward, and the meter's readings after it.
+    fn feed(&self, py: Python<'_>, chunk: &Bound<'_, PyBytes>) -> PyFeedResult {
+        let mut m = lock(&self.inner);
+        let out = m.feed(chunk.as_bytes());
+        self.result(py, &mut m, out, Some(chunk))
+    }
+
+    /// Add headroom (tokens); a paused stream resumes at the event that paused it.
+    fn grant(&self, py: Python<'_>, tokens: u64) -> PyFeedResult {
+        let mut m = lock(&self.inner);
+        let out = m.grant(tokens);
+        self.result(py, &mut m, out, None)
+    }
+
+    /// Remove the credit gate entirely; a paused stream resumes.
+    fn clear_credit(&self, py: Python<'_>) -> PyFeedResult {
+        let mut m = lock(&self.inner);
+        let out = m.clear_credit();
+        self.result(py, &mut m, out, None)
+    }
+
+    /// End the stream now with the configured ending; returns the bytes to send.
+    #[pyo3(signature = (message = "the completion token limit was reached"))]
+    fn truncate<'py>(&self, py: Python<'py>, message: &str) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, &lock(&self.inner).truncate(message))
+    }
+
+    /// End the stream with the format's error event (upstream failure); returns the bytes.
+    #[pyo3(signature = (message, *, error_type = "api_error", code = "upstream_error"))]
+    fn fail<'py>(
+        &self,
+        py: Python<'py>,
+        message: &str,
+        error_type: &str,
+        code: &str,
+    ) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, &lock(&self.inner).fail(error_type, code, message))
+    }
+
+    /// Upstream end of stream.
+    fn close(&self, py: Python<'_>) -> PyFeedResult {
+        let mut m = lock(&self.inner);
+        let out = m.close();
+        self.result(py, &mut m, out, None)
+    }
+
+    #[getter]
+    fn format(&self) -> Option<&'static str> {
+        lock(&self.inner).format().map(Format::name)
+    }
+
+    #[getter]
+    fn state(&self) -> &'static str {
+        lock(&self.inner).state().name()
+    }
+
+    #[getter]
+    fn completion_tokens(&self) -> u64 {
+        lock(&self.inner).completion_tokens()
+    }
+
+    #[getter]
+    fn tokens_by_channel(&self) -> Vec<(&'static str, u64)> {
+        lock(&self.inner)
+            .tokens_by_channel()
+            .iter()
+            .map(|(c, n)| (c.name(), *n))
+            .collect()
+    }
+
+    #[getter]
+    fn usage(&self) -> Option<PyUsage> {
+        lock(&self.inner).usage().map(Into::into)
+    }
+
+    #[getter]
+    fn encoding(&self) -> &'static str {
+        lock(&self.inner).encoding().0.name()
+    }
+
+    #[getter]
+    fn provenance(&self) -> &'static str {
+        lock(&self.inner).encoding().1.name()
+    }
+
+    #[getter]
+    fn finish_reasons(&self) -> Vec<(u32, String)> {
+        lock(&self.inner).finish_reasons().to_vec()
+    }
+
+    #[getter]
+    fn anomalies(&self) -> Vec<PyAnomaly> {
+        lock(&self.inner).anomalies().iter().map(Into::into).collect()
+    }
+
+    /// (type, message, code) of an error the upstream reported in the stream.
+    #[getter]
+    fn stream_error(&self) -> Option<(String, String, Option<String>)> {
+        lock(&self.inner)
+            .stream_error()
+            .map(|e| (e.kind.clone(), e.message.clone(), e.code.clone()))
+    }
+
+    /// (id, model) the stream named.
+    #[getter]
+    fn stream_id(&self) -> Option<String> {
+        lock(&self.inner).info().and_then(|i| i.id.clone())
+    }
+
+    #[getter]
+    fn stream_model(&self) -> Option<String> {
+        lock(&self.inner).info().and_then(|i| i.model.clone())
+    }
+
+    #[getter]
+    fn events(&self) -> u64 {
+        lock(&self.inner).events()
+    }
+
+    #[getter]
+    fn bytes_in(&self) -> u64 {
+        lock(&self.inner).bytes_in()
+    }
+
+    #[getter]
+    fn bytes_out(&self) -> u64 {
+        lock(&self.inner).bytes_out()
+    }
+
+    #[getter]
+    fn credit(&self) -> Option<u64> {
+        lock(&self.inner).credit()
+    }
+
+    #[getter]
+    fn limit(&self) -> Option<u64> {
+        lock(&self.inner).limit()
+    }
+
+    #[getter]
+    fn would_truncate_at(&self) -> Option<u64> {
+        lock(&self.inner).would_truncate_at()
+    }
+
+    #[getter]
+    fn pending_bytes(&self) -> usize {
+        lock(&self.inner).pending_bytes()
+    }
+
+    fn __repr__(&self) -> String {
+        let mut m = lock(&self.inner);
+        format!(
+            "StreamMeter(format={:?}, state={:?}, completion_tokens={}, events={})",
+            m.format().map(Format::name),
+            m.state().name(),
+            m.completion_tokens(),
+            m.events()
+        )
+    }
+}
+
+#[pymodule]
+#[pyo3(name = "_core")]
+fn meterkit_core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = m.py();
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add("DEFAULT_MAX_EVENT_SIZE", sse::DEFAULT_MAX_EVENT_SIZE)?;
+    m.add("FALLBACK_ENCODING", tokens::FALLBACK_ENCODING.name())?;
+    m.add(
+        "ENCODINGS",
+        PyList::new(py, Encoding::ALL.iter().map(|e| e.name()))?,
+    )?;
+    m.add(
+        "FORMATS",
+        PyList::new(py, Format::ALL.iter().map(|f| f.name()))?,
+    )?;
+    m.add("SseError", py.get_type::<SseError>())?;
+    m.add("UnknownModelError", py.get_type::<UnknownModelError>())?;
+    m.add_class::<PySseEvent>()?;
+    m.add_class::<PySseDecoder>()?;
+    m.add_class::<PyTokenCounter>()?;
+    m.add_class::<PyUsage>()?;
+    m.add_class::<PyAnomaly>()?;
+    m.add_class::<PyParsedEvent>()?;
+    m.add_class::<PyFeedResult>()?;
+    m.add_class::<PyStreamMeter>()?;
+    m.add_function(wrap_pyfunction!(encode_event, m)?)?;
+    m.add_function(wrap_pyfunction!(encode_comment, m)?)?;
+    m.add_function(wrap_pyfunction!(count_tokens, m)?)?;
+    m.add_function(wrap_pyfunction!(count_tokens_total, m)?)?;
+    m.add_function(wrap_pyfunction!(encoding_name_for_model, m)?)?;
+    m.add_function(wrap_pyfunction!(resolve_model, m)?)?;
+    m.add_function(wrap_pyfunction!(parse_event, m)?)?;
+    m.add_function(wrap_pyfunction!(detect_format, m)?)?;
+    Ok(())
+}
