@@ -27,7 +27,7 @@ impl EndingStyle {
 /// What the stream looked like when it was cut.
 #[derive(Debug, Clone, Default)]
 pub struct StreamSnapshot<'a> {
-    pub info: Option<&'a StreamInfo>,
+    pub info: Option<&'a StreamInfo<'a>>,
     /// Model to name when the stream never said (the configured model).
     pub fallback_model: Option<&'a str>,
     /// Choices that have produced output but no finish reason yet.
@@ -78,11 +78,13 @@ fn push_data(out: &mut Vec<u8>, event: Option<&str>, v: &Value) {
 pub fn ending(format: Format, snap: &StreamSnapshot<'_>, p: &EndingParams<'_>) -> Vec<u8> {
     let mut out = Vec::new();
     let info = snap.info.cloned().unwrap_or_default();
-    let model = info
+    let model: String = info
         .model
-        .clone()
-        .or(snap.fallback_model.map(str::to_owned))
-        .unwrap_or_else(|| "unknown".into());
+        .as_deref()
+        .or(snap.fallback_model)
+        .unwrap_or("unknown")
+        .to_owned();
+    let id = |default: &str| info.id.as_deref().unwrap_or(default).to_owned();
     let created = info.created.unwrap_or(snap.now_unix);
     match format {
         Format::OpenAiChat | Format::OpenAiCompletions => {
@@ -105,16 +107,25 @@ pub fn ending(format: Format, snap: &StreamSnapshot<'_>, p: &EndingParams<'_>) -
                         })
                         .collect();
                     let mut chunk = Map::new();
-                    let default_id = if chat { "chatcmpl-meterkit" } else { "cmpl-meterkit" };
-                    chunk.insert("id".into(), info.id.clone().unwrap_or_else(|| default_id.into()).into());
+                    let default_id = if chat {
+                        "chatcmpl-meterkit"
+                    } else {
+                        "cmpl-meterkit"
+                    };
+                    chunk.insert("id".into(), id(default_id).into());
                     chunk.insert(
                         "object".into(),
-                        (if chat { "chat.completion.chunk" } else { "text_completion" }).into(),
+                        (if chat {
+                            "chat.completion.chunk"
+                        } else {
+                            "text_completion"
+                        })
+                        .into(),
                     );
                     chunk.insert("created".into(), created.into());
                     chunk.insert("model".into(), model.into());
                     if let Some(fp) = &info.system_fingerprint {
-                        chunk.insert("system_fingerprint".into(), fp.clone().into());
+                        chunk.insert("system_fingerprint".into(), fp.to_string().into());
                     }
                     chunk.insert("choices".into(), Value::Array(choices));
                     if let Some((prompt, completion)) = p.usage {
@@ -149,7 +160,11 @@ pub fn ending(format: Format, snap: &StreamSnapshot<'_>, p: &EndingParams<'_>) -
                             "delta": {"stop_reason": "max_tokens", "stop_sequence": null},
                             "usage": {"output_tokens": output}}),
                 );
-                push_data(&mut out, Some("message_stop"), &json!({"type": "message_stop"}));
+                push_data(
+                    &mut out,
+                    Some("message_stop"),
+                    &json!({"type": "message_stop"}),
+                );
             }
             EndingStyle::Error => push_data(
                 &mut out,
@@ -166,7 +181,7 @@ pub fn ending(format: Format, snap: &StreamSnapshot<'_>, p: &EndingParams<'_>) -
                         .and_then(|t| serde_json::from_str::<Value>(t).ok())
                         .filter(Value::is_object)
                         .unwrap_or_else(|| {
-                            json!({"id": info.id.clone().unwrap_or_else(|| "resp_meterkit".into()),
+                            json!({"id": id("resp_meterkit"),
                                    "object": "response", "created_at": created, "model": model,
                                    "output": []})
                         });
@@ -242,7 +257,11 @@ mod tests {
                 let parsed: Vec<_> = events
                     .iter()
                     .map(|e| {
-                        let et = if e.event == "message" { "" } else { e.event.as_str() };
+                        let et = if e.event == "message" {
+                            ""
+                        } else {
+                            e.event.as_str()
+                        };
                         extract(format, et.as_bytes(), e.data.as_bytes()).unwrap()
                     })
                     .collect();
@@ -252,12 +271,18 @@ mod tests {
                         assert_eq!(parsed[0].finishes.len(), 2);
                         assert_eq!(parsed[0].finishes[1], (1, "length".into()));
                         assert_eq!(parsed[0].usage.unwrap().output_tokens, Some(7));
-                        assert_eq!(parsed[0].info.as_ref().unwrap().id.as_deref(), Some("chatcmpl-9"));
+                        assert_eq!(
+                            parsed[0].info.as_ref().unwrap().id.as_deref(),
+                            Some("chatcmpl-9")
+                        );
                         assert_eq!(last.kind, EventKind::Done);
                     }
                     (Format::OpenAiChat | Format::OpenAiCompletions, EndingStyle::Error) => {
                         assert_eq!(parsed[0].kind, EventKind::Error);
-                        assert_eq!(parsed[0].error.as_ref().unwrap().code.as_deref(), Some("completion_tokens_exceeded"));
+                        assert_eq!(
+                            parsed[0].error.as_ref().unwrap().code.as_deref(),
+                            Some("completion_tokens_exceeded")
+                        );
                         assert_eq!(last.kind, EventKind::Done);
                     }
                     (Format::Anthropic, EndingStyle::Graceful) => {
@@ -287,8 +312,15 @@ mod tests {
     #[test]
     fn responses_ending_reuses_created_template() {
         let tmpl = r#"{"id":"resp_7","object":"response","created_at":5,"model":"gpt-4o","status":"in_progress","output":[],"tools":[],"usage":null}"#;
-        let snap = StreamSnapshot { response_template: Some(tmpl), ..StreamSnapshot::default() };
-        let bytes = ending(Format::OpenAiResponses, &snap, &params(EndingStyle::Graceful));
+        let snap = StreamSnapshot {
+            response_template: Some(tmpl),
+            ..StreamSnapshot::default()
+        };
+        let bytes = ending(
+            Format::OpenAiResponses,
+            &snap,
+            &params(EndingStyle::Graceful),
+        );
         let ev = SseDecoder::default().feed_owned(&bytes).unwrap();
         let v: Value = serde_json::from_str(&ev[0].data).unwrap();
         assert_eq!(v["response"]["id"], "resp_7");

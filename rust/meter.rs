@@ -17,8 +17,8 @@
 
 use crate::endings::{ending, EndingParams, EndingStyle, StreamSnapshot};
 use crate::extract::{
-    extract, Anomaly, AnomalyKind, Channel, EventKind, Extracted, Format, StreamError,
-    StreamInfo, Usage,
+    extract, Anomaly, AnomalyKind, Channel, EventKind, Extracted, Format, StreamError, StreamInfo,
+    Usage,
 };
 use crate::sse::{Flow, RawEvent, SseDecoder, DEFAULT_MAX_EVENT_SIZE};
 use crate::tokens::{resolve_model, Encoding, IncrementalCounter, Provenance};
@@ -182,7 +182,7 @@ struct Core {
     usage_seen: bool,
     finishes: Vec<(u32, String)>,
     choices: Vec<u32>,
-    info: Option<StreamInfo>,
+    info: Option<StreamInfo<'static>>,
     open_block: Option<u32>,
     message_started: bool,
     response_template: Option<String>,
@@ -329,7 +329,7 @@ impl Core {
                 if format == Format::Anthropic {
                     self.message_started = true;
                 }
-                self.info = Some(info.clone());
+                self.info = Some(info.clone().into_owned());
             }
         }
         if !ex.deltas.is_empty() {
@@ -503,8 +503,11 @@ impl StreamMeter {
         });
         if let Err(e) = &result {
             self.core.state = MeterState::Failed;
-            self.core
-                .anomaly(AnomalyKind::EventTooLarge, e.to_string(), self.decoder.block_start());
+            self.core.anomaly(
+                AnomalyKind::EventTooLarge,
+                e.to_string(),
+                self.decoder.block_start(),
+            );
         }
         let fwd_end = match stop {
             Some((_, start)) => start,
@@ -525,8 +528,12 @@ impl StreamMeter {
         match stop {
             Some((Verdict::Cut, _)) => {
                 self.held.clear();
-                let tail = self.end_with(self.ending_style, "rate_limit_error", "completion_tokens_exceeded",
-                    "the completion token limit was reached");
+                let tail = self.end_with(
+                    self.ending_style,
+                    "rate_limit_error",
+                    "completion_tokens_exceeded",
+                    "the completion token limit was reached",
+                );
                 self.append(&mut out.forward, chunk, tail);
                 out.truncated = true;
             }
@@ -563,17 +570,17 @@ impl StreamMeter {
         if self.held.is_empty() && fwd_end == end_abs {
             return Forward::Input;
         }
-        let mut out = Vec::with_capacity((fwd_end.saturating_sub(held_start)) as usize);
         let held_part = (fwd_end.saturating_sub(held_start) as usize).min(self.held.len());
+        let chunk_part = fwd_end.saturating_sub(chunk_start) as usize;
+        let mut out = Vec::with_capacity(held_part + chunk_part);
         out.extend_from_slice(&self.held[..held_part]);
-        if fwd_end > chunk_start {
-            out.extend_from_slice(&chunk[..(fwd_end - chunk_start) as usize]);
-        }
+        out.extend_from_slice(&chunk[..chunk_part]);
         // What stays held: the rest of the old held bytes, then the chunk from fwd_end on.
-        let mut rest = self.held.split_off(held_part);
-        let chunk_from = fwd_end.saturating_sub(chunk_start) as usize;
-        rest.extend_from_slice(&chunk[chunk_from.min(chunk.len())..]);
-        self.held = rest;
+        // Only the forwarded front is removed, so a long unfinished event is appended to,
+        // never copied again per read.
+        self.held.drain(..held_part);
+        self.held
+            .extend_from_slice(&chunk[chunk_part.min(chunk.len())..]);
         Forward::Bytes(out)
     }
 
@@ -589,7 +596,13 @@ impl StreamMeter {
         }
     }
 
-    fn end_with(&mut self, style: EndingStyle, error_type: &str, code: &str, message: &str) -> Vec<u8> {
+    fn end_with(
+        &mut self,
+        style: EndingStyle,
+        error_type: &str,
+        code: &str,
+        message: &str,
+    ) -> Vec<u8> {
         let completion = self.completion_tokens();
         let format = self.core.format.unwrap_or(Format::OpenAiChat);
         let open = self.core.open_choices();
@@ -664,7 +677,12 @@ impl StreamMeter {
         }
         self.held.clear();
         self.stash.clear();
-        let bytes = self.end_with(self.ending_style, "rate_limit_error", "completion_tokens_exceeded", message);
+        let bytes = self.end_with(
+            self.ending_style,
+            "rate_limit_error",
+            "completion_tokens_exceeded",
+            message,
+        );
         self.core.state = MeterState::Truncated;
         self.bytes_out += bytes.len() as u64;
         bytes
@@ -727,8 +745,12 @@ impl StreamMeter {
             Some(_) => {
                 self.held.clear();
                 let style = self.ending_style;
-                return Some(self.end_with(style, "rate_limit_error", "completion_tokens_exceeded",
-                    "the completion token limit was reached"));
+                return Some(self.end_with(
+                    style,
+                    "rate_limit_error",
+                    "completion_tokens_exceeded",
+                    "the completion token limit was reached",
+                ));
             }
             None => {}
         }
@@ -796,7 +818,7 @@ impl StreamMeter {
         self.core.stream_error.as_ref()
     }
 
-    pub fn info(&self) -> Option<&StreamInfo> {
+    pub fn info(&self) -> Option<&StreamInfo<'static>> {
         self.core.info.as_ref()
     }
 
@@ -856,7 +878,9 @@ mod tests {
         s.into_bytes()
     }
 
-    const WORDS: &[&str] = &["Hello", ",", " world", "!", " How", " are", " you", " today", "?", " 🙂"];
+    const WORDS: &[&str] = &[
+        "Hello", ",", " world", "!", " How", " are", " you", " today", "?", " 🙂",
+    ];
 
     fn run(meter: &mut StreamMeter, bytes: &[u8], chunk: usize) -> Vec<u8> {
         let mut out = Vec::new();
@@ -875,10 +899,20 @@ mod tests {
         let bytes = chat_stream(WORDS);
         let text: String = WORDS.concat();
         for chunk in [1, 2, 3, 7, 64, bytes.len()] {
-            let mut m = StreamMeter::new(MeterConfig { model: Some("gpt-4o".into()), ..Default::default() });
+            let mut m = StreamMeter::new(MeterConfig {
+                model: Some("gpt-4o".into()),
+                ..Default::default()
+            });
             let out = run(&mut m, &bytes, chunk);
-            assert_eq!(String::from_utf8_lossy(&out), String::from_utf8_lossy(&bytes), "chunk size {chunk}");
-            assert_eq!(m.completion_tokens(), Encoding::O200kBase.count(&text) as u64);
+            assert_eq!(
+                String::from_utf8_lossy(&out),
+                String::from_utf8_lossy(&bytes),
+                "chunk size {chunk}"
+            );
+            assert_eq!(
+                m.completion_tokens(),
+                Encoding::O200kBase.count(&text) as u64
+            );
             assert_eq!(m.state(), MeterState::Finished);
             assert_eq!(m.format(), Some(Format::OpenAiChat));
             assert_eq!(m.finish_reasons(), [(0, "stop".to_string())]);
@@ -922,18 +956,35 @@ mod tests {
                 if Encoding::O200kBase.count(&full) as u64 > limit {
                     assert_eq!(m.state(), MeterState::Truncated);
                     let k = delivered.len();
-                    let next_word = WORDS.iter().scan(0, |acc, w| { *acc += w.len(); Some(*acc) }).position(|e| e > k).unwrap();
+                    let next_word = WORDS
+                        .iter()
+                        .scan(0, |acc, w| {
+                            *acc += w.len();
+                            Some(*acc)
+                        })
+                        .position(|e| e > k)
+                        .unwrap();
                     let mut with_next = delivered.clone();
                     with_next.push_str(WORDS[next_word]);
-                    assert!(Encoding::O200kBase.count(&with_next) as u64 > limit, "cut too early at limit {limit}");
+                    assert!(
+                        Encoding::O200kBase.count(&with_next) as u64 > limit,
+                        "cut too early at limit {limit}"
+                    );
                     let last = events.last().unwrap();
                     assert_eq!(last.data, "[DONE]");
                     let fin = &events[events.len() - 2];
-                    assert!(fin.data.contains("\"finish_reason\":\"length\""), "{}", fin.data);
+                    assert!(
+                        fin.data.contains("\"finish_reason\":\"length\""),
+                        "{}",
+                        fin.data
+                    );
                     assert!(fin.data.contains(&format!("\"completion_tokens\":{n}")));
                     assert!(fin.data.contains("\"id\":\"c1\""));
                 } else {
-                    assert_eq!(String::from_utf8_lossy(&out), String::from_utf8_lossy(&bytes));
+                    assert_eq!(
+                        String::from_utf8_lossy(&out),
+                        String::from_utf8_lossy(&bytes)
+                    );
                 }
             }
         }
@@ -942,9 +993,16 @@ mod tests {
     #[test]
     fn shadow_never_cuts_but_reports() {
         let bytes = chat_stream(WORDS);
-        let mut m = StreamMeter::new(MeterConfig { limit: Some(3), shadow: true, ..Default::default() });
+        let mut m = StreamMeter::new(MeterConfig {
+            limit: Some(3),
+            shadow: true,
+            ..Default::default()
+        });
         let out = run(&mut m, &bytes, 9);
-        assert_eq!(String::from_utf8_lossy(&out), String::from_utf8_lossy(&bytes));
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            String::from_utf8_lossy(&bytes)
+        );
         assert_eq!(m.would_truncate_at(), Some(3));
         assert_eq!(m.state(), MeterState::Finished);
     }
@@ -952,7 +1010,10 @@ mod tests {
     #[test]
     fn credit_pauses_and_grant_resumes_exactly() {
         let bytes = chat_stream(WORDS);
-        let mut m = StreamMeter::new(MeterConfig { credit: Some(2), ..Default::default() });
+        let mut m = StreamMeter::new(MeterConfig {
+            credit: Some(2),
+            ..Default::default()
+        });
         let mut out = Vec::new();
         let mut pauses = 0;
         for c in bytes.chunks(13) {
@@ -968,7 +1029,10 @@ mod tests {
             }
         }
         out.extend(m.close().forward.to_vec(&[]));
-        assert_eq!(String::from_utf8_lossy(&out), String::from_utf8_lossy(&bytes));
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            String::from_utf8_lossy(&bytes)
+        );
         assert!(pauses > 3);
         assert_eq!(m.state(), MeterState::Finished);
     }
@@ -976,18 +1040,27 @@ mod tests {
     #[test]
     fn close_while_paused_then_grant_flushes() {
         let bytes = chat_stream(WORDS);
-        let mut m = StreamMeter::new(MeterConfig { credit: Some(1), ..Default::default() });
+        let mut m = StreamMeter::new(MeterConfig {
+            credit: Some(1),
+            ..Default::default()
+        });
         let mut out = m.feed(&bytes).forward.to_vec(&bytes);
         assert_eq!(m.state(), MeterState::Paused);
         assert!(matches!(m.close().forward, Forward::Bytes(ref b) if b.is_empty()));
         out.extend(m.grant(1000).forward.to_vec(&[]));
-        assert_eq!(String::from_utf8_lossy(&out), String::from_utf8_lossy(&bytes));
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            String::from_utf8_lossy(&bytes)
+        );
     }
 
     #[test]
     fn truncate_while_paused_sends_ending() {
         let bytes = chat_stream(WORDS);
-        let mut m = StreamMeter::new(MeterConfig { credit: Some(1), ..Default::default() });
+        let mut m = StreamMeter::new(MeterConfig {
+            credit: Some(1),
+            ..Default::default()
+        });
         let mut out = m.feed(&bytes).forward.to_vec(&bytes);
         out.extend(m.truncate("budget exhausted"));
         let s = String::from_utf8(out).unwrap();
@@ -1033,7 +1106,9 @@ mod tests {
         for w in WORDS {
             s.push_str(&format!("event: content_block_delta\ndata: {{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{{\"type\":\"text_delta\",\"text\":{}}}}}\n\n", serde_json::to_string(w).unwrap()));
         }
-        s.push_str("event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n");
+        s.push_str(
+            "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n",
+        );
         s.push_str("event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\",\"stop_sequence\":null},\"usage\":{\"output_tokens\":12}}\n\n");
         s.push_str("event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n");
         let bytes = s.into_bytes();
@@ -1044,10 +1119,16 @@ mod tests {
         assert_eq!(m.usage().unwrap().input_tokens, Some(9));
         assert_eq!(m.encoding(), (Encoding::O200kBase, Provenance::Estimated));
 
-        let mut m = StreamMeter::new(MeterConfig { limit: Some(3), ..Default::default() });
+        let mut m = StreamMeter::new(MeterConfig {
+            limit: Some(3),
+            ..Default::default()
+        });
         let out = String::from_utf8(run(&mut m, &bytes, 11)).unwrap();
-        assert!(out.contains("event: content_block_stop\ndata: {\"index\":0,\"type\":\"content_block_stop\"}")
-            || out.contains("\"type\":\"content_block_stop\""));
+        assert!(
+            out.contains(
+                "event: content_block_stop\ndata: {\"index\":0,\"type\":\"content_block_stop\"}"
+            ) || out.contains("\"type\":\"content_block_stop\"")
+        );
         assert!(out.contains("\"stop_reason\":\"max_tokens\""));
         assert!(out.ends_with("event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n"));
         assert_eq!(m.state(), MeterState::Truncated);
@@ -1055,7 +1136,10 @@ mod tests {
 
     #[test]
     fn oversized_event_fails_the_stream() {
-        let mut m = StreamMeter::new(MeterConfig { max_event_size: 64, ..Default::default() });
+        let mut m = StreamMeter::new(MeterConfig {
+            max_event_size: 64,
+            ..Default::default()
+        });
         let big = format!("data: {}\n\n", "x".repeat(100));
         let r = m.feed(big.as_bytes());
         assert_eq!(m.state(), MeterState::Failed);

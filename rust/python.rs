@@ -113,8 +113,14 @@ impl PySseEvent {
         match other.cast::<PySseEvent>() {
             Ok(o) => {
                 let o = o.get();
-                (&self.event, &self.data, &self.id, self.retry, self.start, self.end)
-                    == (&o.event, &o.data, &o.id, o.retry, o.start, o.end)
+                (
+                    &self.event,
+                    &self.data,
+                    &self.id,
+                    self.retry,
+                    self.start,
+                    self.end,
+                ) == (&o.event, &o.data, &o.id, o.retry, o.start, o.end)
             }
             Err(_) => false,
         }
@@ -237,6 +243,42 @@ fn count_tokens_total(py: Python<'_>, texts: Vec<String>, encoding: &str) -> PyR
     })
 }
 
+/// Exact count of the concatenation of `deltas`, pushed one by one through the incremental
+/// counter (what the meter does per event; also the benchmark of that path without Python
+/// call overhead per delta).
+#[pyfunction]
+#[pyo3(signature = (deltas, encoding))]
+fn count_deltas(py: Python<'_>, deltas: Vec<String>, encoding: &str) -> PyResult<u64> {
+    let enc = parse_encoding(encoding)?;
+    Ok(py.detach(|| {
+        let mut c = IncrementalCounter::new(enc);
+        for d in &deltas {
+            c.push(d);
+        }
+        c.count()
+    }))
+}
+
+/// Frame and extract a whole buffer in Rust: (events, billed deltas, billed bytes). Used by
+/// the benchmark to measure framing + extraction alone, without counting.
+#[pyfunction]
+fn frame_and_extract(data: &[u8], format: &str) -> PyResult<(u64, u64, u64)> {
+    let format = parse_format(format)?
+        .ok_or_else(|| PyValueError::new_err("frame_and_extract needs an explicit format"))?;
+    let (mut events, mut deltas, mut bytes) = (0u64, 0u64, 0u64);
+    let mut d = sse::SseDecoder::default();
+    d.feed(data, |ev| {
+        events += 1;
+        if let Ok(ex) = extract::extract(format, ev.event, ev.data) {
+            deltas += ex.deltas.len() as u64;
+            bytes += ex.deltas.iter().map(|x| x.text.len() as u64).sum::<u64>();
+        }
+        Flow::Continue
+    })
+    .map_err(sse_err)?;
+    Ok((events, deltas, bytes))
+}
+
 /// The encoding a model uses, or None when it is not known.
 #[pyfunction]
 fn encoding_name_for_model(model: &str) -> Option<&'static str> {
@@ -303,7 +345,7 @@ impl PyTokenCounter {
     }
 
     fn __repr__(&self) -> String {
-        let c = lock(&self.inner);
+        let mut c = lock(&self.inner);
         format!(
             "TokenCounter(encoding={:?}, provenance={:?}, count={})",
             c.encoding().name(),
@@ -352,7 +394,10 @@ impl PyUsage {
             ("output_tokens", self.output_tokens),
             ("total_tokens", self.total_tokens),
             ("cached_input_tokens", self.cached_input_tokens),
-            ("cache_creation_input_tokens", self.cache_creation_input_tokens),
+            (
+                "cache_creation_input_tokens",
+                self.cache_creation_input_tokens,
+            ),
             ("reasoning_tokens", self.reasoning_tokens),
         ]
     }
@@ -481,7 +526,11 @@ fn parse_event(format: &str, data: &str, event: Option<&str>) -> PyResult<PyPars
 /// The stream format, from a request path and/or a first event. None when neither says.
 #[pyfunction]
 #[pyo3(signature = (path = None, *, event = None, data = None))]
-fn detect_format(path: Option<&str>, event: Option<&str>, data: Option<&str>) -> Option<&'static str> {
+fn detect_format(
+    path: Option<&str>,
+    event: Option<&str>,
+    data: Option<&str>,
+) -> Option<&'static str> {
     if let Some(f) = path.and_then(Format::from_path) {
         return Some(f.name());
     }
@@ -502,8 +551,7 @@ pub struct PyFeedResult {
     spans: Vec<(u64, u64)>,
     #[pyo3(get)]
     completion_tokens: u64,
-    #[pyo3(get)]
-    usage: Option<PyUsage>,
+    usage: Option<Usage>,
     #[pyo3(get)]
     state: &'static str,
     #[pyo3(get)]
@@ -524,6 +572,12 @@ impl PyFeedResult {
     #[getter]
     fn anomalies(&self) -> Vec<PyAnomaly> {
         self.anomalies.iter().map(Into::into).collect()
+    }
+
+    /// Usage the upstream has reported so far (merged across events), if any.
+    #[getter]
+    fn usage(&self) -> Option<PyUsage> {
+        self.usage.map(Into::into)
     }
 
     /// The upstream's end-of-stream marker has gone through.
@@ -569,7 +623,7 @@ impl PyStreamMeter {
             events: out.events,
             spans: out.spans,
             completion_tokens: m.completion_tokens(),
-            usage: m.usage().map(Into::into),
+            usage: m.usage(),
             state: m.state().name(),
             truncated: out.truncated,
             paused: out.paused,
@@ -716,7 +770,11 @@ impl PyStreamMeter {
 
     #[getter]
     fn anomalies(&self) -> Vec<PyAnomaly> {
-        lock(&self.inner).anomalies().iter().map(Into::into).collect()
+        lock(&self.inner)
+            .anomalies()
+            .iter()
+            .map(Into::into)
+            .collect()
     }
 
     /// (type, message, code) of an error the upstream reported in the stream.
@@ -730,12 +788,16 @@ impl PyStreamMeter {
     /// (id, model) the stream named.
     #[getter]
     fn stream_id(&self) -> Option<String> {
-        lock(&self.inner).info().and_then(|i| i.id.clone())
+        lock(&self.inner)
+            .info()
+            .and_then(|i| i.id.as_deref().map(str::to_owned))
     }
 
     #[getter]
     fn stream_model(&self) -> Option<String> {
-        lock(&self.inner).info().and_then(|i| i.model.clone())
+        lock(&self.inner)
+            .info()
+            .and_then(|i| i.model.as_deref().map(str::to_owned))
     }
 
     #[getter]
@@ -790,6 +852,15 @@ impl PyStreamMeter {
 fn meterkit_core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    // Benchmarks refuse to report figures from a debug build.
+    m.add(
+        "BUILD_PROFILE",
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        },
+    )?;
     m.add("DEFAULT_MAX_EVENT_SIZE", sse::DEFAULT_MAX_EVENT_SIZE)?;
     m.add("FALLBACK_ENCODING", tokens::FALLBACK_ENCODING.name())?;
     m.add(
@@ -814,6 +885,8 @@ fn meterkit_core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(encode_comment, m)?)?;
     m.add_function(wrap_pyfunction!(count_tokens, m)?)?;
     m.add_function(wrap_pyfunction!(count_tokens_total, m)?)?;
+    m.add_function(wrap_pyfunction!(count_deltas, m)?)?;
+    m.add_function(wrap_pyfunction!(frame_and_extract, m)?)?;
     m.add_function(wrap_pyfunction!(encoding_name_for_model, m)?)?;
     m.add_function(wrap_pyfunction!(resolve_model, m)?)?;
     m.add_function(wrap_pyfunction!(parse_event, m)?)?;

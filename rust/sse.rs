@@ -194,7 +194,8 @@ impl SseDecoder {
     where
         F: FnMut(RawEvent<'_>) -> Flow,
     {
-        self.scan(buf, on_event).inspect_err(|e| self.failed = Some(e.clone()))
+        self.scan(buf, on_event)
+            .inspect_err(|e| self.failed = Some(e.clone()))
     }
 
     /// Rewind to the start of a block that was dispatched by the last `feed` (which stopped
@@ -336,19 +337,17 @@ impl SseDecoder {
                 self.event.clear();
                 self.event.extend_from_slice(value);
             }
-            b"id"
-                if !value.contains(&0) => {
-                    self.last_id.clear();
-                    self.last_id.extend_from_slice(value);
-                }
-            b"retry"
-                if !value.is_empty() && value.iter().all(u8::is_ascii_digit) => {
-                    // Saturate instead of overflowing on absurd values.
-                    let ms = value.iter().fold(0u64, |acc, d| {
-                        acc.saturating_mul(10).saturating_add(u64::from(d - b'0'))
-                    });
-                    self.retry = Some(ms);
-                }
+            b"id" if !value.contains(&0) => {
+                self.last_id.clear();
+                self.last_id.extend_from_slice(value);
+            }
+            b"retry" if !value.is_empty() && value.iter().all(u8::is_ascii_digit) => {
+                // Saturate instead of overflowing on absurd values.
+                let ms = value.iter().fold(0u64, |acc, d| {
+                    acc.saturating_mul(10).saturating_add(u64::from(d - b'0'))
+                });
+                self.retry = Some(ms);
+            }
             _ => {}
         }
         Flow::Continue
@@ -636,7 +635,10 @@ mod tests {
         let s = b": hi\n\ndata: a\n\nevent: e\ndata: b\n\n";
         let ev = decode(s);
         assert_eq!((ev[0].start, ev[0].end), (6, 15));
-        assert_eq!(&s[ev[1].start as usize..ev[1].end as usize], b"event: e\ndata: b\n\n");
+        assert_eq!(
+            &s[ev[1].start as usize..ev[1].end as usize],
+            b"event: e\ndata: b\n\n"
+        );
     }
 
     #[test]
@@ -674,7 +676,13 @@ mod tests {
         let mut d = SseDecoder::new(16);
         assert!(d.feed_owned(b"data: 0123456789").is_ok());
         let err = d.feed_owned(b"abcdef").unwrap_err();
-        assert_eq!(err, SseError::EventTooLarge { limit: 16, offset: 0 });
+        assert_eq!(
+            err,
+            SseError::EventTooLarge {
+                limit: 16,
+                offset: 0
+            }
+        );
         assert!(d.feed_owned(b"\n\n").is_err());
         // A line end inside the chunk is checked too.
         let mut d = SseDecoder::new(16);
@@ -701,8 +709,14 @@ mod tests {
     #[test]
     fn encoder_round_trips_and_rejects_injection() {
         let mut out = Vec::new();
-        encode_event(&mut out, Some("message_delta"), "a\nb\r\nc\rd", Some("5"), Some(10))
-            .unwrap();
+        encode_event(
+            &mut out,
+            Some("message_delta"),
+            "a\nb\r\nc\rd",
+            Some("5"),
+            Some(10),
+        )
+        .unwrap();
         encode_event(&mut out, None, "", None, None).unwrap();
         encode_comment(&mut out, "keep\nalive");
         let ev = decode(&out);

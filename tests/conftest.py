@@ -2,49 +2,32 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
-import shutil
-from pathlib import Path
 from typing import Any
 
 import pytest
-
-REPO = Path(__file__).resolve().parent.parent
-
-# tiktoken caches each rank file under the SHA-1 of its download URL.
-_RANK_URLS = {
-    "cl100k_base": "https://openaipublic.blob.core.windows.net/encodings/cl100k_base.tiktoken",
-    "o200k_base": "https://openaipublic.blob.core.windows.net/encodings/o200k_base.tiktoken",
-}
-
-
-def reference_dir() -> Path | None:
-    """The folder with OpenAI's rank files: $METERKIT_TIKTOKEN_REFERENCE, or the shared one
-    next to the checkout (where CI clones it)."""
-    candidates = [
-        os.environ.get("METERKIT_TIKTOKEN_REFERENCE"),
-        str(REPO.parent / "shared" / "reference" / "tiktoken"),
-    ]
-    for c in candidates:
-        if c and (Path(c) / "o200k_base.tiktoken").is_file():
-            return Path(c)
-    return None
 
 
 @pytest.fixture(scope="session")
 def tiktoken_encodings(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """`tiktoken` encodings loaded offline from the reference rank files."""
-    ref = reference_dir()
-    if ref is None:
+    from meterkit.bench.reference import load_tiktoken
+
+    encodings = load_tiktoken(tmp_path_factory.mktemp("tiktoken-cache"))
+    if encodings is None:
+        if os.environ.get("METERKIT_REQUIRE_REFERENCE"):
+            pytest.fail("METERKIT_REQUIRE_REFERENCE is set but the tiktoken rank files are missing")
         pytest.skip(
             "tiktoken reference rank files not found: set METERKIT_TIKTOKEN_REFERENCE to a "
             "folder holding cl100k_base.tiktoken and o200k_base.tiktoken"
         )
-    cache = tmp_path_factory.mktemp("tiktoken-cache")
-    for name, url in _RANK_URLS.items():
-        shutil.copyfile(ref / f"{name}.tiktoken", cache / hashlib.sha1(url.encode()).hexdigest())
-    os.environ["TIKTOKEN_CACHE_DIR"] = str(cache)
-    import tiktoken
+    return encodings
 
-    return {name: tiktoken.get_encoding(name) for name in _RANK_URLS}
+
+@pytest.fixture(scope="session")
+def replay() -> Any:
+    """A loopback server answering every request with `replay.body` (see support/replay.py)."""
+    from support.replay import replay_server
+
+    with replay_server() as server:
+        yield server

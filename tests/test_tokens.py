@@ -146,10 +146,10 @@ def test_unknown_models_need_an_explicit_estimate() -> None:
     with pytest.raises(UnknownModelError, match="allow_estimate|resolve_model"):
         count_tokens("hi", model="llama-3.1-70b")
     with pytest.raises(KeyError):
-        encoding_for_model("claude-sonnet-4-5")
-    assert resolve_model("claude-sonnet-4-5") == ("o200k_base", "estimated")
+        encoding_for_model("claude-sonnet-4-6")
+    assert resolve_model("claude-sonnet-4-6") == ("o200k_base", "estimated")
     assert count_tokens("hello world", model="llama", allow_estimate=True) == 2
-    counter = TokenCounter("claude-sonnet-4-5", allow_estimate=True)
+    counter = TokenCounter("claude-sonnet-4-6", allow_estimate=True)
     assert (counter.encoding, counter.provenance) == ("o200k_base", "estimated")
     with pytest.raises(UnknownModelError):
         TokenCounter("mystery-model")

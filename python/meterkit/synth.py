@@ -122,7 +122,7 @@ def completions_events(
 def anthropic_events(
     deltas: Iterable[str],
     *,
-    model: str = "claude-sonnet-4-5",
+    model: str = "claude-sonnet-4-6",
     message_id: str = "msg_meterkit0001",
     input_tokens: int = 25,
     output_tokens: int | None = None,

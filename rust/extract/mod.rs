@@ -5,14 +5,15 @@
 //! Parsing uses serde with borrowed strings: a delta without JSON escapes is a slice of the
 //! event data, so extraction allocates only for escaped text.
 
-use serde::de::{Deserialize, Deserializer, Visitor};
 use smallvec::SmallVec;
 use std::borrow::Cow;
-use std::fmt;
 
 pub mod anthropic;
+pub mod json;
 pub mod openai;
 pub mod responses;
+
+use json::{each_key, Walk};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Format {
@@ -64,29 +65,41 @@ impl Format {
     /// The format of a stream, from its first event with data.
     pub fn detect(event_type: &[u8], data: &[u8]) -> Option<Format> {
         match event_type {
-            b"message_start" | b"content_block_start" | b"content_block_delta"
-            | b"content_block_stop" | b"message_delta" | b"message_stop" | b"ping" => {
-                return Some(Format::Anthropic)
-            }
+            b"message_start"
+            | b"content_block_start"
+            | b"content_block_delta"
+            | b"content_block_stop"
+            | b"message_delta"
+            | b"message_stop"
+            | b"ping" => return Some(Format::Anthropic),
             t if t.starts_with(b"response.") => return Some(Format::OpenAiResponses),
             _ => {}
         }
-        #[derive(serde::Deserialize)]
-        struct Probe<'a> {
-            #[serde(borrow, default)]
-            object: Option<Text<'a>>,
-            #[serde(borrow, default, rename = "type")]
-            kind: Option<Text<'a>>,
-        }
-        let probe: Probe<'_> = serde_json::from_slice(data).ok()?;
-        if let Some(obj) = probe.object {
-            match obj.0.as_ref() {
-                "chat.completion.chunk" | "chat.completion" => return Some(Format::OpenAiChat),
-                "text_completion" => return Some(Format::OpenAiCompletions),
-                _ => {}
+        // Look at the top-level `object` and `type` only.
+        let mut object = None;
+        let mut kind = None;
+        let mut w = Walk::new(data).ok()?;
+        each_key(&mut w, &["object", "type"], |w, k| {
+            let v = if w.peek()? == jiter::Peek::String {
+                w.opt_string()?
+            } else {
+                w.skip()?;
+                None
+            };
+            if k == 0 {
+                object = v
+            } else {
+                kind = v
             }
+            Ok(())
+        })
+        .ok()?;
+        match object.as_deref() {
+            Some("chat.completion.chunk" | "chat.completion") => return Some(Format::OpenAiChat),
+            Some("text_completion") => return Some(Format::OpenAiCompletions),
+            _ => {}
         }
-        match probe.kind.as_ref().map(|t| t.0.as_ref()) {
+        match kind.as_deref() {
             Some(t) if t.starts_with("response.") => Some(Format::OpenAiResponses),
             Some("message_start" | "content_block_delta" | "message_delta" | "message_stop") => {
                 Some(Format::Anthropic)
@@ -151,7 +164,10 @@ impl Usage {
         m(&mut self.output_tokens, newer.output_tokens);
         m(&mut self.total_tokens, newer.total_tokens);
         m(&mut self.cached_input_tokens, newer.cached_input_tokens);
-        m(&mut self.cache_creation_input_tokens, newer.cache_creation_input_tokens);
+        m(
+            &mut self.cache_creation_input_tokens,
+            newer.cache_creation_input_tokens,
+        );
         m(&mut self.reasoning_tokens, newer.reasoning_tokens);
     }
 
@@ -160,51 +176,51 @@ impl Usage {
     }
 }
 
-/// Raw usage object; field aliases cover OpenAI chat/completions, Responses and Anthropic.
-#[derive(Debug, Default, serde::Deserialize)]
-pub(crate) struct RawUsage {
-    #[serde(alias = "prompt_tokens", default)]
-    input_tokens: Option<u64>,
-    #[serde(alias = "completion_tokens", default)]
-    output_tokens: Option<u64>,
-    #[serde(default)]
-    total_tokens: Option<u64>,
-    #[serde(alias = "prompt_tokens_details", default)]
-    input_tokens_details: Option<InputDetails>,
-    #[serde(alias = "completion_tokens_details", default)]
-    output_tokens_details: Option<OutputDetails>,
-    #[serde(default)]
-    cache_read_input_tokens: Option<u64>,
-    #[serde(default)]
-    cache_creation_input_tokens: Option<u64>,
-}
+const USAGE: &[&str] = &[
+    "prompt_tokens",
+    "input_tokens",
+    "completion_tokens",
+    "output_tokens",
+    "total_tokens",
+    "prompt_tokens_details",
+    "input_tokens_details",
+    "completion_tokens_details",
+    "output_tokens_details",
+    "cache_read_input_tokens",
+    "cache_creation_input_tokens",
+];
 
-#[derive(Debug, Default, serde::Deserialize)]
-pub(crate) struct InputDetails {
-    #[serde(default)]
-    cached_tokens: Option<u64>,
-}
-
-#[derive(Debug, Default, serde::Deserialize)]
-pub(crate) struct OutputDetails {
-    #[serde(default)]
-    reasoning_tokens: Option<u64>,
-}
-
-impl From<RawUsage> for Usage {
-    fn from(r: RawUsage) -> Usage {
-        Usage {
-            input_tokens: r.input_tokens,
-            output_tokens: r.output_tokens,
-            total_tokens: r.total_tokens,
-            cached_input_tokens: r
-                .input_tokens_details
-                .and_then(|d| d.cached_tokens)
-                .or(r.cache_read_input_tokens),
-            cache_creation_input_tokens: r.cache_creation_input_tokens,
-            reasoning_tokens: r.output_tokens_details.and_then(|d| d.reasoning_tokens),
+/// A usage object in any format: OpenAI chat/completions names, Responses names and
+/// Anthropic names all map onto [`Usage`]. `None` for `null`.
+pub(crate) fn parse_usage(w: &mut Walk<'_>) -> json::Result<Option<Usage>> {
+    let mut u = Usage::default();
+    let mut cache_read = None;
+    let present = each_key(w, USAGE, |w, k| {
+        match k {
+            0 | 1 => u.input_tokens = w.opt_u64()?,
+            2 | 3 => u.output_tokens = w.opt_u64()?,
+            4 => u.total_tokens = w.opt_u64()?,
+            5 | 6 => {
+                each_key(w, &["cached_tokens"], |w, _| {
+                    u.cached_input_tokens = w.opt_u64()?;
+                    Ok(())
+                })?;
+            }
+            7 | 8 => {
+                each_key(w, &["reasoning_tokens"], |w, _| {
+                    u.reasoning_tokens = w.opt_u64()?;
+                    Ok(())
+                })?;
+            }
+            9 => cache_read = w.opt_u64()?,
+            _ => u.cache_creation_input_tokens = w.opt_u64()?,
         }
+        Ok(())
+    })?;
+    if u.cached_input_tokens.is_none() {
+        u.cached_input_tokens = cache_read;
     }
+    Ok(present.then_some(u))
 }
 
 /// An error the upstream reported inside the stream.
@@ -216,13 +232,25 @@ pub struct StreamError {
 }
 
 /// Identity of the stream, captured from its first events so a synthetic ending can carry the
-/// stream's own `id`, `model` and `created`.
+/// stream's own `id`, `model` and `created`. Borrowed while extracting (no allocation per
+/// event); the meter keeps an owned copy of the first one.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct StreamInfo {
-    pub id: Option<String>,
-    pub model: Option<String>,
+pub struct StreamInfo<'a> {
+    pub id: Option<Cow<'a, str>>,
+    pub model: Option<Cow<'a, str>>,
     pub created: Option<i64>,
-    pub system_fingerprint: Option<String>,
+    pub system_fingerprint: Option<Cow<'a, str>>,
+}
+
+impl StreamInfo<'_> {
+    pub fn into_owned(self) -> StreamInfo<'static> {
+        StreamInfo {
+            id: self.id.map(|c| Cow::Owned(c.into_owned())),
+            model: self.model.map(|c| Cow::Owned(c.into_owned())),
+            created: self.created,
+            system_fingerprint: self.system_fingerprint.map(|c| Cow::Owned(c.into_owned())),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -251,7 +279,7 @@ pub struct Extracted<'a> {
     pub choices_seen: SmallVec<[u32; 1]>,
     pub usage: Option<Usage>,
     pub error: Option<StreamError>,
-    pub info: Option<StreamInfo>,
+    pub info: Option<StreamInfo<'a>>,
     /// Anthropic content block opened / closed by this event.
     pub block_opened: Option<u32>,
     pub block_closed: Option<u32>,
@@ -273,6 +301,11 @@ impl<'a> Extracted<'a> {
             block_closed: None,
             sequence_number: None,
         }
+    }
+
+    pub(crate) fn with_kind(mut self, kind: EventKind) -> Self {
+        self.kind = kind;
+        self
     }
 
     pub(crate) fn delta(&mut self, choice: u32, part: u32, channel: Channel, text: Cow<'a, str>) {
@@ -323,7 +356,11 @@ pub struct Anomaly {
 
 /// Extract one event of a known format. `Err` carries the parser's message for a malformed
 /// event; the caller turns it into an anomaly and still forwards the bytes.
-pub fn extract<'a>(format: Format, event_type: &[u8], data: &'a [u8]) -> Result<Extracted<'a>, String> {
+pub fn extract<'a>(
+    format: Format,
+    event_type: &[u8],
+    data: &'a [u8],
+) -> Result<Extracted<'a>, String> {
     match format {
         Format::OpenAiChat | Format::OpenAiCompletions => openai::extract(data),
         Format::OpenAiResponses => responses::extract(event_type, data),
@@ -331,63 +368,27 @@ pub fn extract<'a>(format: Format, event_type: &[u8], data: &'a [u8]) -> Result<
     }
 }
 
-/// A JSON string that borrows from the input when it has no escapes. (serde's `Cow<str>`
-/// always allocates inside `Option`, which would cost an allocation per delta.)
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Text<'a>(pub Cow<'a, str>);
-
-impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Cow<'de, str>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
-                Ok(Cow::Borrowed(v))
-            }
-            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
-                Ok(Cow::Owned(v.to_owned()))
-            }
-            fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
-                Ok(Cow::Owned(v))
-            }
-        }
-        d.deserialize_str(V).map(Text)
-    }
-}
-
-impl Text<'_> {
-    pub fn into_string(self) -> String {
-        self.0.into_owned()
-    }
-}
-
 /// Error objects come as `{"type","message","code"}` in every format (the code may be a
-/// string or a number).
-#[derive(Debug, serde::Deserialize)]
-pub(crate) struct RawError<'a> {
-    #[serde(borrow, default, rename = "type")]
-    kind: Option<Text<'a>>,
-    #[serde(borrow, default)]
-    message: Option<Text<'a>>,
-    #[serde(default)]
-    code: Option<serde_json::Value>,
-}
-
-impl From<RawError<'_>> for StreamError {
-    fn from(e: RawError<'_>) -> StreamError {
-        StreamError {
-            kind: e.kind.map(Text::into_string).unwrap_or_else(|| "error".into()),
-            message: e.message.map(Text::into_string).unwrap_or_default(),
-            code: match e.code {
-                Some(serde_json::Value::String(s)) => Some(s),
-                Some(serde_json::Value::Null) | None => None,
-                Some(other) => Some(other.to_string()),
-            },
+/// string or a number). `None` for `null`.
+pub(crate) fn parse_error(w: &mut Walk<'_>) -> json::Result<Option<StreamError>> {
+    let mut e = StreamError {
+        kind: "error".into(),
+        message: String::new(),
+        code: None,
+    };
+    let present = each_key(w, &["type", "message", "code"], |w, k| {
+        match k {
+            0 => {
+                if let Some(t) = w.opt_string()? {
+                    e.kind = t;
+                }
+            }
+            1 => e.message = w.opt_string()?.unwrap_or_default(),
+            _ => e.code = w.opt_code()?,
         }
-    }
+        Ok(())
+    })?;
+    Ok(present.then_some(e))
 }
 
 #[cfg(test)]
@@ -396,18 +397,36 @@ mod tests {
 
     #[test]
     fn format_from_path() {
-        assert_eq!(Format::from_path("/v1/chat/completions"), Some(Format::OpenAiChat));
-        assert_eq!(Format::from_path("/openai/v1/chat/completions?x=1"), Some(Format::OpenAiChat));
-        assert_eq!(Format::from_path("/v1/completions"), Some(Format::OpenAiCompletions));
-        assert_eq!(Format::from_path("/v1/responses/"), Some(Format::OpenAiResponses));
+        assert_eq!(
+            Format::from_path("/v1/chat/completions"),
+            Some(Format::OpenAiChat)
+        );
+        assert_eq!(
+            Format::from_path("/openai/v1/chat/completions?x=1"),
+            Some(Format::OpenAiChat)
+        );
+        assert_eq!(
+            Format::from_path("/v1/completions"),
+            Some(Format::OpenAiCompletions)
+        );
+        assert_eq!(
+            Format::from_path("/v1/responses/"),
+            Some(Format::OpenAiResponses)
+        );
         assert_eq!(Format::from_path("/v1/messages"), Some(Format::Anthropic));
         assert_eq!(Format::from_path("/v1/embeddings"), None);
     }
 
     #[test]
     fn format_detection_from_first_event() {
-        assert_eq!(Format::detect(b"message_start", b"{}"), Some(Format::Anthropic));
-        assert_eq!(Format::detect(b"response.created", b"{}"), Some(Format::OpenAiResponses));
+        assert_eq!(
+            Format::detect(b"message_start", b"{}"),
+            Some(Format::Anthropic)
+        );
+        assert_eq!(
+            Format::detect(b"response.created", b"{}"),
+            Some(Format::OpenAiResponses)
+        );
         assert_eq!(
             Format::detect(b"", br#"{"object":"chat.completion.chunk","choices":[]}"#),
             Some(Format::OpenAiChat)
@@ -416,27 +435,25 @@ mod tests {
             Format::detect(b"", br#"{"object":"text_completion"}"#),
             Some(Format::OpenAiCompletions)
         );
-        assert_eq!(Format::detect(b"", br#"{"type":"message_start"}"#), Some(Format::Anthropic));
+        assert_eq!(
+            Format::detect(b"", br#"{"type":"message_start"}"#),
+            Some(Format::Anthropic)
+        );
         assert_eq!(Format::detect(b"", b"[DONE]"), None);
         assert_eq!(Format::detect(b"", b"{broken"), None);
     }
 
-    #[test]
-    fn text_borrows_without_escapes() {
-        let t: Text<'_> = serde_json::from_str(r#""plain""#).unwrap();
-        assert!(matches!(t.0, Cow::Borrowed("plain")));
-        let t: Text<'_> = serde_json::from_str(r#""a\nb""#).unwrap();
-        assert!(matches!(t.0, Cow::Owned(ref s) if s == "a\nb"));
+    fn usage_of(json: &str) -> Usage {
+        let mut w = Walk::new(json.as_bytes()).unwrap();
+        parse_usage(&mut w).unwrap().unwrap()
     }
 
     #[test]
     fn usage_normalises_all_formats() {
-        let chat: RawUsage = serde_json::from_str(
+        let u = usage_of(
             r#"{"prompt_tokens":10,"completion_tokens":5,"total_tokens":15,
                 "prompt_tokens_details":{"cached_tokens":4},"completion_tokens_details":{"reasoning_tokens":2}}"#,
-        )
-        .unwrap();
-        let u = Usage::from(chat);
+        );
         assert_eq!(
             u,
             Usage {
@@ -448,11 +465,9 @@ mod tests {
                 reasoning_tokens: Some(2)
             }
         );
-        let anth: RawUsage = serde_json::from_str(
+        let mut u = usage_of(
             r#"{"input_tokens":3,"output_tokens":1,"cache_read_input_tokens":7,"cache_creation_input_tokens":9}"#,
-        )
-        .unwrap();
-        let mut u = Usage::from(anth);
+        );
         assert_eq!(u.cached_input_tokens, Some(7));
         assert_eq!(u.cache_creation_input_tokens, Some(9));
         u.merge(&Usage {

@@ -2,123 +2,144 @@
 //! Both share one chunk shape: chat text is in `choices[i].delta`, legacy text in
 //! `choices[i].text`.
 
-use super::{Channel, EventKind, Extracted, RawError, RawUsage, StreamInfo, Text};
-use serde::Deserialize;
+use super::json::{each_item, each_key, Result, Walk};
+use super::{parse_error, parse_usage, Channel, EventKind, Extracted, StreamInfo};
 
-#[derive(Deserialize)]
-struct Chunk<'a> {
-    #[serde(borrow, default)]
-    id: Option<Text<'a>>,
-    #[serde(borrow, default)]
-    model: Option<Text<'a>>,
-    #[serde(default)]
-    created: Option<i64>,
-    #[serde(borrow, default)]
-    system_fingerprint: Option<Text<'a>>,
-    #[serde(borrow, default)]
-    choices: Option<Vec<Choice<'a>>>,
-    #[serde(default)]
-    usage: Option<RawUsage>,
-    #[serde(borrow, default)]
-    error: Option<RawError<'a>>,
-}
+const TOP: &[&str] = &[
+    "id",
+    "model",
+    "created",
+    "system_fingerprint",
+    "choices",
+    "usage",
+    "error",
+];
+const CHOICE: &[&str] = &["index", "delta", "text", "finish_reason"];
+const DELTA: &[&str] = &[
+    "content",
+    "refusal",
+    // Reasoning text as some compatible servers stream it (DeepSeek, vLLM, OpenRouter).
+    "reasoning_content",
+    "reasoning",
+    "tool_calls",
+    // The pre-tools `function_call` delta of older models.
+    "function_call",
+];
+const TOOL_CALL: &[&str] = &["index", "function"];
+const FUNCTION: &[&str] = &["arguments"];
 
-#[derive(Deserialize)]
-struct Choice<'a> {
-    #[serde(default)]
-    index: u32,
-    #[serde(borrow, default)]
-    delta: Option<Delta<'a>>,
-    /// Legacy completions text.
-    #[serde(borrow, default)]
-    text: Option<Text<'a>>,
-    #[serde(borrow, default)]
-    finish_reason: Option<Text<'a>>,
-}
-
-#[derive(Deserialize)]
-struct Delta<'a> {
-    #[serde(borrow, default)]
-    content: Option<Text<'a>>,
-    #[serde(borrow, default)]
-    refusal: Option<Text<'a>>,
-    /// Reasoning text as some compatible servers stream it (DeepSeek, vLLM, OpenRouter).
-    #[serde(borrow, default)]
-    reasoning_content: Option<Text<'a>>,
-    #[serde(borrow, default)]
-    reasoning: Option<Text<'a>>,
-    #[serde(borrow, default)]
-    tool_calls: Option<Vec<ToolCall<'a>>>,
-    /// The pre-tools `function_call` delta of older models.
-    #[serde(borrow, default)]
-    function_call: Option<Function<'a>>,
-}
-
-#[derive(Deserialize)]
-struct ToolCall<'a> {
-    #[serde(default)]
-    index: u32,
-    #[serde(borrow, default)]
-    function: Option<Function<'a>>,
-}
-
-#[derive(Deserialize)]
-struct Function<'a> {
-    #[serde(borrow, default)]
-    arguments: Option<Text<'a>>,
-}
-
-pub fn extract(data: &[u8]) -> Result<Extracted<'_>, String> {
+pub fn extract(data: &[u8]) -> Result<Extracted<'_>> {
     if data.trim_ascii() == b"[DONE]" {
-        return Ok(Extracted::new(EventKind::Done));
+        return Ok(Extracted::new(EventKind::Data).with_kind(EventKind::Done));
     }
-    let chunk: Chunk<'_> = serde_json::from_slice(data).map_err(|e| e.to_string())?;
+    let mut w = Walk::new(data)?;
     let mut out = Extracted::new(EventKind::Data);
-    if let Some(err) = chunk.error {
-        out.kind = EventKind::Error;
-        out.error = Some(err.into());
-    }
-    if chunk.id.is_some() || chunk.model.is_some() {
-        out.info = Some(StreamInfo {
-            id: chunk.id.map(Text::into_string),
-            model: chunk.model.map(Text::into_string),
-            created: chunk.created,
-            system_fingerprint: chunk.system_fingerprint.map(Text::into_string),
-        });
-    }
-    for choice in chunk.choices.into_iter().flatten() {
-        let i = choice.index;
-        out.choices_seen.push(i);
-        if let Some(text) = choice.text {
-            out.delta(i, 0, Channel::Content, text.0);
-        }
-        if let Some(d) = choice.delta {
-            if let Some(t) = d.content {
-                out.delta(i, 0, Channel::Content, t.0);
+    let mut info = StreamInfo::default();
+    let mut has_info = false;
+    let is_object = each_key(&mut w, TOP, |w, k| {
+        match k {
+            0 => {
+                info.id = w.opt_str()?;
+                has_info = true;
             }
-            if let Some(t) = d.refusal {
-                out.delta(i, 0, Channel::Refusal, t.0);
+            1 => {
+                info.model = w.opt_str()?;
+                has_info = true;
             }
-            if let Some(t) = d.reasoning_content.or(d.reasoning) {
-                out.delta(i, 0, Channel::Reasoning, t.0);
-            }
-            for call in d.tool_calls.into_iter().flatten() {
-                if let Some(args) = call.function.and_then(|f| f.arguments) {
-                    out.delta(i, call.index, Channel::ToolArguments, args.0);
+            2 => info.created = w.opt_i64()?,
+            3 => info.system_fingerprint = w.opt_str()?,
+            4 => each_item(w, |w| choice(w, &mut out))?,
+            5 => out.usage = parse_usage(w)?,
+            _ => {
+                if let Some(e) = parse_error(w)? {
+                    out.kind = EventKind::Error;
+                    out.error = Some(e);
                 }
             }
-            if let Some(args) = d.function_call.and_then(|f| f.arguments) {
-                out.delta(i, 0, Channel::ToolArguments, args.0);
-            }
         }
-        if let Some(reason) = choice.finish_reason {
-            out.finishes.push((i, reason.into_string()));
-        }
+        Ok(())
+    })?;
+    if !is_object {
+        return Err("expected a JSON object, found null".into());
     }
-    if let Some(u) = chunk.usage {
-        out.usage = Some(u.into());
+    w.finish()?;
+    if has_info {
+        out.info = Some(info);
     }
     Ok(out)
+}
+
+fn choice<'j>(w: &mut Walk<'j>, out: &mut Extracted<'j>) -> Result<()> {
+    let mut index = 0u32;
+    let mut texts: smallvec::SmallVec<[(u32, Channel, std::borrow::Cow<'j, str>); 2]> =
+        smallvec::SmallVec::new();
+    let mut finish = None;
+    each_key(w, CHOICE, |w, k| {
+        match k {
+            0 => index = w.opt_u64()?.unwrap_or(0) as u32,
+            1 => {
+                each_key(w, DELTA, |w, k| {
+                    match k {
+                        0..=3 => {
+                            let channel = match k {
+                                0 => Channel::Content,
+                                1 => Channel::Refusal,
+                                _ => Channel::Reasoning,
+                            };
+                            if let Some(t) = w.opt_str()? {
+                                texts.push((0, channel, t));
+                            }
+                        }
+                        4 => each_item(w, |w| {
+                            let mut call = 0u32;
+                            let mut args = None;
+                            each_key(w, TOOL_CALL, |w, k| {
+                                match k {
+                                    0 => call = w.opt_u64()?.unwrap_or(0) as u32,
+                                    _ => {
+                                        each_key(w, FUNCTION, |w, _| {
+                                            args = w.opt_str()?;
+                                            Ok(())
+                                        })?;
+                                    }
+                                }
+                                Ok(())
+                            })?;
+                            if let Some(a) = args {
+                                texts.push((call, Channel::ToolArguments, a));
+                            }
+                            Ok(())
+                        })?,
+                        _ => {
+                            each_key(w, FUNCTION, |w, _| {
+                                if let Some(a) = w.opt_str()? {
+                                    texts.push((0, Channel::ToolArguments, a));
+                                }
+                                Ok(())
+                            })?;
+                        }
+                    }
+                    Ok(())
+                })?;
+            }
+            2 => {
+                if let Some(t) = w.opt_str()? {
+                    texts.push((0, Channel::Content, t));
+                }
+            }
+            _ => finish = w.opt_string()?,
+        }
+        Ok(())
+    })?;
+    // `index` may come after the delta in the object, so deltas are attributed at the end.
+    out.choices_seen.push(index);
+    for (part, channel, text) in texts {
+        out.delta(index, part, channel, text);
+    }
+    if let Some(reason) = finish {
+        out.finishes.push((index, reason));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -137,7 +158,10 @@ mod tests {
         assert_eq!(e.deltas[0].text, "Hi");
         assert!(e.usage.is_none() && e.finishes.is_empty());
         let info = e.info.unwrap();
-        assert_eq!((info.id.as_deref(), info.created), (Some("chatcmpl-1"), Some(7)));
+        assert_eq!(
+            (info.id.as_deref(), info.created),
+            (Some("chatcmpl-1"), Some(7))
+        );
     }
 
     #[test]
@@ -146,23 +170,37 @@ mod tests {
             br#"{"choices":[{"index":1,"delta":{"tool_calls":[{"index":2,"id":"c","type":"function","function":{"name":"f","arguments":"{\"a\":"}}]}},{"index":0,"delta":{"reasoning_content":"think"},"finish_reason":"stop"}]}"#,
         )
         .unwrap();
-        let d: Vec<_> = e.deltas.iter().map(|d| (d.choice, d.part, d.channel, d.text.as_ref())).collect();
+        let d: Vec<_> = e
+            .deltas
+            .iter()
+            .map(|d| (d.choice, d.part, d.channel, d.text.as_ref()))
+            .collect();
         assert_eq!(
             d,
-            [(1, 2, Channel::ToolArguments, "{\"a\":"), (0, 0, Channel::Reasoning, "think")]
+            [
+                (1, 2, Channel::ToolArguments, "{\"a\":"),
+                (0, 0, Channel::Reasoning, "think")
+            ]
         );
         assert_eq!(e.finishes.as_slice(), [(0, "stop".to_string())]);
     }
 
     #[test]
     fn usage_chunk_done_and_error() {
-        let e = extract(br#"{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7}}"#).unwrap();
+        let e = extract(
+            br#"{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7}}"#,
+        )
+        .unwrap();
         assert_eq!(e.usage.unwrap().output_tokens, Some(4));
         assert_eq!(extract(b"[DONE]").unwrap().kind, EventKind::Done);
-        let e = extract(br#"{"error":{"message":"boom","type":"server_error","code":500}}"#).unwrap();
+        let e =
+            extract(br#"{"error":{"message":"boom","type":"server_error","code":500}}"#).unwrap();
         assert_eq!(e.kind, EventKind::Error);
         let err = e.error.unwrap();
-        assert_eq!((err.kind.as_str(), err.message.as_str(), err.code.as_deref()), ("server_error", "boom", Some("500")));
+        assert_eq!(
+            (err.kind.as_str(), err.message.as_str(), err.code.as_deref()),
+            ("server_error", "boom", Some("500"))
+        );
         assert_eq!(Usage::default(), Usage::default());
     }
 

@@ -2,54 +2,73 @@
 //! Billed text arrives in typed `*.delta` events; usage only in the terminal
 //! `response.completed` / `response.incomplete` / `response.failed` event.
 
-use super::{Channel, EventKind, Extracted, RawError, RawUsage, StreamError, StreamInfo, Text};
-use serde::Deserialize;
+use super::json::{each_key, Result, Walk};
+use super::{parse_error, parse_usage, Channel, EventKind, Extracted, StreamError, StreamInfo};
+use std::borrow::Cow;
 
-#[derive(Deserialize)]
-struct Event<'a> {
-    #[serde(borrow, rename = "type")]
-    kind: Text<'a>,
-    #[serde(default)]
-    sequence_number: Option<u64>,
-    #[serde(default)]
-    output_index: Option<u32>,
-    #[serde(default)]
-    content_index: Option<u32>,
-    #[serde(default)]
-    summary_index: Option<u32>,
-    #[serde(borrow, default)]
-    delta: Option<Text<'a>>,
-    #[serde(borrow, default)]
-    response: Option<Response<'a>>,
-    // Top-level fields of the `error` event.
-    #[serde(borrow, default)]
-    code: Option<Text<'a>>,
-    #[serde(borrow, default)]
-    message: Option<Text<'a>>,
+const TOP: &[&str] = &[
+    "type",
+    "sequence_number",
+    "output_index",
+    "content_index",
+    "summary_index",
+    "delta",
+    "response",
+    "code",
+    "message",
+];
+const RESPONSE: &[&str] = &[
+    "id",
+    "model",
+    "created_at",
+    "status",
+    "usage",
+    "incomplete_details",
+    "error",
+];
+const INCOMPLETE: &[&str] = &["reason"];
+
+#[derive(Default)]
+struct Fields<'j> {
+    kind: Option<Cow<'j, str>>,
+    seq: Option<u64>,
+    output_index: Option<u64>,
+    part: Option<u64>,
+    delta: Option<Cow<'j, str>>,
+    response: Option<Response<'j>>,
+    code: Option<String>,
+    message: Option<String>,
 }
 
-#[derive(Deserialize)]
-struct Response<'a> {
-    #[serde(borrow, default)]
-    id: Option<Text<'a>>,
-    #[serde(borrow, default)]
-    model: Option<Text<'a>>,
-    #[serde(default)]
-    created_at: Option<i64>,
-    #[serde(borrow, default)]
-    status: Option<Text<'a>>,
-    #[serde(default)]
-    usage: Option<RawUsage>,
-    #[serde(borrow, default)]
-    incomplete_details: Option<Incomplete<'a>>,
-    #[serde(borrow, default)]
-    error: Option<RawError<'a>>,
+#[derive(Default)]
+struct Response<'j> {
+    info: StreamInfo<'j>,
+    status: Option<String>,
+    usage: Option<super::Usage>,
+    incomplete_reason: Option<String>,
+    error: Option<StreamError>,
 }
 
-#[derive(Deserialize)]
-struct Incomplete<'a> {
-    #[serde(borrow, default)]
-    reason: Option<Text<'a>>,
+fn response<'j>(w: &mut Walk<'j>) -> Result<Option<Response<'j>>> {
+    let mut r = Response::default();
+    let present = each_key(w, RESPONSE, |w, k| {
+        match k {
+            0 => r.info.id = w.opt_str()?,
+            1 => r.info.model = w.opt_str()?,
+            2 => r.info.created = w.opt_i64()?,
+            3 => r.status = w.opt_string()?,
+            4 => r.usage = parse_usage(w)?,
+            5 => {
+                each_key(w, INCOMPLETE, |w, _| {
+                    r.incomplete_reason = w.opt_string()?;
+                    Ok(())
+                })?;
+            }
+            _ => r.error = parse_error(w)?,
+        }
+        Ok(())
+    })?;
+    Ok(present.then_some(r))
 }
 
 fn channel_of(kind: &str) -> Option<Channel> {
@@ -67,9 +86,43 @@ fn channel_of(kind: &str) -> Option<Channel> {
     })
 }
 
-pub fn extract<'a>(event_type: &[u8], data: &'a [u8]) -> Result<Extracted<'a>, String> {
-    let ev: Event<'a> = serde_json::from_slice(data).map_err(|e| e.to_string())?;
-    let kind = ev.kind.0.as_ref();
+pub fn extract<'a>(event_type: &[u8], data: &'a [u8]) -> Result<Extracted<'a>> {
+    let mut w = Walk::new(data)?;
+    let mut f = Fields::default();
+    let is_object = each_key(&mut w, TOP, |w, k| {
+        match k {
+            0 => f.kind = w.opt_str()?,
+            1 => f.seq = w.opt_u64()?,
+            2 => f.output_index = w.opt_u64()?,
+            3 | 4 => f.part = w.opt_u64()?,
+            5 => {
+                // `delta` is a string in text events; other event kinds may use objects.
+                if w.peek()? == jiter::Peek::String {
+                    f.delta = w.opt_str()?;
+                } else {
+                    w.skip()?;
+                }
+            }
+            6 => f.response = response(w)?,
+            7 => f.code = w.opt_code()?,
+            _ => {
+                if w.peek()? == jiter::Peek::String {
+                    f.message = w.opt_string()?;
+                } else {
+                    w.skip()?;
+                }
+            }
+        }
+        Ok(())
+    })?;
+    if !is_object {
+        return Err("expected a JSON object, found null".into());
+    }
+    w.finish()?;
+    let Some(kind) = f.kind else {
+        return Err("missing field `type`".into());
+    };
+    let kind = kind.as_ref();
     if !event_type.is_empty() && event_type != kind.as_bytes() && event_type != b"message" {
         return Err(format!(
             "event type {:?} disagrees with data type {kind:?}",
@@ -77,47 +130,38 @@ pub fn extract<'a>(event_type: &[u8], data: &'a [u8]) -> Result<Extracted<'a>, S
         ));
     }
     let mut out = Extracted::new(EventKind::Data);
-    out.sequence_number = ev.sequence_number;
+    out.sequence_number = f.seq;
     if let Some(channel) = channel_of(kind) {
-        let part = ev.content_index.or(ev.summary_index).unwrap_or(0);
-        if let Some(delta) = ev.delta {
-            out.delta(ev.output_index.unwrap_or(0), part, channel, delta.0);
+        if let Some(delta) = f.delta {
+            let choice = f.output_index.unwrap_or(0) as u32;
+            out.delta(choice, f.part.unwrap_or(0) as u32, channel, delta);
         }
         return Ok(out);
     }
     match kind {
         "response.created" | "response.in_progress" | "response.queued" => {
-            if let Some(r) = ev.response {
-                out.info = Some(StreamInfo {
-                    id: r.id.map(Text::into_string),
-                    model: r.model.map(Text::into_string),
-                    created: r.created_at,
-                    system_fingerprint: None,
-                });
+            if let Some(r) = f.response {
+                out.info = Some(r.info);
             }
         }
         "response.completed" | "response.incomplete" | "response.failed" => {
             out.kind = EventKind::Done;
-            if let Some(r) = ev.response {
-                out.usage = r.usage.map(Into::into);
+            if let Some(r) = f.response {
+                out.usage = r.usage;
                 let reason = r
-                    .incomplete_details
-                    .and_then(|d| d.reason)
+                    .incomplete_reason
                     .or(r.status)
-                    .map(Text::into_string)
                     .unwrap_or_else(|| kind.trim_start_matches("response.").to_string());
                 out.finishes.push((0, reason));
-                if let Some(err) = r.error {
-                    out.error = Some(err.into());
-                }
+                out.error = r.error;
             }
         }
         "error" => {
             out.kind = EventKind::Error;
             out.error = Some(StreamError {
                 kind: "error".into(),
-                message: ev.message.map(Text::into_string).unwrap_or_default(),
-                code: ev.code.map(Text::into_string),
+                message: f.message.unwrap_or_default(),
+                code: f.code,
             });
         }
         _ => out.kind = EventKind::Other,
@@ -132,19 +176,32 @@ mod tests {
     #[test]
     fn deltas_of_each_kind() {
         let e = extract(b"response.output_text.delta", br#"{"type":"response.output_text.delta","item_id":"msg_1","output_index":1,"content_index":0,"delta":"Hi","sequence_number":4}"#).unwrap();
-        assert_eq!((e.deltas[0].choice, e.deltas[0].channel, e.deltas[0].text.as_ref()), (1, Channel::Content, "Hi"));
+        assert_eq!(
+            (
+                e.deltas[0].choice,
+                e.deltas[0].channel,
+                e.deltas[0].text.as_ref()
+            ),
+            (1, Channel::Content, "Hi")
+        );
         assert_eq!(e.sequence_number, Some(4));
         let e = extract(b"response.function_call_arguments.delta", br#"{"type":"response.function_call_arguments.delta","output_index":2,"delta":"{\"q\""}"#).unwrap();
         assert_eq!(e.deltas[0].channel, Channel::ToolArguments);
         let e = extract(b"response.reasoning_summary_text.delta", br#"{"type":"response.reasoning_summary_text.delta","output_index":0,"summary_index":1,"delta":"so"}"#).unwrap();
-        assert_eq!((e.deltas[0].channel, e.deltas[0].part), (Channel::Reasoning, 1));
+        assert_eq!(
+            (e.deltas[0].channel, e.deltas[0].part),
+            (Channel::Reasoning, 1)
+        );
     }
 
     #[test]
     fn lifecycle_and_usage() {
         let e = extract(b"response.created", br#"{"type":"response.created","sequence_number":0,"response":{"id":"resp_1","object":"response","created_at":1700000000,"model":"gpt-4o","status":"in_progress","usage":null}}"#).unwrap();
         let info = e.info.unwrap();
-        assert_eq!((info.id.as_deref(), info.created), (Some("resp_1"), Some(1700000000)));
+        assert_eq!(
+            (info.id.as_deref(), info.created),
+            (Some("resp_1"), Some(1700000000))
+        );
         let e = extract(b"response.completed", br#"{"type":"response.completed","response":{"id":"resp_1","status":"completed","usage":{"input_tokens":5,"output_tokens":9,"total_tokens":14,"input_tokens_details":{"cached_tokens":0},"output_tokens_details":{"reasoning_tokens":3}}}}"#).unwrap();
         assert_eq!(e.kind, EventKind::Done);
         let u = e.usage.unwrap();
@@ -152,9 +209,21 @@ mod tests {
         assert_eq!(e.finishes[0].1, "completed");
         let e = extract(b"response.incomplete", br#"{"type":"response.incomplete","response":{"status":"incomplete","incomplete_details":{"reason":"max_output_tokens"}}}"#).unwrap();
         assert_eq!(e.finishes[0].1, "max_output_tokens");
-        let e = extract(b"error", br#"{"type":"error","code":"server_error","message":"boom","param":null}"#).unwrap();
+        let e = extract(
+            b"error",
+            br#"{"type":"error","code":"server_error","message":"boom","param":null}"#,
+        )
+        .unwrap();
         assert_eq!(e.kind, EventKind::Error);
         assert_eq!(e.error.unwrap().code.as_deref(), Some("server_error"));
-        assert_eq!(extract(b"response.output_item.added", br#"{"type":"response.output_item.added","output_index":0,"item":{}}"#).unwrap().kind, EventKind::Other);
+        assert_eq!(
+            extract(
+                b"response.output_item.added",
+                br#"{"type":"response.output_item.added","output_index":0,"item":{}}"#
+            )
+            .unwrap()
+            .kind,
+            EventKind::Other
+        );
     }
 }
