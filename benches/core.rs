@@ -8,7 +8,7 @@ use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criteri
 use meterkit_core::extract::{extract, Format};
 use meterkit_core::meter::{MeterConfig, StreamMeter};
 use meterkit_core::sse::{Flow, SseDecoder};
-use meterkit_core::tokens::Encoding;
+use meterkit_core::tokens::{Encoding, IncrementalCounter};
 
 const WORDS: &[&str] = &[
     " The",
@@ -120,8 +120,35 @@ fn counting(c: &mut Criterion) {
     let text: String = (0..20_000).map(|i| WORDS[i % WORDS.len()]).collect();
     let mut g = c.benchmark_group("count");
     g.throughput(Throughput::Bytes(text.len() as u64));
+    // LLM-sized deltas (1-12 chars, ~4 on average) of the same text.
+    let sizes = [1usize, 2, 3, 3, 4, 4, 5, 6, 8, 12];
+    let chars: Vec<char> = text.chars().collect();
+    let mut deltas = Vec::new();
+    let mut i = 0;
+    let mut k = 0;
+    while i < chars.len() {
+        let n = sizes[k % sizes.len()];
+        deltas.push(
+            chars[i..(i + n).min(chars.len())]
+                .iter()
+                .collect::<String>(),
+        );
+        i += n;
+        k += 1;
+    }
     for enc in Encoding::ALL {
-        g.bench_function(enc.name(), |b| b.iter(|| black_box(enc.count(&text))));
+        g.bench_function(format!("{}/one-shot", enc.name()), |b| {
+            b.iter(|| black_box(enc.count(&text)))
+        });
+        g.bench_function(format!("{}/incremental", enc.name()), |b| {
+            b.iter(|| {
+                let mut c = IncrementalCounter::new(enc);
+                for d in &deltas {
+                    c.push(d);
+                }
+                black_box(c.count())
+            })
+        });
     }
     g.finish();
 }

@@ -31,7 +31,11 @@ def test_parse_event_every_kind() -> None:
         "openai-chat",
         '{"choices":[{"index":1,"delta":{"content":"a","reasoning_content":"r","tool_calls":[{"index":0,"function":{"arguments":"{}"}}]},"finish_reason":"tool_calls"}]}',
     )
-    assert ev.deltas == [(1, 0, "content", "a"), (1, 0, "reasoning", "r"), (1, 0, "tool_arguments", "{}")]
+    assert ev.deltas == [
+        (1, 0, "content", "a"),
+        (1, 0, "reasoning", "r"),
+        (1, 0, "tool_arguments", "{}"),
+    ]
     assert ev.finish_reasons == [(1, "tool_calls")]
     usage = parse_event(
         "openai-chat",
@@ -40,17 +44,33 @@ def test_parse_event_every_kind() -> None:
     ).usage
     assert usage is not None
     assert usage.as_dict() == {
-        "input_tokens": 5, "output_tokens": 6, "total_tokens": 11,
-        "cached_input_tokens": 2, "reasoning_tokens": 3,
+        "input_tokens": 5,
+        "output_tokens": 6,
+        "total_tokens": 11,
+        "cached_input_tokens": 2,
+        "reasoning_tokens": 3,
     }
     assert parse_event("openai-chat", "[DONE]").kind == "done"
-    err = parse_event("anthropic", '{"type":"error","error":{"type":"overloaded_error","message":"busy"}}', event="error")
+    err = parse_event(
+        "anthropic",
+        '{"type":"error","error":{"type":"overloaded_error","message":"busy"}}',
+        event="error",
+    )
     assert err.kind == "error" and err.error == ("overloaded_error", "busy", None)
-    think = parse_event("anthropic", '{"type":"content_block_delta","index":0,"delta":{"type":"thinking_delta","thinking":"hm"}}')
+    think = parse_event(
+        "anthropic",
+        '{"type":"content_block_delta","index":0,"delta":{"type":"thinking_delta","thinking":"hm"}}',
+    )
     assert think.deltas == [(0, 0, "reasoning", "hm")]
-    tool = parse_event("anthropic", '{"type":"content_block_delta","index":2,"delta":{"type":"input_json_delta","partial_json":"{\\"a\\""}}')
+    tool = parse_event(
+        "anthropic",
+        '{"type":"content_block_delta","index":2,"delta":{"type":"input_json_delta","partial_json":"{\\"a\\""}}',
+    )
     assert tool.deltas == [(0, 2, "tool_arguments", '{"a"')]
-    fn = parse_event("openai-responses", '{"type":"response.function_call_arguments.delta","output_index":3,"delta":"{}"}')
+    fn = parse_event(
+        "openai-responses",
+        '{"type":"response.function_call_arguments.delta","output_index":3,"delta":"{}"}',
+    )
     assert fn.deltas == [(3, 0, "tool_arguments", "{}")]
     with pytest.raises(ValueError, match="malformed openai-chat event"):
         parse_event("openai-chat", "{nope")
@@ -102,7 +122,11 @@ def test_chat_extraction_matches_openai_sdk(replay: Any) -> None:
 
 def test_completions_extraction_matches_openai_sdk(replay: Any) -> None:
     replay.body = synth.stream_bytes(synth.completions_events(DELTAS))
-    chunks = list(openai_client(replay.url).completions.create(model="gpt-3.5-turbo-instruct", prompt="x", stream=True))
+    chunks = list(
+        openai_client(replay.url).completions.create(
+            model="gpt-3.5-turbo-instruct", prompt="x", stream=True
+        )
+    )
     sdk_text = "".join(c.choices[0].text for c in chunks if c.choices)
     m, _ = meter_all(replay.body, model="gpt-3.5-turbo-instruct")
     assert m.format == "openai-completions"
@@ -111,10 +135,17 @@ def test_completions_extraction_matches_openai_sdk(replay: Any) -> None:
 
 
 def test_responses_extraction_matches_openai_sdk(replay: Any) -> None:
-    usage = {"input_tokens": 7, "output_tokens": 91, "total_tokens": 98,
-             "input_tokens_details": {"cached_tokens": 0}, "output_tokens_details": {"reasoning_tokens": 0}}
+    usage = {
+        "input_tokens": 7,
+        "output_tokens": 91,
+        "total_tokens": 98,
+        "input_tokens_details": {"cached_tokens": 0},
+        "output_tokens_details": {"reasoning_tokens": 0},
+    }
     replay.body = synth.stream_bytes(synth.responses_events(DELTAS, usage=usage))
-    events = list(openai_client(replay.url).responses.create(model="gpt-4o", input="hi", stream=True))
+    events = list(
+        openai_client(replay.url).responses.create(model="gpt-4o", input="hi", stream=True)
+    )
     sdk_text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
     m, _ = meter_all(replay.body)
     assert m.format == "openai-responses"
@@ -125,7 +156,9 @@ def test_responses_extraction_matches_openai_sdk(replay: Any) -> None:
 
 
 def test_anthropic_extraction_matches_anthropic_sdk(replay: Any) -> None:
-    replay.body = synth.stream_bytes(synth.anthropic_events(DELTAS, input_tokens=31, output_tokens=88))
+    replay.body = synth.stream_bytes(
+        synth.anthropic_events(DELTAS, input_tokens=31, output_tokens=88)
+    )
     with anthropic_client(replay.url).messages.stream(
         model="claude-sonnet-4-6", max_tokens=1000, messages=[{"role": "user", "content": "hi"}]
     ) as stream:
@@ -134,7 +167,10 @@ def test_anthropic_extraction_matches_anthropic_sdk(replay: Any) -> None:
     assert out == replay.body
     assert final.content[0].text == TEXT
     assert m.usage is not None
-    assert (m.usage.input_tokens, m.usage.output_tokens) == (final.usage.input_tokens, final.usage.output_tokens)
+    assert (m.usage.input_tokens, m.usage.output_tokens) == (
+        final.usage.input_tokens,
+        final.usage.output_tokens,
+    )
     assert m.finish_reasons == [(0, final.stop_reason)]
     assert m.provenance == "estimated"
 
@@ -153,18 +189,42 @@ def test_tool_calls_and_several_choices_are_all_billed() -> None:
         return b"data: " + orjson.dumps(obj) + b"\n\n"
 
     chunks = [
-        {"object": "chat.completion.chunk", "model": "gpt-4o", "choices": [
-            {"index": 0, "delta": {"content": "Hello there"}},
-            {"index": 1, "delta": {"tool_calls": [{"index": 0, "id": "c1", "type": "function",
-                                                   "function": {"name": "lookup", "arguments": '{"city": '}}]}},
-        ]},
-        {"object": "chat.completion.chunk", "model": "gpt-4o", "choices": [
-            {"index": 1, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": '"Paris"}'}}]}},
-            {"index": 0, "delta": {"content": ", friend"}, "finish_reason": "stop"},
-        ]},
+        {
+            "object": "chat.completion.chunk",
+            "model": "gpt-4o",
+            "choices": [
+                {"index": 0, "delta": {"content": "Hello there"}},
+                {
+                    "index": 1,
+                    "delta": {
+                        "tool_calls": [
+                            {
+                                "index": 0,
+                                "id": "c1",
+                                "type": "function",
+                                "function": {"name": "lookup", "arguments": '{"city": '},
+                            }
+                        ]
+                    },
+                },
+            ],
+        },
+        {
+            "object": "chat.completion.chunk",
+            "model": "gpt-4o",
+            "choices": [
+                {
+                    "index": 1,
+                    "delta": {"tool_calls": [{"index": 0, "function": {"arguments": '"Paris"}'}}]},
+                },
+                {"index": 0, "delta": {"content": ", friend"}, "finish_reason": "stop"},
+            ],
+        },
     ]
     data = b"".join(ev(c) for c in chunks) + b"data: [DONE]\n\n"
     m, _ = meter_all(data)
-    expected = meterkit.count_tokens("Hello there, friend") + meterkit.count_tokens('{"city": "Paris"}')
+    expected = meterkit.count_tokens("Hello there, friend") + meterkit.count_tokens(
+        '{"city": "Paris"}'
+    )
     assert m.completion_tokens == expected
     assert dict(m.tokens_by_channel)["tool_arguments"] == meterkit.count_tokens('{"city": "Paris"}')

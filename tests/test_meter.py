@@ -63,7 +63,9 @@ def test_pass_through_is_byte_exact_and_count_exact(
     data = stream_for(fmt, deltas)
     m = StreamMeter(fmt, "gpt-4o")
     assert run(m, data, cuts) == data
-    assert m.completion_tokens == len(tiktoken_encodings["o200k_base"].encode_ordinary("".join(deltas)))
+    assert m.completion_tokens == len(
+        tiktoken_encodings["o200k_base"].encode_ordinary("".join(deltas))
+    )
     assert m.state == "finished"
     assert m.anomalies == []
 

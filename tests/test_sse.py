@@ -62,7 +62,9 @@ def oracle(stream: bytes) -> list[tuple[str, str, str | None, int | None, int, i
     return events
 
 
-def as_tuples(events: list[meterkit.SseEvent]) -> list[tuple[str, str, str | None, int | None, int, int]]:
+def as_tuples(
+    events: list[meterkit.SseEvent],
+) -> list[tuple[str, str, str | None, int | None, int, int]]:
     return [(e.event, e.data, e.id, e.retry, e.start, e.end) for e in events]
 
 
@@ -186,7 +188,9 @@ def test_byte_at_a_time_matches(stream: bytes) -> None:
     st.one_of(st.none(), st.text().filter(lambda s: not any(c in s for c in "\r\n\0"))),
     st.one_of(st.none(), st.integers(0, 2**40)),
 )
-def test_encoder_round_trips(data: str, event: str | None, id_: str | None, retry: int | None) -> None:
+def test_encoder_round_trips(
+    data: str, event: str | None, id_: str | None, retry: int | None
+) -> None:
     wire = encode_event(data, event=event, id=id_, retry=retry) + encode_comment("k\nx")
     (ev,) = decode([wire])
     assert ev.data == data.replace("\r\n", "\n").replace("\r", "\n")

@@ -26,7 +26,8 @@ ENCODINGS = ["cl100k_base", "o200k_base"]
 CORPUS = [
     "",
     "Hello, world! This is a perfectly ordinary English sentence, isn't it? We'll see.",
-    "def fib(n: int) -> int:\n    return n if n < 2 else fib(n - 1) + fib(n - 2)\n\n\tprint(fib(30))\n",
+    "def fib(n: int) -> int:\n    return n if n < 2 else fib(n - 1) + fib(n - 2)\n"
+    "\n\tprint(fib(30))\n",
     json.dumps({"id": 12345, "name": "widget", "tags": ["a", "b"], "price": 19.99, "ok": True}),
     "東京都は日本の首都です。北京是中国的首都。서울은 한국의 수도입니다。",
     "Emoji: 🙂👍🏽👨‍👩‍👧‍👦🏳️‍🌈 and flags 🇩🇪🇯🇵 and keycap 1️⃣",
@@ -52,13 +53,46 @@ def test_corpus_parity_with_tiktoken(encoding: str, tiktoken_encodings: dict[str
 @pytest.mark.parametrize("encoding", ENCODINGS)
 def test_long_mixed_document_parity(encoding: str, tiktoken_encodings: dict[str, Any]) -> None:
     text = "\n".join(CORPUS) * 40
-    assert count_tokens(text, encoding=encoding) == len(tiktoken_encodings[encoding].encode_ordinary(text))
+    assert count_tokens(text, encoding=encoding) == len(
+        tiktoken_encodings[encoding].encode_ordinary(text)
+    )
 
 
 _alphabet = st.sampled_from(
-    list(" \t\n\r") + ["  ", "\r\n", "a", "Z", "HELLO", "World", "'", "'s", "'ll", "1", "23", "4567",
-     ".", "!", "/", "{", "}", '"', "日本", "語", "🙂", "👨‍👩‍👧", "é", "\u0301", "ß", "\u00a0", "_", "ǅ",
-     "über", "\u200d", "١٢٣"]
+    list(" \t\n\r")
+    + [
+        "  ",
+        "\r\n",
+        "a",
+        "Z",
+        "HELLO",
+        "World",
+        "'",
+        "'s",
+        "'ll",
+        "1",
+        "23",
+        "4567",
+        ".",
+        "!",
+        "/",
+        "{",
+        "}",
+        '"',
+        "日本",
+        "語",
+        "🙂",
+        "👨‍👩‍👧",
+        "é",
+        "\u0301",
+        "ß",
+        "\u00a0",
+        "_",
+        "ǅ",
+        "über",
+        "\u200d",
+        "١٢٣",
+    ]
 )
 texts = st.one_of(st.text(), st.lists(_alphabet, max_size=80).map("".join))
 
@@ -66,7 +100,9 @@ texts = st.one_of(st.text(), st.lists(_alphabet, max_size=80).map("".join))
 @settings(max_examples=400, deadline=None)
 @given(text=texts, encoding=st.sampled_from(ENCODINGS))
 def test_random_text_parity(text: str, encoding: str, tiktoken_encodings: dict[str, Any]) -> None:
-    assert count_tokens(text, encoding=encoding) == len(tiktoken_encodings[encoding].encode_ordinary(text))
+    assert count_tokens(text, encoding=encoding) == len(
+        tiktoken_encodings[encoding].encode_ordinary(text)
+    )
 
 
 def _split_codepoints(text: str, cuts: list[int]) -> list[str]:
@@ -80,7 +116,11 @@ def _split_codepoints(text: str, cuts: list[int]) -> list[str]:
 
 
 @settings(max_examples=400, deadline=None)
-@given(text=texts, cuts=st.lists(st.integers(0, 10_000), max_size=30), encoding=st.sampled_from(ENCODINGS))
+@given(
+    text=texts,
+    cuts=st.lists(st.integers(0, 10_000), max_size=30),
+    encoding=st.sampled_from(ENCODINGS),
+)
 def test_incremental_equals_one_shot_for_any_split(
     text: str, cuts: list[int], encoding: str, tiktoken_encodings: dict[str, Any]
 ) -> None:
@@ -94,7 +134,9 @@ def test_incremental_equals_one_shot_for_any_split(
 
 
 @pytest.mark.parametrize("encoding", ENCODINGS)
-def test_random_delta_splits_of_long_documents(encoding: str, tiktoken_encodings: dict[str, Any]) -> None:
+def test_random_delta_splits_of_long_documents(
+    encoding: str, tiktoken_encodings: dict[str, Any]
+) -> None:
     """LLM-sized deltas (1-40 chars) over the corpus; also shows why summing deltas is wrong."""
     rng = random.Random(1234)
     ref = tiktoken_encodings[encoding]
@@ -126,11 +168,33 @@ def test_text_split_mid_codepoint_is_reassembled_by_the_caller() -> None:
 
 
 MODELS = [
-    "gpt-4o", "gpt-4o-mini", "gpt-4o-2024-08-06", "chatgpt-4o-latest", "gpt-4.1", "gpt-4.1-mini",
-    "gpt-4.5-preview", "gpt-5", "gpt-5-mini", "o1", "o1-mini", "o3", "o3-mini", "o4-mini",
-    "o4-mini-2025-04-16", "gpt-4", "gpt-4-0613", "gpt-4-turbo", "gpt-4-32k", "gpt-3.5-turbo",
-    "gpt-3.5-turbo-0125", "gpt-35-turbo", "text-embedding-3-small", "text-embedding-ada-002",
-    "davinci-002", "ft:gpt-4o-mini:org::abc", "ft:gpt-3.5-turbo:org::x",
+    "gpt-4o",
+    "gpt-4o-mini",
+    "gpt-4o-2024-08-06",
+    "chatgpt-4o-latest",
+    "gpt-4.1",
+    "gpt-4.1-mini",
+    "gpt-4.5-preview",
+    "gpt-5",
+    "gpt-5-mini",
+    "o1",
+    "o1-mini",
+    "o3",
+    "o3-mini",
+    "o4-mini",
+    "o4-mini-2025-04-16",
+    "gpt-4",
+    "gpt-4-0613",
+    "gpt-4-turbo",
+    "gpt-4-32k",
+    "gpt-3.5-turbo",
+    "gpt-3.5-turbo-0125",
+    "gpt-35-turbo",
+    "text-embedding-3-small",
+    "text-embedding-ada-002",
+    "davinci-002",
+    "ft:gpt-4o-mini:org::abc",
+    "ft:gpt-3.5-turbo:org::x",
 ]
 
 
@@ -143,7 +207,7 @@ def test_model_table_matches_tiktoken(model: str, tiktoken_encodings: dict[str, 
 
 
 def test_unknown_models_need_an_explicit_estimate() -> None:
-    with pytest.raises(UnknownModelError, match="allow_estimate|resolve_model"):
+    with pytest.raises(UnknownModelError, match=r"allow_estimate|resolve_model"):
         count_tokens("hi", model="llama-3.1-70b")
     with pytest.raises(KeyError):
         encoding_for_model("claude-sonnet-4-6")
@@ -172,21 +236,47 @@ def _cookbook_prompt_count(messages: list[dict[str, str]], enc: Any) -> int:
 def test_chat_prompt_rule_matches_cookbook(tiktoken_encodings: dict[str, Any]) -> None:
     messages = [
         {"role": "system", "content": "You are a helpful, pattern-following assistant."},
-        {"role": "system", "name": "example_user", "content": "New synergies will help drive top-line growth."},
+        {
+            "role": "system",
+            "name": "example_user",
+            "content": "New synergies will help drive top-line growth.",
+        },
         {"role": "user", "content": "This late pivot means we don't have time to boil the ocean."},
     ]
     for model, enc in [("gpt-4o", "o200k_base"), ("gpt-4", "cl100k_base")]:
-        assert count_chat_prompt(messages, model) == _cookbook_prompt_count(messages, tiktoken_encodings[enc])
+        assert count_chat_prompt(messages, model) == _cookbook_prompt_count(
+            messages, tiktoken_encodings[enc]
+        )
 
 
 def test_chat_prompt_counts_parts_and_tool_calls() -> None:
     plain = count_chat_prompt([{"role": "user", "content": "hello world"}])
     parts = count_chat_prompt(
-        [{"role": "user", "content": [{"type": "text", "text": "hello world"}, {"type": "image_url", "image_url": {"url": "x"}}]}]
+        [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "hello world"},
+                    {"type": "image_url", "image_url": {"url": "x"}},
+                ],
+            }
+        ]
     )
     assert parts == plain
     with_call = count_chat_prompt(
-        [{"role": "assistant", "content": None, "tool_calls": [{"id": "c", "type": "function", "function": {"name": "get", "arguments": '{"q": 1}'}}]}]
+        [
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "id": "c",
+                        "type": "function",
+                        "function": {"name": "get", "arguments": '{"q": 1}'},
+                    }
+                ],
+            }
+        ]
     )
     assert with_call > 7
     with pytest.raises(TypeError):
@@ -201,8 +291,18 @@ def test_request_prompt_for_each_format() -> None:
         {"model": "claude-x", "system": "be brief", "messages": msgs}, "anthropic"
     )
     assert anth > chat
-    assert meterkit.count_request_prompt({"model": "gpt-4o", "input": "hello world"}, "openai-responses") == chat
-    assert meterkit.count_request_prompt({"model": "gpt-3.5-turbo-instruct", "prompt": ["a b", "c"]}, "openai-completions") == 3
+    assert (
+        meterkit.count_request_prompt(
+            {"model": "gpt-4o", "input": "hello world"}, "openai-responses"
+        )
+        == chat
+    )
+    assert (
+        meterkit.count_request_prompt(
+            {"model": "gpt-3.5-turbo-instruct", "prompt": ["a b", "c"]}, "openai-completions"
+        )
+        == 3
+    )
 
 
 def test_long_input_counts_in_threads_concurrently() -> None:

@@ -2,6 +2,35 @@
 
 from typing import Final, final
 
+__all__ = [
+    "BUILD_PROFILE",
+    "DEFAULT_MAX_EVENT_SIZE",
+    "ENCODINGS",
+    "FALLBACK_ENCODING",
+    "FORMATS",
+    "Anomaly",
+    "FeedResult",
+    "ParsedEvent",
+    "SseDecoder",
+    "SseError",
+    "SseEvent",
+    "StreamMeter",
+    "TokenCounter",
+    "UnknownModelError",
+    "Usage",
+    "__version__",
+    "count_deltas",
+    "count_tokens",
+    "count_tokens_total",
+    "detect_format",
+    "encode_comment",
+    "encode_event",
+    "encoding_name_for_model",
+    "frame_and_extract",
+    "parse_event",
+    "resolve_model",
+]
+
 __version__: Final[str]
 BUILD_PROFILE: Final[str]
 DEFAULT_MAX_EVENT_SIZE: Final[int]
@@ -159,7 +188,9 @@ class StreamMeter:
     def grant(self, tokens: int) -> FeedResult: ...
     def clear_credit(self) -> FeedResult: ...
     def truncate(self, message: str = ...) -> bytes: ...
-    def fail(self, message: str, *, error_type: str = "api_error", code: str = "upstream_error") -> bytes: ...
+    def fail(
+        self, message: str, *, error_type: str = "api_error", code: str = "upstream_error"
+    ) -> bytes: ...
     def close(self) -> FeedResult: ...
     @property
     def format(self) -> str | None: ...

@@ -35,9 +35,14 @@ def build_parser() -> argparse.ArgumentParser:
         "meters a built-in sample stream.",
     )
     m.add_argument("input", nargs="?", help="a file holding the raw SSE bytes, or - for stdin")
-    m.add_argument("--format", default="auto", help="auto (default), openai-chat, "
-                   "openai-responses, openai-completions or anthropic")
-    m.add_argument("--model", help="model whose tokenizer counts (default: the one the stream names)")
+    m.add_argument(
+        "--format",
+        default="auto",
+        help="auto (default), openai-chat, openai-responses, openai-completions or anthropic",
+    )
+    m.add_argument(
+        "--model", help="model whose tokenizer counts (default: the one the stream names)"
+    )
     m.add_argument("--limit", type=int, help="truncate at this many completion tokens")
     m.add_argument("--ending", default="graceful_close", choices=["graceful_close", "error_chunk"])
     m.add_argument("--output", help="write the forwarded (possibly truncated) stream here")
@@ -46,7 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="run the benchmarks (release build) with baselines")
     b.add_argument("suite", choices=["core"], help="core: Rust core versus pure Python / tiktoken")
-    b.add_argument("--quick", action="store_true", help="small sizes: a smoke run, not a measurement")
+    b.add_argument(
+        "--quick", action="store_true", help="small sizes: a smoke run, not a measurement"
+    )
     b.add_argument("--json", dest="json_out", help="also write the figures as JSON to this file")
     b.set_defaults(func=_bench)
     return p

@@ -26,7 +26,7 @@ SAMPLE_TEXT = (
     "the upstream model call. A metering proxy has to notice the client leaving and abort "
     "the upstream request, or the tokens are billed anyway.\n\n"
     "```python\nasync for chunk in stream:\n    if await request.is_disconnected():\n"
-    "        break\n```\n\nÜbersicht: 東京は晴れ。 Emoji 🙂👍🏽 and JSON {\"a\": [1, 2, 3]}."
+    '        break\n```\n\nÜbersicht: 東京は晴れ。 Emoji 🙂👍🏽 and JSON {"a": [1, 2, 3]}.'
 )
 
 
@@ -143,7 +143,11 @@ def anthropic_events(
         },
     }
     yield _sse(_dumps(start), "message_start")
-    block = {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}
+    block = {
+        "type": "content_block_start",
+        "index": 0,
+        "content_block": {"type": "text", "text": ""},
+    }
     yield _sse(_dumps(block), "content_block_start")
     yield _sse(b'{"type": "ping"}', "ping")
     n = 0
@@ -192,7 +196,13 @@ def responses_events(
     }
     yield ev("response.created", {"response": response})
     yield ev("response.in_progress", {"response": response})
-    item = {"id": "msg_0001", "type": "message", "status": "in_progress", "role": "assistant", "content": []}
+    item = {
+        "id": "msg_0001",
+        "type": "message",
+        "status": "in_progress",
+        "role": "assistant",
+        "content": [],
+    }
     yield ev("response.output_item.added", {"output_index": 0, "item": item})
     part = {"type": "output_text", "text": "", "annotations": []}
     yield ev(
@@ -204,12 +214,24 @@ def responses_events(
         text.append(d)
         yield ev(
             "response.output_text.delta",
-            {"item_id": "msg_0001", "output_index": 0, "content_index": 0, "delta": d, "logprobs": []},
+            {
+                "item_id": "msg_0001",
+                "output_index": 0,
+                "content_index": 0,
+                "delta": d,
+                "logprobs": [],
+            },
         )
     full = "".join(text)
     yield ev(
         "response.output_text.done",
-        {"item_id": "msg_0001", "output_index": 0, "content_index": 0, "text": full, "logprobs": []},
+        {
+            "item_id": "msg_0001",
+            "output_index": 0,
+            "content_index": 0,
+            "text": full,
+            "logprobs": [],
+        },
     )
     done_part = {"type": "output_text", "text": full, "annotations": []}
     yield ev(

@@ -112,7 +112,9 @@ def _message_values(message: Mapping[str, Any]) -> list[str]:
             for call in calls:
                 fn = call.get("function") if isinstance(call, Mapping) else None
                 if isinstance(fn, Mapping):
-                    values.extend(v for v in (fn.get("name"), fn.get("arguments")) if isinstance(v, str))
+                    values.extend(
+                        v for v in (fn.get("name"), fn.get("arguments")) if isinstance(v, str)
+                    )
     return values
 
 

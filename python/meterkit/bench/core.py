@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import random
 import sys
+from functools import partial
 from typing import Any
 
 import orjson
@@ -27,7 +28,7 @@ from meterkit.bench.timing import best_of, environment, table
 
 CORPUS_PARTS = [
     "The quick brown fox jumps over the lazy dog. It's 2026 and we'll meter every token.\n",
-    "def handler(request):\n    return {\"status\": 200, \"body\": [1, 2, 3]}\n\n",
+    'def handler(request):\n    return {"status": 200, "body": [1, 2, 3]}\n\n',
     '{"id": "chatcmpl-1", "choices": [{"index": 0, "delta": {"content": "hi"}}]}\n',
     "東京は日本の首都です。北京是中国的首都。서울은 한국의 수도입니다.\n",
     "Emoji 🙂👍🏽👨‍👩‍👧 and numbers 3.14159 1234567890   spaces\t\ttabs\n",
@@ -67,7 +68,9 @@ def reads(data: bytes, events_per_read: int) -> list[bytes]:
     """Split at event boundaries, `events_per_read` events per read."""
     blocks = data.split(b"\n\n")[:-1]
     blocks = [b + b"\n\n" for b in blocks]
-    return [b"".join(blocks[i : i + events_per_read]) for i in range(0, len(blocks), events_per_read)]
+    return [
+        b"".join(blocks[i : i + events_per_read]) for i in range(0, len(blocks), events_per_read)
+    ]
 
 
 def run_meter(chunks: list[bytes], fmt: str) -> int:
@@ -99,8 +102,10 @@ def main(quick: bool = False, json_out: str | None = None) -> int:
     repeat = 2 if quick else 7
     n_text = 20_000 if quick else 400_000
     results: dict[str, Any] = {"environment": env}
-    print(f"meterkit bench core: {env['build']} build, Python {env['python']}, "
-          f"{env['machine']}, {env['cpus']} CPUs")
+    print(
+        f"meterkit bench core: {env['build']} build, Python {env['python']}, "
+        f"{env['machine']}, {env['cpus']} CPUs"
+    )
     if env["build"] != "release" or quick:
         print("NOTE: not a measurement (debug build or --quick); figures are a smoke test only.")
 
@@ -117,24 +122,51 @@ def main(quick: bool = False, json_out: str | None = None) -> int:
             ours = run_meter(chunks, fmt)
             theirs = run_python(chunks, fmt, o200k)
             if ours != theirs:
-                print(f"count mismatch {fmt}: meterkit {ours} vs baseline {theirs}", file=sys.stderr)
+                print(
+                    f"count mismatch {fmt}: meterkit {ours} vs baseline {theirs}", file=sys.stderr
+                )
                 return 1
-            t_ours = best_of(lambda c=chunks, f=fmt: run_meter(c, f), repeat)
-            t_py = best_of(lambda c=chunks, f=fmt: run_python(c, f, o200k), repeat)
+            t_ours = best_of(partial(run_meter, chunks, fmt), repeat)
+            t_py = best_of(partial(run_python, chunks, fmt, o200k), repeat)
             r = {
-                "format": fmt, "events_per_read": per_read, "events": n_events, "bytes": len(data),
-                "meterkit_us_per_event": t_ours / n_events * 1e6, "python_us_per_event": t_py / n_events * 1e6,
-                "meterkit_mb_s": len(data) / t_ours / 1e6, "python_mb_s": len(data) / t_py / 1e6,
+                "format": fmt,
+                "events_per_read": per_read,
+                "events": n_events,
+                "bytes": len(data),
+                "meterkit_us_per_event": t_ours / n_events * 1e6,
+                "python_us_per_event": t_py / n_events * 1e6,
+                "meterkit_mb_s": len(data) / t_ours / 1e6,
+                "python_mb_s": len(data) / t_py / 1e6,
                 "speedup": t_py / t_ours,
             }
             pipeline.append(r)
-            rows.append([
-                fmt, str(per_read), f"{r['meterkit_us_per_event']:.2f}", f"{r['meterkit_mb_s']:.0f}",
-                f"{r['python_us_per_event']:.2f}", f"{r['python_mb_s']:.0f}", f"{r['speedup']:.1f}x",
-            ])
+            rows.append(
+                [
+                    fmt,
+                    str(per_read),
+                    f"{r['meterkit_us_per_event']:.2f}",
+                    f"{r['meterkit_mb_s']:.0f}",
+                    f"{r['python_us_per_event']:.2f}",
+                    f"{r['python_mb_s']:.0f}",
+                    f"{r['speedup']:.1f}x",
+                ]
+            )
     results["pipeline"] = pipeline
     print(f"\n1. Framing + extraction + exact count ({len(deltas)} deltas per stream)")
-    print(table(["format", "events/read", "meterkit us/ev", "MB/s", "pure-Python us/ev", "MB/s", "speedup"], rows))
+    print(
+        table(
+            [
+                "format",
+                "events/read",
+                "meterkit us/ev",
+                "MB/s",
+                "pure-Python us/ev",
+                "MB/s",
+                "speedup",
+            ],
+            rows,
+        )
+    )
 
     # 2. Framing + extraction alone ---------------------------------------------------------
     rows = []
@@ -142,12 +174,23 @@ def main(quick: bool = False, json_out: str | None = None) -> int:
     for fmt in ("openai-chat", "anthropic"):
         data = stream(fmt, deltas)
         n_events = data.count(b"\n\n")
-        t_ours = best_of(lambda d=data, f=fmt: _core.frame_and_extract(d, f), repeat)
-        t_py = best_of(lambda d=data, f=fmt: py_frame_and_extract(d, f), repeat)
-        r = {"format": fmt, "meterkit_us_per_event": t_ours / n_events * 1e6,
-             "python_us_per_event": t_py / n_events * 1e6, "speedup": t_py / t_ours}
+        t_ours = best_of(partial(_core.frame_and_extract, data, fmt), repeat)
+        t_py = best_of(partial(py_frame_and_extract, data, fmt), repeat)
+        r = {
+            "format": fmt,
+            "meterkit_us_per_event": t_ours / n_events * 1e6,
+            "python_us_per_event": t_py / n_events * 1e6,
+            "speedup": t_py / t_ours,
+        }
         framing.append(r)
-        rows.append([fmt, f"{r['meterkit_us_per_event']:.3f}", f"{r['python_us_per_event']:.3f}", f"{r['speedup']:.1f}x"])
+        rows.append(
+            [
+                fmt,
+                f"{r['meterkit_us_per_event']:.3f}",
+                f"{r['python_us_per_event']:.3f}",
+                f"{r['speedup']:.1f}x",
+            ]
+        )
     results["framing_extraction"] = framing
     print("\n2. Framing + extraction alone (whole buffer, one call)")
     print(table(["format", "meterkit us/ev", "pure-Python us/ev", "speedup"], rows))
@@ -159,32 +202,67 @@ def main(quick: bool = False, json_out: str | None = None) -> int:
     for name in ("cl100k_base", "o200k_base"):
         enc = encodings[name]
         assert _core.count_tokens(big, name) == len(enc.encode_ordinary(big))
-        t_ours = best_of(lambda e=name: _core.count_tokens(big, e), repeat)
-        t_tk = best_of(lambda e=enc: len(e.encode_ordinary(big)), repeat)
+        t_ours = best_of(partial(_core.count_tokens, big, name), repeat)
+        t_tk = best_of(partial(enc.encode_ordinary, big), repeat)
         big_deltas = deltas_of(big, 3)
-        t_inc = best_of(lambda e=name, d=big_deltas: _core.count_deltas(d, e), repeat)
-        r = {"encoding": name, "meterkit_mb_s": len(big.encode()) / t_ours / 1e6,
-             "tiktoken_mb_s": len(big.encode()) / t_tk / 1e6, "speedup_vs_tiktoken": t_tk / t_ours,
-             "incremental_over_one_shot": t_inc / t_ours}
+        t_inc = best_of(partial(_core.count_deltas, big_deltas, name), repeat)
+        r = {
+            "encoding": name,
+            "meterkit_mb_s": len(big.encode()) / t_ours / 1e6,
+            "tiktoken_mb_s": len(big.encode()) / t_tk / 1e6,
+            "speedup_vs_tiktoken": t_tk / t_ours,
+            "incremental_over_one_shot": t_inc / t_ours,
+        }
         counting.append(r)
-        rows.append([name, f"{r['meterkit_mb_s']:.1f}", f"{r['tiktoken_mb_s']:.1f}",
-                     f"{r['speedup_vs_tiktoken']:.2f}x", f"{r['incremental_over_one_shot']:.2f}x"])
+        rows.append(
+            [
+                name,
+                f"{r['meterkit_mb_s']:.1f}",
+                f"{r['tiktoken_mb_s']:.1f}",
+                f"{r['speedup_vs_tiktoken']:.2f}x",
+                f"{r['incremental_over_one_shot']:.2f}x",
+            ]
+        )
     results["counting"] = counting
     print(f"\n3. Token counting, {len(big.encode()) / 1e6:.1f} MB mixed text, single thread")
-    print(table(["encoding", "meterkit MB/s", "tiktoken MB/s", "speedup", "incremental/one-shot"], rows))
+    print(
+        table(
+            ["encoding", "meterkit MB/s", "tiktoken MB/s", "speedup", "incremental/one-shot"], rows
+        )
+    )
 
     # 4. Linearity --------------------------------------------------------------------------
     size = 1_000_000 if quick else 8_000_000
     body = ("lorem ipsum dolor sit amet " * (size // 27 + 1))[:size]
-    event = b"data: " + orjson.dumps({"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": body}}]}) + b"\n\n"
-    pieces = [event[i : i + len(event) // 1024 + 1] for i in range(0, len(event), len(event) // 1024 + 1)]
+    event = (
+        b"data: "
+        + orjson.dumps(
+            {
+                "object": "chat.completion.chunk",
+                "choices": [{"index": 0, "delta": {"content": body}}],
+            }
+        )
+        + b"\n\n"
+    )
+    pieces = [
+        event[i : i + len(event) // 1024 + 1] for i in range(0, len(event), len(event) // 1024 + 1)
+    ]
     t_one = best_of(lambda: run_meter([event], "openai-chat"), repeat)
     t_many = best_of(lambda: run_meter(pieces, "openai-chat"), repeat)
-    results["linearity"] = {"event_bytes": len(event), "reads": len(pieces), "one_read_s": t_one,
-                            "many_reads_s": t_many, "ratio": t_many / t_one}
+    results["linearity"] = {
+        "event_bytes": len(event),
+        "reads": len(pieces),
+        "one_read_s": t_one,
+        "many_reads_s": t_many,
+        "ratio": t_many / t_one,
+    }
     print(f"\n4. Linearity: one {len(event) / 1e6:.1f} MB event, 1 read vs {len(pieces)} reads")
-    print(table(["1 read ms", f"{len(pieces)} reads ms", "ratio"],
-                [[f"{t_one * 1e3:.1f}", f"{t_many * 1e3:.1f}", f"{t_many / t_one:.2f}"]]))
+    print(
+        table(
+            ["1 read ms", f"{len(pieces)} reads ms", "ratio"],
+            [[f"{t_one * 1e3:.1f}", f"{t_many * 1e3:.1f}", f"{t_many / t_one:.2f}"]],
+        )
+    )
 
     if json_out:
         with open(json_out, "wb") as f:

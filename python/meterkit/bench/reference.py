@@ -24,7 +24,9 @@ def find_reference_dir() -> Path | None:
     checkout (how this project's CI lays things out)."""
     here = Path(__file__).resolve()
     candidates = [os.environ.get("METERKIT_TIKTOKEN_REFERENCE")]
-    candidates += [str(p / "shared" / "reference" / "tiktoken") for p in (Path.cwd().parent, *here.parents)]
+    candidates += [
+        str(p / "shared" / "reference" / "tiktoken") for p in (Path.cwd().parent, *here.parents)
+    ]
     for c in candidates:
         if c and (Path(c) / "o200k_base.tiktoken").is_file():
             return Path(c)

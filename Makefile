@@ -1,0 +1,59 @@
+# meterkit: `make help` lists the targets. Everything runs from a local virtualenv (.venv)
+# that `make install` creates; nothing is installed system-wide.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PY := $(BIN)/python
+EXTRAS ?= test,bench,lint,speed
+# The extension is rebuilt when any of these change.
+BUILD_INPUTS := $(shell find rust benches -name '*.rs') Cargo.toml Cargo.lock pyproject.toml
+
+.DEFAULT_GOAL := help
+.PHONY: help install dev run test test-rust test-python lint bench clean
+
+help: ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
+
+$(VENV)/.created:
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	touch $@
+
+$(VENV)/.installed: $(VENV)/.created $(BUILD_INPUTS)
+	$(PY) -m pip install --quiet --editable '.[$(EXTRAS)]'
+	touch $@
+
+install: $(VENV)/.installed ## set up: virtualenv, Python deps and a release build of the Rust core
+
+dev: $(VENV)/.created ## quick debug build of the extension into the venv (not for benchmarks)
+	$(PY) -m pip install --quiet maturin
+	VIRTUAL_ENV=$(abspath $(VENV)) $(BIN)/maturin develop --quiet --extras '$(EXTRAS)'
+
+run: install ## set up and run the main job on the embedded default
+	$(BIN)/meterkit meter
+
+test: install test-rust test-python ## set up and run every test: cargo test + pytest
+
+test-rust: ## Rust unit and property tests (no Python involved)
+	cargo test --quiet
+
+test-python: install ## pytest: parity with tiktoken, properties, SDK cross-checks, end to end
+	$(BIN)/pytest
+
+lint: install ## ruff, rustfmt, clippy, mypy and stubtest of the hand-written stub
+	$(BIN)/ruff check python tests
+	$(BIN)/ruff format --check python tests
+	cargo fmt --check
+	cargo clippy --all-targets --quiet -- -D warnings
+	PYO3_PYTHON=$(abspath $(PY)) cargo clippy --features python --quiet -- -D warnings
+	$(BIN)/mypy
+	$(BIN)/python -m mypy.stubtest meterkit._core
+
+bench: install ## benchmarks (release build, baselines in the same run): criterion + meterkit bench core
+	cargo bench --bench core
+	$(BIN)/meterkit bench core
+
+clean: ## remove build outputs and the virtualenv
+	rm -rf target $(VENV) python/meterkit/*.so .pytest_cache .hypothesis

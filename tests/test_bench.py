@@ -1,0 +1,51 @@
+"""The benchmark harness runs end to end (a smoke test: figures are not asserted)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from meterkit.cli import main
+
+
+def test_bench_core_quick_writes_every_section(
+    tmp_path: Path, tiktoken_encodings: Any, capsys: Any
+) -> None:
+    out = tmp_path / "core.json"
+    assert main(["bench", "core", "--quick", "--json", str(out)]) == 0
+    results = orjson.loads(out.read_bytes())
+    assert {
+        "environment",
+        "pipeline",
+        "framing_extraction",
+        "counting",
+        "linearity",
+    } <= results.keys()
+    assert len(results["pipeline"]) == 4
+    assert all(r["speedup"] > 0 for r in results["pipeline"])
+    assert "speedup" in capsys.readouterr().out
+
+
+def test_meter_command_prints_usage(capsys: Any) -> None:
+    assert main(["meter"]) == 0
+    summary = orjson.loads(capsys.readouterr().out)
+    assert summary["format"] == "openai-chat"
+    assert summary["completion_tokens"] > 0
+    assert summary["state"] == "finished"
+
+
+def test_meter_command_truncates_to_a_file(tmp_path: Path, capsys: Any) -> None:
+    out = tmp_path / "out.sse"
+    assert main(["meter", "--sample", "anthropic", "--limit", "5", "--output", str(out)]) == 0
+    summary = orjson.loads(capsys.readouterr().out)
+    assert summary["state"] == "truncated"
+    assert summary["completion_tokens"] <= 5
+    assert out.read_bytes().endswith(b'event: message_stop\ndata: {"type":"message_stop"}\n\n')
+
+
+def test_meter_command_reports_bad_input(tmp_path: Path, capsys: Any) -> None:
+    assert main(["meter", str(tmp_path / "missing")]) == 1
+    assert "cannot read" in capsys.readouterr().err
+    assert main(["meter", "--format", "gemini"]) == 2
