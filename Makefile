@@ -31,8 +31,8 @@ dev: $(VENV)/.created ## quick debug build of the extension into the venv (not f
 	$(PY) -m pip install --quiet maturin
 	VIRTUAL_ENV=$(abspath $(VENV)) $(BIN)/maturin develop --quiet --extras '$(EXTRAS)'
 
-run: install ## set up and run the main job on the embedded default
-	$(BIN)/meterkit meter
+run: install ## set up and run the proxy on the embedded default (built-in mock upstream)
+	$(BIN)/meterkit serve --demo
 
 test: install test-rust test-python ## set up and run every test: cargo test + pytest
 

@@ -15,6 +15,24 @@ def _meter(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from meterkit.commands.serve import serve
+
+    return serve(args)
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from meterkit.commands.serve import validate
+
+    return validate(args)
+
+
+def _mock_llm(args: argparse.Namespace) -> int:
+    from meterkit.commands.serve import mock_llm
+
+    return mock_llm(args)
+
+
 def _bench(args: argparse.Namespace) -> int:
     from meterkit.bench import run
 
@@ -27,6 +45,37 @@ def build_parser() -> argparse.ArgumentParser:
         description="Streaming metering for paid and budgeted LLM APIs.",
     )
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    s = sub.add_parser("serve", help="run the proxy", description="Run the metering proxy.")
+    s.add_argument("--config", help="YAML config file")
+    s.add_argument(
+        "--demo",
+        action="store_true",
+        help="run on the embedded default: built-in mock LLM upstream, SQLite usage records",
+    )
+    s.add_argument("--host", help="listen address (default: gateway.host, or 127.0.0.1 for --demo)")
+    s.add_argument(
+        "--port", type=int, help="listen port (default: gateway.port, or 8080 for --demo; 0 = any)"
+    )
+    s.add_argument(
+        "--data-dir", default="meterkit-data", help="where --demo keeps its SQLite files"
+    )
+    s.set_defaults(func=_serve)
+
+    v = sub.add_parser("validate", help="check a config file and list every problem")
+    v.add_argument("--config", required=True, help="YAML config file")
+    v.set_defaults(func=_validate)
+
+    mk = sub.add_parser(
+        "mock-llm", help="run the built-in OpenAI/Anthropic-compatible mock upstream"
+    )
+    mk.add_argument("--host", default="127.0.0.1")
+    mk.add_argument("--port", type=int, default=8000, help="0 picks a free port (printed on start)")
+    mk.add_argument("--tokens-per-second", type=float, default=50.0, help="0: as fast as possible")
+    mk.add_argument("--ttft", type=float, default=0.05, help="seconds before the first token")
+    mk.add_argument("--length", type=int, default=64, help="tokens per choice")
+    mk.add_argument("--seed", type=int, default=0)
+    mk.set_defaults(func=_mock_llm)
 
     m = sub.add_parser(
         "meter",

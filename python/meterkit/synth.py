@@ -172,8 +172,13 @@ def responses_events(
     response_id: str = "resp_meterkit0001",
     created: int = 1_731_000_000,
     usage: dict[str, object] | None = None,
+    status: str = "completed",
 ) -> Iterator[bytes]:
-    """OpenAI Responses events for one message item with one output_text part."""
+    """OpenAI Responses events for one message item with one output_text part.
+
+    `status` "completed" ends with `response.completed`; any other value is the reason of a
+    `response.incomplete` end (e.g. "max_output_tokens").
+    """
     seq = 0
 
     def ev(kind: str, body: dict[str, object]) -> bytes:
@@ -240,8 +245,18 @@ def responses_events(
     )
     done_item = {**item, "status": "completed", "content": [done_part]}
     yield ev("response.output_item.done", {"output_index": 0, "item": done_item})
-    final = {**response, "status": "completed", "output": [done_item], "usage": usage}
-    yield ev("response.completed", {"response": final})
+    if status == "completed":
+        final = {**response, "status": "completed", "output": [done_item], "usage": usage}
+        yield ev("response.completed", {"response": final})
+    else:
+        final = {
+            **response,
+            "status": "incomplete",
+            "incomplete_details": {"reason": status},
+            "output": [done_item],
+            "usage": usage,
+        }
+        yield ev("response.incomplete", {"response": final})
 
 
 def stream_bytes(events: Iterable[bytes]) -> bytes:

@@ -1,0 +1,121 @@
+"""`meterkit serve`, `meterkit validate` and `meterkit mock-llm`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+from meterkit.config import Config, ConfigError, config_from_dict, load_config
+
+DEMO_PORT = 8080
+
+
+def demo_config(upstream_url: str, host: str, port: int, data_dir: str = "meterkit-data") -> Config:
+    """The embedded default: every LLM route to the built-in mock, usage in a SQLite file."""
+    llm = {"upstream": "mock"}
+    tree = {
+        "gateway": {"host": host, "port": port},
+        "upstreams": {
+            "mock": {"url": upstream_url, "timeout": {"connect": 5, "first_byte": 30, "idle": 60}}
+        },
+        "routes": {
+            "POST /v1/chat/completions": llm,
+            "POST /v1/responses": llm,
+            "POST /v1/completions": llm,
+            "POST /v1/messages": llm,
+            "GET /v1/models": {"upstream": "mock", "format": "none"},
+        },
+        "usage": {"sink": "sqlite", "path": str(Path(data_dir) / "usage.sqlite3")},
+        "logging": {"format": "text"},
+    }
+    return config_from_dict(tree, source="demo")
+
+
+def _print_config_error(e: ConfigError) -> None:
+    print(f"meterkit: invalid configuration {e.source}:", file=sys.stderr)
+    for p in e.problems:
+        print(f"  {p}", file=sys.stderr)
+
+
+def validate(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config)
+    except ConfigError as e:
+        _print_config_error(e)
+        return 1
+    print(f"{args.config}: ok ({len(config.upstreams)} upstream(s), {len(config.routes)} route(s))")
+    return 0
+
+
+def serve(args: argparse.Namespace) -> int:
+    from meterkit.proxy import serve as serve_proxy
+
+    if args.demo:
+        return _serve_demo(args)
+    if not args.config:
+        print(
+            "meterkit serve: pass --config PATH, or --demo for the embedded default",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        config = load_config(args.config)
+    except ConfigError as e:
+        _print_config_error(e)
+        return 1
+    serve_proxy(config, args.host, args.port)
+    return 0
+
+
+def _serve_demo(args: argparse.Namespace) -> int:
+    from meterkit.mock.server import MockOptions, start_mock
+    from meterkit.observability.logs import configure_logging
+    from meterkit.proxy.app import build_app, start
+    from meterkit.runtime import run_forever
+
+    host = args.host or "127.0.0.1"
+    port = DEMO_PORT if args.port is None else args.port
+
+    async def main() -> None:
+        mock_runner, mock_port = await start_mock(
+            "127.0.0.1", 0, MockOptions(tokens_per_second=40, ttft=0.2, length=48)
+        )
+        config = demo_config(f"http://127.0.0.1:{mock_port}", host, port, args.data_dir)
+        configure_logging(config.logging.level, config.logging.format)
+        runner, bound = await start(build_app(config), host, port)
+        url = f"http://{host}:{bound}"
+        print(
+            f"meterkit demo: proxy on {url}, built-in mock LLM on http://127.0.0.1:{mock_port}\n"
+            f"usage records: {config.usage.path} (SQLite); metrics: {url}/metrics\n\n"
+            "Try a streamed chat completion:\n\n"
+            f"  curl -N {url}/v1/chat/completions -H 'Content-Type: application/json' \\\n"
+            '    -d \'{"model": "gpt-4o", "stream": true, '
+            '"messages": [{"role": "user", "content": "Hello!"}]}\'\n',
+            flush=True,
+        )
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await runner.cleanup()
+            await mock_runner.cleanup()
+
+    run_forever(main())
+    return 0
+
+
+def mock_llm(args: argparse.Namespace) -> int:
+    from meterkit.mock.server import MockOptions, run_mock
+
+    run_mock(
+        args.host,
+        args.port,
+        MockOptions(
+            tokens_per_second=args.tokens_per_second,
+            ttft=args.ttft,
+            length=args.length,
+            seed=args.seed,
+        ),
+    )
+    return 0

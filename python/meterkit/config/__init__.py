@@ -1,0 +1,80 @@
+"""Configuration: YAML in, a frozen `Config` out, or a `ConfigError` listing every problem
+with its key path.
+
+    config = load_config("meterkit.yaml")
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from meterkit.config.loader import interpolate, parse_yaml
+from meterkit.config.problems import ConfigError, KeyPath, Problem, Problems
+from meterkit.config.schema import (
+    Config,
+    Gateway,
+    Logging,
+    Metrics,
+    Route,
+    Timeouts,
+    Upstream,
+    UsageSink,
+    build_config,
+    parse_route_key,
+)
+from meterkit.config.units import parse_duration, parse_money, parse_size
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "Gateway",
+    "Logging",
+    "Metrics",
+    "Problem",
+    "Route",
+    "Timeouts",
+    "Upstream",
+    "UsageSink",
+    "config_from_dict",
+    "config_from_text",
+    "load_config",
+    "parse_duration",
+    "parse_money",
+    "parse_route_key",
+    "parse_size",
+]
+
+
+def config_from_dict(
+    tree: Any, source: str = "config", env: Mapping[str, str] | None = None
+) -> Config:
+    problems = Problems()
+    tree = interpolate(tree, KeyPath(), problems, env)
+    config = build_config(tree, problems, source)
+    if problems or config is None:
+        raise ConfigError(problems.items, source)
+    return config
+
+
+def config_from_text(
+    text: str, source: str = "config", env: Mapping[str, str] | None = None
+) -> Config:
+    try:
+        tree = parse_yaml(text, source)
+    except ValueError as e:
+        raise ConfigError([Problem("(file)", str(e))], source) from None
+    return config_from_dict(tree, source, env)
+
+
+def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError([Problem("(file)", f"cannot read {p}: {e.strerror}")], str(p)) from None
+    except UnicodeDecodeError as e:
+        raise ConfigError([Problem("(file)", f"not UTF-8: {e}")], str(p)) from None
+    return config_from_text(text, str(p), env)

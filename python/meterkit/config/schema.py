@@ -1,0 +1,363 @@
+"""The configuration model: frozen dataclasses built from the YAML tree, with every problem
+reported under its key path. Configure, then freeze: the proxy never mutates these."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+from urllib.parse import urlsplit
+
+from meterkit import FORMATS
+from meterkit.config.problems import KeyPath, Problems
+from meterkit.config.units import parse_duration, parse_size
+
+METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "*")
+ROUTE_FORMATS = ("auto", "none", *FORMATS)
+_PARAM = re.compile(r"^:([A-Za-z_][A-Za-z0-9_]*)$")
+_TEMPLATE = re.compile(r"\$\{(params|query)\.([^}]*)\}")
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Seconds. There is deliberately no total cap: a long stream that keeps sending is fine."""
+
+    connect: float = 10.0
+    first_byte: float = 120.0
+    idle: float = 300.0
+
+
+@dataclass(frozen=True)
+class Upstream:
+    name: str
+    url: str
+    headers: tuple[tuple[str, str], ...] = ()
+    timeouts: Timeouts = field(default_factory=Timeouts)
+
+
+@dataclass(frozen=True)
+class Route:
+    """`"METHOD /path/:param"` → upstream, with an optional path rewrite."""
+
+    key: str
+    method: str
+    segments: tuple[str, ...]
+    upstream: str
+    path: str | None = None
+    format: str = "auto"
+
+    @property
+    def params(self) -> tuple[str, ...]:
+        return tuple(s[1:] for s in self.segments if s.startswith(":"))
+
+
+@dataclass(frozen=True)
+class Gateway:
+    host: str = "127.0.0.1"
+    port: int = 3000
+    max_request_body: int = 4 * 1024 * 1024
+    # Addresses whose X-Forwarded-For is believed when deciding the client IP.
+    trusted_proxies: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class UsageSink:
+    sink: str = "log"
+    path: str = "meterkit-data/usage.sqlite3"
+
+
+@dataclass(frozen=True)
+class Logging:
+    level: str = "info"
+    format: str = "json"
+
+
+@dataclass(frozen=True)
+class Metrics:
+    enabled: bool = True
+    path: str = "/metrics"
+
+
+@dataclass(frozen=True)
+class Config:
+    gateway: Gateway
+    upstreams: Mapping[str, Upstream]
+    routes: tuple[Route, ...]
+    usage: UsageSink = field(default_factory=UsageSink)
+    logging: Logging = field(default_factory=Logging)
+    metrics: Metrics = field(default_factory=Metrics)
+    source: str = "config"
+
+
+# ---- parsing -----------------------------------------------------------------------------
+
+
+def _mapping(value: Any, path: KeyPath, problems: Problems) -> dict[str, Any] | None:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        problems.add(path, f"expected a mapping, got {type(value).__name__}")
+        return None
+    return value
+
+
+def _str(value: Any, path: KeyPath, problems: Problems) -> str | None:
+    if isinstance(value, str):
+        return value
+    problems.add(path, f"expected a string, got {type(value).__name__}")
+    return None
+
+
+def _port(value: Any, path: KeyPath, problems: Problems) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
+        problems.add(path, f"expected a port number 0-65535, got {value!r}")
+        return None
+    return value
+
+
+def _timeouts(value: Any, path: KeyPath, problems: Problems) -> Timeouts:
+    if isinstance(value, int | float | str) and not isinstance(value, bool):
+        # One number sets every timeout, in seconds (never milliseconds).
+        try:
+            s = parse_duration(value)
+        except ValueError as e:
+            problems.add(path, str(e))
+            return Timeouts()
+        if s <= 0:
+            problems.add(path, "timeout must be positive")
+        return Timeouts(connect=s, first_byte=s, idle=s)
+    m = _mapping(value, path, problems)
+    if m is None:
+        return Timeouts()
+    problems.unknown_keys(path, m, ("connect", "first_byte", "idle"))
+    out: dict[str, float] = {}
+    for key in ("connect", "first_byte", "idle"):
+        if key in m:
+            try:
+                out[key] = parse_duration(m[key])
+                if out[key] <= 0:
+                    problems.add(path / key, "timeout must be positive")
+            except ValueError as e:
+                problems.add(path / key, str(e))
+    return Timeouts(**out)
+
+
+def _upstream(name: str, value: Any, path: KeyPath, problems: Problems) -> Upstream | None:
+    m = _mapping(value, path, problems)
+    if m is None:
+        return None
+    problems.unknown_keys(path, m, ("url", "headers", "timeout"))
+    url = _str(m.get("url"), path / "url", problems) if "url" in m else None
+    if "url" not in m:
+        problems.add(path / "url", "required")
+    if url is not None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            problems.add(path / "url", f"expected an http(s) URL with a host, got {url!r}")
+        elif parts.query or parts.fragment:
+            problems.add(path / "url", "must not have a query string or fragment")
+    headers: list[tuple[str, str]] = []
+    hm = _mapping(m.get("headers"), path / "headers", problems) or {}
+    for k, v in hm.items():
+        if not isinstance(v, str | int) or isinstance(v, bool):
+            problems.add(path / "headers" / str(k), "header values must be strings")
+            continue
+        if any(c in str(k) + str(v) for c in "\r\n"):
+            problems.add(
+                path / "headers" / str(k), "header names and values must not contain line breaks"
+            )
+            continue
+        headers.append((str(k), str(v)))
+    timeouts = _timeouts(m["timeout"], path / "timeout", problems) if "timeout" in m else Timeouts()
+    if url is None:
+        return None
+    return Upstream(name=name, url=url.rstrip("/"), headers=tuple(headers), timeouts=timeouts)
+
+
+def parse_route_key(key: str) -> tuple[str, tuple[str, ...]]:
+    """`"POST /v1/chat/:id"` → ("POST", ("v1", "chat", ":id")). Raises ValueError."""
+    method, sep, path = key.strip().partition(" ")
+    path = path.strip()
+    if not sep or not path:
+        raise ValueError('route keys look like "METHOD /path", e.g. "POST /v1/chat/completions"')
+    method = method.upper()
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
+    if not path.startswith("/"):
+        raise ValueError(f"path must start with '/', got {path!r}")
+    segments = tuple(s for s in path.split("/") if s)
+    names = []
+    for i, s in enumerate(segments):
+        if s == "*" and i != len(segments) - 1:
+            raise ValueError("'*' may only be the last path segment")
+        if s.startswith(":"):
+            m = _PARAM.match(s)
+            if not m:
+                raise ValueError(f"invalid parameter {s!r}")
+            if m.group(1) in names:
+                raise ValueError(f"parameter {s!r} appears twice")
+            names.append(m.group(1))
+    return method, segments
+
+
+def _route(
+    key: str, value: Any, path: KeyPath, problems: Problems, upstreams: Mapping[str, Any]
+) -> Route | None:
+    try:
+        method, segments = parse_route_key(key)
+    except ValueError as e:
+        problems.add(path, str(e))
+        return None
+    m = _mapping(value, path, problems)
+    if m is None:
+        return None
+    problems.unknown_keys(path, m, ("upstream", "path", "format"))
+    upstream = m.get("upstream")
+    if upstream is None:
+        problems.add(path / "upstream", "required")
+    elif not isinstance(upstream, str) or upstream not in upstreams:
+        known = ", ".join(upstreams) or "none defined"
+        problems.add(path / "upstream", f"unknown upstream {upstream!r} (known: {known})")
+    rewrite = None
+    if "path" in m:
+        rewrite = _str(m["path"], path / "path", problems)
+        if rewrite is not None:
+            if not rewrite.startswith("/"):
+                problems.add(path / "path", "must start with '/'")
+            params = {s[1:] for s in segments if s.startswith(":")}
+            for kind, name in _TEMPLATE.findall(rewrite):
+                if kind == "params" and name not in params:
+                    problems.add(path / "path", f"${{params.{name}}} is not a parameter of {key!r}")
+    fmt = m.get("format", "auto")
+    if fmt not in ROUTE_FORMATS:
+        problems.add(
+            path / "format", f"unknown format {fmt!r}; expected one of {', '.join(ROUTE_FORMATS)}"
+        )
+        fmt = "auto"
+    if upstream is None or not isinstance(upstream, str):
+        return None
+    return Route(
+        key=key, method=method, segments=segments, upstream=upstream, path=rewrite, format=fmt
+    )
+
+
+def _gateway(value: Any, path: KeyPath, problems: Problems) -> Gateway:
+    m = _mapping(value, path, problems)
+    if m is None:
+        return Gateway()
+    problems.unknown_keys(path, m, ("host", "port", "max_request_body", "trusted_proxies"))
+    kw: dict[str, Any] = {}
+    if "host" in m and (h := _str(m["host"], path / "host", problems)) is not None:
+        kw["host"] = h
+    if "port" in m and (p := _port(m["port"], path / "port", problems)) is not None:
+        kw["port"] = p
+    if "max_request_body" in m:
+        try:
+            kw["max_request_body"] = parse_size(m["max_request_body"])
+        except ValueError as e:
+            problems.add(path / "max_request_body", str(e))
+    if "trusted_proxies" in m:
+        tp = m["trusted_proxies"]
+        if not isinstance(tp, list) or not all(isinstance(x, str) for x in tp):
+            problems.add(path / "trusted_proxies", "expected a list of addresses or networks")
+        else:
+            import ipaddress
+
+            for i, x in enumerate(tp):
+                try:
+                    ipaddress.ip_network(x, strict=False)
+                except ValueError:
+                    problems.add(path / "trusted_proxies" / i, f"not an address or network: {x!r}")
+            kw["trusted_proxies"] = tuple(tp)
+    return Gateway(**kw)
+
+
+def _choice(
+    m: dict[str, Any], key: str, choices: tuple[str, ...], path: KeyPath, problems: Problems
+) -> str | None:
+    if key not in m:
+        return None
+    v = m[key]
+    if v not in choices:
+        problems.add(path / key, f"expected one of {', '.join(choices)}, got {v!r}")
+        return None
+    return str(v)
+
+
+def build_config(tree: Any, problems: Problems, source: str = "config") -> Config | None:
+    root = KeyPath()
+    top = _mapping(tree, root, problems)
+    if top is None:
+        return None
+    problems.unknown_keys(
+        root, top, ("gateway", "upstreams", "routes", "usage", "logging", "metrics")
+    )
+    gateway = _gateway(top.get("gateway"), root / "gateway", problems)
+
+    upstreams: dict[str, Upstream] = {}
+    um = _mapping(top.get("upstreams"), root / "upstreams", problems) or {}
+    for name, value in um.items():
+        u = _upstream(str(name), value, root / "upstreams" / str(name), problems)
+        if u is not None:
+            upstreams[str(name)] = u
+
+    routes: list[Route] = []
+    rm = _mapping(top.get("routes"), root / "routes", problems) or {}
+    if not rm:
+        problems.add(root / "routes", "at least one route is required")
+    seen: dict[tuple[str, tuple[str, ...]], str] = {}
+    for key, value in rm.items():
+        r = _route(str(key), value, root / "routes" / str(key), problems, um)
+        if r is None:
+            continue
+        norm = (r.method, tuple(":" if s.startswith(":") else s for s in r.segments))
+        if norm in seen:
+            problems.add(root / "routes" / str(key), f"same method and path as {seen[norm]!r}")
+        seen[norm] = r.key
+        routes.append(r)
+
+    usage = UsageSink()
+    if "usage" in top:
+        m = _mapping(top["usage"], root / "usage", problems) or {}
+        problems.unknown_keys(root / "usage", m, ("sink", "path"))
+        sink = _choice(m, "sink", ("log", "sqlite", "none"), root / "usage", problems) or usage.sink
+        upath = _str(m["path"], root / "usage" / "path", problems) if "path" in m else usage.path
+        usage = UsageSink(sink=sink, path=upath or usage.path)
+
+    logging_ = Logging()
+    if "logging" in top:
+        m = _mapping(top["logging"], root / "logging", problems) or {}
+        problems.unknown_keys(root / "logging", m, ("level", "format"))
+        level = _choice(
+            m, "level", ("debug", "info", "warning", "error"), root / "logging", problems
+        )
+        fmt = _choice(m, "format", ("json", "text"), root / "logging", problems)
+        logging_ = Logging(level=level or logging_.level, format=fmt or logging_.format)
+
+    metrics = Metrics()
+    if "metrics" in top:
+        m = _mapping(top["metrics"], root / "metrics", problems) or {}
+        problems.unknown_keys(root / "metrics", m, ("enabled", "path"))
+        enabled = m.get("enabled", True)
+        if not isinstance(enabled, bool):
+            problems.add(root / "metrics" / "enabled", "expected true or false")
+            enabled = True
+        mpath = m.get("path", "/metrics")
+        if not isinstance(mpath, str) or not mpath.startswith("/"):
+            problems.add(root / "metrics" / "path", "expected a path starting with '/'")
+            mpath = "/metrics"
+        metrics = Metrics(enabled=enabled, path=mpath)
+
+    if problems:
+        return None
+    return Config(
+        gateway=gateway,
+        upstreams=MappingProxyType(upstreams),
+        routes=tuple(routes),
+        usage=usage,
+        logging=logging_,
+        metrics=metrics,
+        source=source,
+    )

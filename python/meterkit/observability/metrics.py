@@ -1,0 +1,63 @@
+"""Prometheus metrics of the proxy, in a registry owned by one app instance.
+
+prometheus_client is used rather than a hand-written exposition: it is the reference client,
+well kept, and gets the text format, escaping and histogram buckets right."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+__all__ = ["CONTENT_TYPE_LATEST", "ProxyMetrics"]
+
+_TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+@dataclass
+class ProxyMetrics:
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        r = self.registry
+        self.requests = Counter(
+            "meterkit_requests",
+            "Requests by route, status and outcome",
+            ["route", "status", "outcome"],
+            registry=r,
+        )
+        self.active_streams = Gauge(
+            "meterkit_active_streams", "Responses being streamed now", ["route"], registry=r
+        )
+        self.tokens = Counter(
+            "meterkit_tokens",
+            "Tokens by route, model, kind (prompt/completion) and provenance",
+            ["route", "model", "kind", "provenance"],
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "meterkit_time_to_first_token_seconds",
+            "Time from request to the first byte of the response body",
+            ["route"],
+            buckets=_TTFT_BUCKETS,
+            registry=r,
+        )
+        self.upstream_errors = Counter(
+            "meterkit_upstream_errors",
+            "Upstream failures by route and kind",
+            ["route", "kind"],
+            registry=r,
+        )
+        self.cancellations = Counter(
+            "meterkit_client_cancellations",
+            "Streams the client left before the end (upstream aborted)",
+            ["route"],
+            registry=r,
+        )
+        self.anomalies = Counter(
+            "meterkit_stream_anomalies", "Stream anomalies by kind", ["route", "kind"], registry=r
+        )
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

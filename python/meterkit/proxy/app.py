@@ -1,0 +1,114 @@
+"""The proxy application: configure, then freeze. Shared resources (one pooled upstream
+`ClientSession`, the usage sink, metrics) live under typed app keys and start and stop in
+`cleanup_ctx`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Sequence
+
+import aiohttp
+from aiohttp import web
+
+from meterkit.config import Config
+from meterkit.observability.metrics import CONTENT_TYPE_LATEST, ProxyMetrics
+from meterkit.proxy.context import Stage
+from meterkit.proxy.forward import handle
+from meterkit.proxy.keys import CONFIG, METRICS, ROUTER, SESSION, SINK, STAGES, TASKS
+from meterkit.proxy.routing import Router
+from meterkit.usage import UsageSink, make_sink
+
+log = logging.getLogger("meterkit.proxy")
+
+
+async def _session(app: web.Application) -> AsyncIterator[None]:
+    connector = aiohttp.TCPConnector(
+        limit=0, limit_per_host=0, ttl_dns_cache=300, enable_cleanup_closed=True
+    )
+    # auto_decompress off: non-metered bodies pass byte for byte with their Content-Encoding.
+    async with aiohttp.ClientSession(
+        connector=connector,
+        auto_decompress=False,
+        trust_env=False,
+        timeout=aiohttp.ClientTimeout(total=None),
+    ) as session:
+        app[SESSION] = session
+        yield
+
+
+async def _tasks(app: web.Application) -> AsyncIterator[None]:
+    yield
+    pending = list(app[TASKS])
+    if pending:
+        await asyncio.wait(pending, timeout=10)
+    await app[SINK].close()
+
+
+async def _health(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    body = request.app[METRICS].exposition()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def build_app(
+    config: Config, *, sink: UsageSink | None = None, stages: Sequence[Stage] = ()
+) -> web.Application:
+    app = web.Application(client_max_size=config.gateway.max_request_body)
+    app[CONFIG] = config
+    app[ROUTER] = Router(config.routes)
+    app[METRICS] = ProxyMetrics()
+    app[SINK] = sink if sink is not None else make_sink(config.usage.sink, config.usage.path)
+    app[STAGES] = tuple(stages)
+    app[TASKS] = set()
+    app.cleanup_ctx.append(_session)
+    app.cleanup_ctx.append(_tasks)
+    app.router.add_get("/healthz", _health)
+    if config.metrics.enabled:
+        app.router.add_get(config.metrics.path, _metrics)
+    app.router.add_route("*", "/{tail:.*}", handle)
+    return app
+
+
+async def start(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
+    """Start serving `app`; returns the runner and the bound port (useful with port 0)."""
+    # handler_cancellation: aiohttp cancels a handler when its client disconnects, which is
+    # how the upstream request gets aborted the moment the client leaves.
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, backlog=4096)
+    await site.start()
+    server = site._server
+    assert server is not None
+    return runner, int(server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+
+
+def serve(config: Config, host: str | None = None, port: int | None = None) -> None:
+    """Run the proxy until SIGINT/SIGTERM."""
+    from meterkit.observability.logs import configure_logging
+    from meterkit.runtime import event_loop_name, run_forever
+
+    configure_logging(config.logging.level, config.logging.format)
+    host = host or config.gateway.host
+    port = config.gateway.port if port is None else port
+
+    async def main() -> None:
+        runner, bound = await start(build_app(config), host, port)
+        log.info(
+            "listening",
+            extra={
+                "url": f"http://{host}:{bound}",
+                "loop": event_loop_name(),
+                "routes": len(config.routes),
+            },
+        )
+        print(f"meterkit serving on http://{host}:{bound}", flush=True)
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await runner.cleanup()
+
+    run_forever(main())

@@ -1,0 +1,92 @@
+"""Header rules of the proxy: hop-by-hop filtering (RFC 9110 §7.6.1), forwarding headers,
+and the headers that keep event streams unbuffered. Pure functions."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from multidict import CIMultiDict, CIMultiDictProxy
+
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+# Set by the client library for the new connection.
+_REQUEST_DROP = frozenset({"host", "content-length"})
+
+
+def _connection_tokens(headers: Mapping[str, str] | CIMultiDictProxy[str]) -> set[str]:
+    out: set[str] = set()
+    for value in (
+        headers.getall("Connection", [])
+        if hasattr(headers, "getall")
+        else [headers.get("Connection", "")]
+    ):
+        out.update(t.strip().lower() for t in value.split(",") if t.strip())
+    return out
+
+
+def upstream_request_headers(
+    incoming: CIMultiDictProxy[str],
+    configured: Iterable[tuple[str, str]],
+    *,
+    client_ip: str | None,
+    scheme: str,
+    host: str | None,
+    request_id: str,
+    metered: bool,
+) -> CIMultiDict[str]:
+    drop = HOP_BY_HOP | _REQUEST_DROP | _connection_tokens(incoming)
+    out: CIMultiDict[str] = CIMultiDict(
+        (k, v) for k, v in incoming.items() if k.lower() not in drop
+    )
+    if metered:
+        # The meter reads the body: ask for it uncompressed.
+        out["Accept-Encoding"] = "identity"
+    for name, value in configured:
+        out[name] = value
+    if client_ip:
+        prior = incoming.get("X-Forwarded-For")
+        out["X-Forwarded-For"] = f"{prior}, {client_ip}" if prior else client_ip
+        node = f'"[{client_ip}]"' if ":" in client_ip else client_ip
+        forwarded = f"for={node};proto={scheme}" + (
+            f";host={_quote_forwarded(host)}" if host else ""
+        )
+        prior_fwd = incoming.get("Forwarded")
+        out["Forwarded"] = f"{prior_fwd}, {forwarded}" if prior_fwd else forwarded
+    out["X-Forwarded-Proto"] = scheme
+    if host:
+        out["X-Forwarded-Host"] = host
+    out["X-Request-Id"] = request_id
+    return out
+
+
+def _quote_forwarded(value: str) -> str:
+    if all(c.isalnum() or c in "-._~:" for c in value):
+        return value
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def client_response_headers(
+    upstream: CIMultiDictProxy[str], *, event_stream: bool, request_id: str
+) -> CIMultiDict[str]:
+    drop = HOP_BY_HOP | _connection_tokens(upstream)
+    out: CIMultiDict[str] = CIMultiDict(
+        (k, v) for k, v in upstream.items() if k.lower() not in drop
+    )
+    if event_stream:
+        # The body is re-chunked as it is metered; proxies in front must not buffer it.
+        out.popall("Content-Length", None)
+        out["Cache-Control"] = "no-cache"
+        out["X-Accel-Buffering"] = "no"
+    out["X-Request-Id"] = request_id
+    return out

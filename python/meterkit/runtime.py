@@ -1,0 +1,41 @@
+"""Running an asyncio entry point the way every meterkit command does: uvloop when it is
+installed, clean shutdown on SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Coroutine
+from typing import Any
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+def event_loop_name() -> str:
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return "asyncio"
+    return "uvloop"
+
+
+def run_forever(main: Coroutine[Any, Any, None]) -> None:
+    """Run `main` until it returns or the process gets SIGINT/SIGTERM (then cancel it)."""
+    loop = new_event_loop()
+    asyncio.set_event_loop(loop)
+    task = loop.create_task(main)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, task.cancel)
+    try:
+        loop.run_until_complete(task)
+    except asyncio.CancelledError:
+        pass
+    finally:
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
