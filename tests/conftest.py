@@ -58,6 +58,7 @@ def mock_llm() -> Any:
 def start_proxy(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """Start `meterkit serve` on a config dict; returns the process (its `.url`, `.db`)."""
     import yaml
+
     from support.processes import running
 
     stack = []

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from meterkit.cli import main
 from meterkit.config import (
     ConfigError,
     config_from_text,
@@ -15,7 +16,6 @@ from meterkit.config import (
     parse_money,
     parse_size,
 )
-from meterkit.cli import main
 
 GOOD = """
 gateway: {host: 0.0.0.0, port: 3000, max_request_body: 2MiB}

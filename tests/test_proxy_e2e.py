@@ -3,6 +3,7 @@ loopback, driven by plain HTTP clients and by the official SDKs."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import time
@@ -12,11 +13,11 @@ from urllib.parse import urlsplit
 
 import orjson
 import pytest
-from support.processes import Process, running
-from support.usage_db import record
 
 import meterkit
 from meterkit import SseDecoder, parse_event
+from support.processes import Process, running
+from support.usage_db import record
 
 FORMATS = {
     "openai-chat": "/v1/chat/completions",
@@ -111,10 +112,8 @@ def mock_stats(mock: Process, request_id: str) -> dict[str, Any]:
 def texts(fmt: str, data: bytes) -> str:
     out = ""
     for ev in SseDecoder().feed(data):
-        try:
+        with contextlib.suppress(ValueError):
             out += "".join(d[3] for d in parse_event(fmt, ev.data, ev.event).deltas)
-        except ValueError:
-            pass
     return out
 
 
@@ -127,7 +126,7 @@ def test_pass_through_is_byte_exact(
     proxy: Process, mock_llm: Process, fmt: str, stream: bool
 ) -> None:
     body = body_for(fmt, stream)
-    s1, h1, direct = request(mock_llm.url, "POST", FORMATS[fmt], body, FIXED)
+    s1, _h1, direct = request(mock_llm.url, "POST", FORMATS[fmt], body, FIXED)
     rid = uuid.uuid4().hex
     s2, h2, proxied = request(proxy.url, "POST", FORMATS[fmt], body, {**FIXED, "X-Request-Id": rid})
     assert (s1, s2) == (200, 200)
@@ -198,7 +197,7 @@ def test_plain_route_and_service_endpoints(proxy: Process, mock_llm: Process) ->
     status, _, body = request(proxy.url, "GET", "/v1/models")
     assert status == 200 and orjson.loads(body)["object"] == "list"
     assert request(proxy.url, "GET", "/healthz")[0] == 200
-    status, headers, body = request(proxy.url, "GET", "/metrics")
+    status, _headers, body = request(proxy.url, "GET", "/metrics")
     assert status == 200
     text = body.decode()
     assert (
@@ -340,7 +339,7 @@ def test_unreachable_upstream_is_502(start_proxy: Any) -> None:
     port = s.getsockname()[1]
     s.close()
     p = start_proxy(config(f"http://127.0.0.1:{port}"))
-    status, headers, body = request(
+    status, _headers, body = request(
         p.url, "POST", FORMATS["openai-chat"], body_for("openai-chat", True)
     )
     assert status == 502

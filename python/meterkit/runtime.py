@@ -25,6 +25,15 @@ def event_loop_name() -> str:
     return "uvloop"
 
 
+def bound_port(site: object) -> int:
+    """The port an aiohttp `TCPSite` listens on (it may have been started with port 0)."""
+    # asyncio's and uvloop's servers both have `sockets` (uvloop's is not an asyncio.Server).
+    sockets = getattr(getattr(site, "_server", None), "sockets", None)
+    if not sockets:
+        raise RuntimeError("site is not listening")
+    return int(sockets[0].getsockname()[1])
+
+
 def run_forever(main: Coroutine[Any, Any, None]) -> None:
     """Run `main` until it returns or the process gets SIGINT/SIGTERM (then cancel it)."""
     loop = new_event_loop()

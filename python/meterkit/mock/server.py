@@ -38,6 +38,7 @@ from aiohttp import web
 
 from meterkit import count_request_prompt, synth
 from meterkit.mock.text import words
+from meterkit.runtime import bound_port
 
 __all__ = ["MockOptions", "RequestStats", "build_mock_app", "run_mock"]
 
@@ -81,7 +82,17 @@ class RequestStats:
 
 STATS: web.AppKey[dict[int, RequestStats]] = web.AppKey("mock_stats", dict)
 OPTIONS: web.AppKey[MockOptions] = web.AppKey("mock_options", MockOptions)
-COUNTER: web.AppKey[itertools.count[int]] = web.AppKey("mock_counter", itertools.count)
+
+
+class _Ids:
+    def __init__(self) -> None:
+        self._next = itertools.count(1)
+
+    def next(self) -> int:
+        return next(self._next)
+
+
+COUNTER = web.AppKey("mock_counter", _Ids)
 
 
 def _error(
@@ -117,7 +128,7 @@ def _chat_plan(
     texts: list[list[str]],
     fmt: str,
     finish: str,
-    usage: dict[str, int],
+    usage: dict[str, Any],
     include_usage: bool,
     created: int,
     rid: str,
@@ -326,7 +337,7 @@ async def _generate(request: web.Request) -> web.StreamResponse:
     except ValueError as e:
         return _error(400, f"invalid JSON body: {e}", fmt)
     stats = RequestStats(
-        id=next(request.app[COUNTER]),
+        id=request.app[COUNTER].next(),
         request_id=request.headers.get("X-Request-Id"),
         path=request.path,
         format=fmt,
@@ -476,7 +487,7 @@ def build_mock_app(options: MockOptions | None = None) -> web.Application:
     app = web.Application(client_max_size=64 * 1024 * 1024)
     app[OPTIONS] = options or MockOptions()
     app[STATS] = {}
-    app[COUNTER] = itertools.count(1)
+    app[COUNTER] = _Ids()
     for path in FORMAT_BY_PATH:
         app.router.add_post(path, _generate)
     app.router.add_get("/v1/models", _models)
@@ -497,10 +508,7 @@ async def start_mock(
     await runner.setup()
     site = web.TCPSite(runner, host, port, backlog=4096)
     await site.start()
-    server = site._server
-    assert server is not None
-    bound = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    return runner, int(bound)
+    return runner, bound_port(site)
 
 
 def run_mock(host: str, port: int, options: MockOptions) -> None:

@@ -15,8 +15,18 @@ from meterkit.config import Config
 from meterkit.observability.metrics import CONTENT_TYPE_LATEST, ProxyMetrics
 from meterkit.proxy.context import Stage
 from meterkit.proxy.forward import handle
-from meterkit.proxy.keys import CONFIG, METRICS, ROUTER, SESSION, SINK, STAGES, TASKS
+from meterkit.proxy.keys import (
+    CONFIG,
+    METRICS,
+    ROUTER,
+    SESSION,
+    SINK,
+    STAGES,
+    TASKS,
+    BackgroundTasks,
+)
 from meterkit.proxy.routing import Router
+from meterkit.runtime import bound_port
 from meterkit.usage import UsageSink, make_sink
 
 log = logging.getLogger("meterkit.proxy")
@@ -39,9 +49,7 @@ async def _session(app: web.Application) -> AsyncIterator[None]:
 
 async def _tasks(app: web.Application) -> AsyncIterator[None]:
     yield
-    pending = list(app[TASKS])
-    if pending:
-        await asyncio.wait(pending, timeout=10)
+    await app[TASKS].wait(timeout=10)
     await app[SINK].close()
 
 
@@ -63,7 +71,7 @@ def build_app(
     app[METRICS] = ProxyMetrics()
     app[SINK] = sink if sink is not None else make_sink(config.usage.sink, config.usage.path)
     app[STAGES] = tuple(stages)
-    app[TASKS] = set()
+    app[TASKS] = BackgroundTasks()
     app.cleanup_ctx.append(_session)
     app.cleanup_ctx.append(_tasks)
     app.router.add_get("/healthz", _health)
@@ -81,9 +89,7 @@ async def start(app: web.Application, host: str, port: int) -> tuple[web.AppRunn
     await runner.setup()
     site = web.TCPSite(runner, host, port, backlog=4096)
     await site.start()
-    server = site._server
-    assert server is not None
-    return runner, int(server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+    return runner, bound_port(site)
 
 
 def serve(config: Config, host: str | None = None, port: int | None = None) -> None:

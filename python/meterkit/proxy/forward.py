@@ -433,9 +433,7 @@ def _record(
         _observe(app, record)
         app[SINK].submit(record)
 
-    task = asyncio.get_running_loop().create_task(run())
-    app[TASKS].add(task)
-    task.add_done_callback(app[TASKS].discard)
+    app[TASKS].spawn(run())
 
 
 def _observe(app: web.Application, record: Any) -> None:

@@ -4,11 +4,11 @@ meter's exact count, then an estimate; each figure keeps its provenance."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, cast
 
 from meterkit import StreamMeter, count_request_prompt, count_tokens, resolve_model
 from meterkit.proxy.context import RequestContext
-from meterkit.usage import UsageRecord
+from meterkit.usage import Outcome, UsageRecord
 
 # Prompts bigger than this are counted in a worker thread (the core releases the GIL).
 _THREAD_PROMPT_BYTES = 32 * 1024
@@ -19,7 +19,8 @@ def usage_from_json(fmt: str | None, body: Any) -> dict[str, Any] | None:
     `Usage` (input_tokens, output_tokens, cached_input_tokens, reasoning_tokens) plus `text`."""
     if fmt is None or not isinstance(body, dict):
         return None
-    u = body.get("usage") if isinstance(body.get("usage"), dict) else {}
+    raw_usage = body.get("usage")
+    u: dict[str, Any] = raw_usage if isinstance(raw_usage, dict) else {}
     out: dict[str, Any] = {}
     for name, keys in (
         ("input_tokens", ("prompt_tokens", "input_tokens")),
@@ -124,8 +125,8 @@ async def finish_record(
         duration_ms=round(duration * 1000, 3),
         request_bytes=len(ctx.body) if ctx.body is not None else (ctx.request.content_length or 0),
         response_bytes=response_bytes,
-        outcome=outcome,
-        error=error,  # type: ignore[arg-type]
+        outcome=cast(Outcome, outcome),
+        error=error,
     )
     reported: dict[str, int] = {}
     counted: int | None = None
