@@ -80,7 +80,7 @@ def proxy(mock_llm: Process, tmp_path_factory: pytest.TempPathFactory) -> Any:
     }
     (d / "c.yaml").write_text(yaml.safe_dump(tree))
     with running(["serve", "--config", str(d / "c.yaml"), "--port", "0"], cwd=d) as p:
-        p.db = d / "u.sqlite3"  # type: ignore[attr-defined]
+        p.db = d / "u.sqlite3"
         yield p
 
 

@@ -99,7 +99,11 @@ def build_parser() -> argparse.ArgumentParser:
     m.set_defaults(func=_meter)
 
     b = sub.add_parser("bench", help="run the benchmarks (release build) with baselines")
-    b.add_argument("suite", choices=["core"], help="core: Rust core versus pure Python / tiktoken")
+    b.add_argument(
+        "suite",
+        choices=["core", "proxy"],
+        help="core: Rust core versus pure Python / tiktoken; proxy: proxy versus direct and plain proxy",
+    )
     b.add_argument(
         "--quick", action="store_true", help="small sizes: a smoke run, not a measurement"
     )

@@ -3,6 +3,7 @@
 Suites:
 - ``core``: the Rust core against a pure-Python pipeline (bytes scanning + orjson + tiktoken)
   and against ``tiktoken`` for counting.
+- ``proxy``: the proxy against a direct connection and a plain pass-through proxy.
 
 Figures are only meaningful on a release build of the extension; the harness says which
 build it measured and marks debug figures as such.
@@ -20,4 +21,8 @@ def run(args: argparse.Namespace) -> int:
         from meterkit.bench.core import main
 
         return main(quick=args.quick, json_out=args.json_out)
+    if args.suite == "proxy":
+        from meterkit.bench.proxy import main as proxy_main
+
+        return proxy_main(quick=args.quick, json_out=args.json_out)
     raise SystemExit(f"unknown suite {args.suite!r}")
