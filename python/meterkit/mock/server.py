@@ -37,7 +37,7 @@ import orjson
 from aiohttp import web
 
 from meterkit import count_request_prompt, synth
-from meterkit.mock.text import words
+from meterkit.mock.text import Words, words
 from meterkit.runtime import bound_port
 
 __all__ = ["MockOptions", "RequestStats", "build_mock_app", "run_mock"]
@@ -125,7 +125,7 @@ def _sse(obj: Any, event: str | None = None) -> bytes:
 
 def _chat_plan(
     body: dict[str, Any],
-    texts: list[list[str]],
+    texts: list[Words],
     fmt: str,
     finish: str,
     usage: dict[str, Any],
@@ -180,7 +180,7 @@ def _chat_plan(
 def _plan(
     fmt: str,
     body: dict[str, Any],
-    texts: list[list[str]],
+    texts: list[Words],
     finish: str,
     prompt: int,
     include_usage: bool,
@@ -229,7 +229,7 @@ def _plan(
 def _full_body(
     fmt: str,
     body: dict[str, Any],
-    texts: list[list[str]],
+    texts: list[Words],
     finish: str,
     prompt: int,
     rid: str,

@@ -4,8 +4,9 @@ metering proxy's exact count must agree with it."""
 
 from __future__ import annotations
 
-import random
+from collections.abc import Iterator, Sequence
 from functools import cache
+from typing import overload
 
 from meterkit import count_tokens
 
@@ -31,17 +32,41 @@ def vocabulary() -> tuple[str, ...]:
     return tuple(words)
 
 
-def words(n: int, seed: int) -> list[str]:
-    """`n` one-token words; the first has no leading space (like a real answer's start)."""
-    rng = random.Random(seed)
-    vocab = vocabulary()
-    out = [rng.choice(vocab) for _ in range(n)]
-    if out:
-        out[0] = out[0].lstrip()
-        # Without its space the first word must still be one token and must not merge.
-        if (
-            count_tokens(out[0], encoding="o200k_base") != 1
-            or count_tokens(out[0], encoding="cl100k_base") != 1
-        ):
-            out[0] = "The"
-    return out
+class Words(Sequence[str]):
+    """`n` one-token words, computed on demand (a mock stream may be millions of tokens long
+    and must not materialise them). The first word has no leading space, like a real answer.
+    """
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n = n
+        self.seed = seed & 0xFFFFFFFFFFFFFFFF
+        self.vocab = vocabulary()
+
+    def __len__(self) -> int:
+        return self.n
+
+    def _word(self, i: int) -> str:
+        # splitmix64 of (seed, i): deterministic, independent of the access order.
+        z = (self.seed + 0x9E3779B97F4A7C15 * (i + 1)) & 0xFFFFFFFFFFFFFFFF
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+        w = self.vocab[(z ^ (z >> 31)) % len(self.vocab)]
+        return "The" if i == 0 else w
+
+    @overload
+    def __getitem__(self, i: int) -> str: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[str]: ...
+    def __getitem__(self, i: int | slice) -> str | list[str]:
+        if isinstance(i, slice):
+            return [self._word(j) for j in range(*i.indices(self.n))]
+        if not -self.n <= i < self.n:
+            raise IndexError(i)
+        return self._word(i % self.n)
+
+    def __iter__(self) -> Iterator[str]:
+        return (self._word(i) for i in range(self.n))
+
+
+def words(n: int, seed: int) -> Words:
+    return Words(n, seed)
