@@ -38,6 +38,11 @@ pub struct MeterConfig {
     /// Prompt tokens counted at admission, reported in synthetic usage.
     pub prompt_tokens: Option<u64>,
     pub credit: Option<u64>,
+    /// OpenAI chat/completions: remove the `usage` member from every chunk and drop the
+    /// usage-only chunk (the proxy asked the upstream for usage the client did not ask for).
+    pub strip_usage: bool,
+    /// Add the running usage to every forwarded event (`include_partial_usage`).
+    pub partial_usage: bool,
 }
 
 impl Default for MeterConfig {
@@ -52,6 +57,8 @@ impl Default for MeterConfig {
             ending: EndingStyle::Graceful,
             prompt_tokens: None,
             credit: None,
+            strip_usage: false,
+            partial_usage: false,
         }
     }
 }
@@ -197,6 +204,11 @@ struct Core {
     credit: Option<u64>,
     would_truncate_at: Option<u64>,
     stream_error: Option<StreamError>,
+    strip_usage: bool,
+    partial_usage: bool,
+    prompt_tokens: Option<u64>,
+    /// Events of this read forwarded with rewritten bytes: (start, end, replacement).
+    edits: Vec<(u64, u64, Vec<u8>)>,
 }
 
 impl Core {
@@ -352,8 +364,90 @@ impl Core {
                 }
             }
         }
+        let usage_member = ex.usage_member;
+        let usage_only = ex.usage_only;
+        let usage_null = ex.usage.is_none();
+        let kind = ex.kind;
         self.apply(ex);
+        if (self.strip_usage || self.partial_usage)
+            && !matches!(kind, EventKind::Done | EventKind::Ping)
+        {
+            self.rewrite(format, &ev, usage_member, usage_only, usage_null);
+        }
         Verdict::Forward
+    }
+
+    /// Rewrite a forwarded event: cut the upstream's usage (strip_usage) and/or add the
+    /// running usage (partial_usage). Only JSON objects are touched; an event that carries the
+    /// upstream's real usage keeps it.
+    fn rewrite(
+        &mut self,
+        format: Format,
+        ev: &RawEvent<'_>,
+        usage_member: Option<(usize, usize)>,
+        usage_only: bool,
+        usage_null: bool,
+    ) {
+        let openai = matches!(format, Format::OpenAiChat | Format::OpenAiCompletions);
+        let strip = self.strip_usage && openai;
+        if strip && usage_only {
+            self.edits.push((ev.start, ev.end, Vec::new()));
+            return;
+        }
+        if self.partial_usage && openai && !strip && usage_member.is_some() && !usage_null {
+            return;
+        }
+        // The upstream's `usage` member goes when stripping, and when ours replaces its null.
+        let cut = usage_member.filter(|_| strip || (self.partial_usage && openai));
+        let data = match cut {
+            Some((s, e)) => [&ev.data[..s], &ev.data[e..]].concat(),
+            None => ev.data.to_vec(),
+        };
+        let is_object = data.iter().rev().find(|b| !b.is_ascii_whitespace()) == Some(&b'}');
+        if self.partial_usage && is_object {
+            self.push_partial(ev, data, format);
+        } else if cut.is_some() {
+            self.push_event(ev, &data);
+        }
+    }
+
+    fn push_partial(&mut self, ev: &RawEvent<'_>, mut data: Vec<u8>, format: Format) {
+        let completion = self.total();
+        let usage = match (format, self.prompt_tokens) {
+            (Format::OpenAiChat | Format::OpenAiCompletions, Some(p)) => format!(
+                "{{\"prompt_tokens\":{p},\"completion_tokens\":{completion},\"total_tokens\":{}}}",
+                p + completion
+            ),
+            (Format::OpenAiChat | Format::OpenAiCompletions, None) => {
+                format!("{{\"completion_tokens\":{completion}}}")
+            }
+            (_, Some(p)) => format!(
+                "{{\"input_tokens\":{p},\"output_tokens\":{completion},\"total_tokens\":{}}}",
+                p + completion
+            ),
+            (_, None) => format!("{{\"output_tokens\":{completion}}}"),
+        };
+        let close = data
+            .iter()
+            .rposition(|b| !b.is_ascii_whitespace())
+            .expect("checked: ends with '}'");
+        let before = data[..close]
+            .iter()
+            .rposition(|b| !b.is_ascii_whitespace())
+            .map(|i| data[i]);
+        let sep = if before == Some(b'{') { "" } else { "," };
+        let member = format!("{sep}\"usage\":{usage}");
+        data.splice(close..close, member.into_bytes());
+        self.push_event(ev, &data);
+    }
+
+    fn push_event(&mut self, ev: &RawEvent<'_>, data: &[u8]) {
+        let mut out = Vec::with_capacity(data.len() + 32);
+        let event = (!ev.event.is_empty()).then(|| String::from_utf8_lossy(ev.event));
+        let text = String::from_utf8_lossy(data);
+        // Field values come from a dispatched event: they hold no line breaks.
+        let _ = crate::sse::encode_event(&mut out, event.as_deref(), &text, None, None);
+        self.edits.push((ev.start, ev.end, out));
     }
 
     fn apply(&mut self, ex: Extracted<'_>) {
@@ -410,6 +504,24 @@ impl Core {
     }
 }
 
+/// Apply `edits` (absolute spans, in order) to `raw`, which starts at stream offset `base`.
+fn splice(raw: &[u8], base: u64, edits: &[(u64, u64, Vec<u8>)]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(raw.len());
+    let mut pos = 0usize;
+    for (s, e, rep) in edits {
+        let (s, e) = ((s - base) as usize, (e - base) as usize);
+        debug_assert!(
+            pos <= s && e <= raw.len(),
+            "edits lie inside the forwarded bytes"
+        );
+        out.extend_from_slice(&raw[pos..s]);
+        out.extend_from_slice(rep);
+        pos = e;
+    }
+    out.extend_from_slice(&raw[pos..]);
+    out
+}
+
 fn response_object(data: &[u8]) -> Option<String> {
     let v: serde_json::Value = serde_json::from_slice(data).ok()?;
     v.get("response").map(|r| r.to_string())
@@ -459,6 +571,10 @@ impl StreamMeter {
                 credit: cfg.credit,
                 would_truncate_at: None,
                 stream_error: None,
+                strip_usage: cfg.strip_usage,
+                partial_usage: cfg.partial_usage,
+                prompt_tokens: cfg.prompt_tokens,
+                edits: Vec::new(),
             },
             ending_style: cfg.ending,
             prompt_tokens: cfg.prompt_tokens,
@@ -514,7 +630,7 @@ impl StreamMeter {
             None => self.decoder.block_start(),
         };
         let mut out = FeedOutcome {
-            forward: self.take_forward(chunk, held_start, chunk_start, fwd_end, end_abs),
+            forward: self.assemble(chunk, held_start, chunk_start, fwd_end, end_abs),
             events: spans.len() as u32,
             spans,
             anomalies: self.core.anomalies[anomalies_before..].to_vec(),
@@ -582,6 +698,27 @@ impl StreamMeter {
         self.held
             .extend_from_slice(&chunk[chunk_part.min(chunk.len())..]);
         Forward::Bytes(out)
+    }
+
+    /// `take_forward`, then the rewritten events of this read spliced in.
+    fn assemble(
+        &mut self,
+        chunk: &[u8],
+        held_start: u64,
+        chunk_start: u64,
+        fwd_end: u64,
+        end_abs: u64,
+    ) -> Forward {
+        let edits = std::mem::take(&mut self.core.edits);
+        let fwd = self.take_forward(chunk, held_start, chunk_start, fwd_end, end_abs);
+        if edits.is_empty() {
+            return fwd;
+        }
+        let raw = match fwd {
+            Forward::Input => chunk.to_vec(),
+            Forward::Bytes(v) => v,
+        };
+        Forward::Bytes(splice(&raw, held_start, &edits))
     }
 
     fn append(&mut self, fwd: &mut Forward, chunk: &[u8], tail: Vec<u8>) {
@@ -725,6 +862,7 @@ impl StreamMeter {
     /// the upstream sent it; the client's parser discards it just as ours did).
     fn finalize_close(&mut self) -> Option<Vec<u8>> {
         let offset = self.decoder.block_start();
+        let held_start = self.decoder.position() - self.held.len() as u64;
         let core = &mut self.core;
         let mut held_back: Option<(Verdict, u64)> = None;
         let discarded = self.decoder.close(|ev| {
@@ -762,6 +900,12 @@ impl StreamMeter {
             );
         }
         let held = std::mem::take(&mut self.held);
+        let edits = std::mem::take(&mut self.core.edits);
+        let held = if edits.is_empty() {
+            held
+        } else {
+            splice(&held, held_start, &edits)
+        };
         (!held.is_empty()).then_some(held)
     }
 
@@ -1132,6 +1276,75 @@ mod tests {
         assert!(out.contains("\"stop_reason\":\"max_tokens\""));
         assert!(out.ends_with("event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n"));
         assert_eq!(m.state(), MeterState::Truncated);
+    }
+
+    fn with_include_usage(words: &[&str]) -> Vec<u8> {
+        let mut s = String::new();
+        for w in words {
+            s.push_str(&format!(
+                "data: {{\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":{}}},\"finish_reason\":null}}],\"usage\":null}}\n\n",
+                serde_json::to_string(w).unwrap()
+            ));
+        }
+        s.push_str("data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":9,\"total_tokens\":12}}\n\n");
+        s.push_str("data: [DONE]\n\n");
+        s.into_bytes()
+    }
+
+    #[test]
+    fn strip_usage_removes_nulls_and_the_usage_chunk_but_keeps_the_reading() {
+        let bytes = with_include_usage(WORDS);
+        for chunk in [1, 7, bytes.len()] {
+            let mut m = StreamMeter::new(MeterConfig {
+                strip_usage: true,
+                ..Default::default()
+            });
+            let out = String::from_utf8(run(&mut m, &bytes, chunk)).unwrap();
+            assert!(!out.contains("usage"), "{out}");
+            assert_eq!(out.matches("data: ").count(), WORDS.len() + 1);
+            assert!(out.ends_with("data: [DONE]\n\n"));
+            assert_eq!(m.usage().unwrap().output_tokens, Some(9));
+            for ev in SseDecoder::default().feed_owned(out.as_bytes()).unwrap() {
+                if ev.data != "[DONE]" {
+                    let _: serde_json::Value = serde_json::from_str(&ev.data).unwrap();
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn partial_usage_is_added_to_every_event() {
+        let bytes = chat_stream(WORDS);
+        let mut m = StreamMeter::new(MeterConfig {
+            partial_usage: true,
+            prompt_tokens: Some(5),
+            ..Default::default()
+        });
+        let out = run(&mut m, &bytes, 13);
+        let mut so_far = String::new();
+        for ev in SseDecoder::default().feed_owned(&out).unwrap() {
+            if ev.data == "[DONE]" {
+                continue;
+            }
+            let v: serde_json::Value = serde_json::from_str(&ev.data).unwrap();
+            if let Some(t) = v["choices"][0]["delta"]["content"].as_str() {
+                so_far.push_str(t);
+            }
+            let n = Encoding::O200kBase.count(&so_far) as u64;
+            assert_eq!(v["usage"]["completion_tokens"], n);
+            assert_eq!(v["usage"]["total_tokens"], n + 5);
+        }
+        // The upstream's own final usage is never replaced.
+        let bytes = with_include_usage(WORDS);
+        let mut m = StreamMeter::new(MeterConfig {
+            partial_usage: true,
+            ..Default::default()
+        });
+        let out = String::from_utf8(run(&mut m, &bytes, 64)).unwrap();
+        assert!(out.contains(
+            "\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":9,\"total_tokens\":12}"
+        ));
+        assert!(!out.contains("\"usage\":null"));
     }
 
     #[test]

@@ -638,7 +638,7 @@ impl PyStreamMeter {
     #[pyo3(signature = (
         format = "auto", model = None, *, path = None, encoding = None, limit = None,
         shadow = false, ending = "graceful", credit = None, prompt_tokens = None,
-        max_event_size = sse::DEFAULT_MAX_EVENT_SIZE
+        max_event_size = sse::DEFAULT_MAX_EVENT_SIZE, strip_usage = false, partial_usage = false
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -652,6 +652,8 @@ impl PyStreamMeter {
         credit: Option<u64>,
         prompt_tokens: Option<u64>,
         max_event_size: usize,
+        strip_usage: bool,
+        partial_usage: bool,
     ) -> PyResult<Self> {
         let format = parse_format(format)?.or_else(|| path.and_then(Format::from_path));
         let encoding = encoding.map(parse_encoding).transpose()?;
@@ -674,6 +676,8 @@ impl PyStreamMeter {
                 ending,
                 prompt_tokens,
                 credit,
+                strip_usage,
+                partial_usage,
             })),
         })
     }

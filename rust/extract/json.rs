@@ -179,6 +179,17 @@ pub fn each_key<'j, F>(w: &mut Walk<'j>, names: &[&str], mut f: F) -> Result<boo
 where
     F: FnMut(&mut Walk<'j>, usize) -> Result<()>,
 {
+    each_member(w, names, |w, i, _| f(w, i))
+}
+
+/// Like [`each_key`], also passing where each member starts: the offset just after the `{`
+/// for the first member, else the offset of the end of the previous value (so the range up to
+/// the end of this member's value holds its leading comma). Used to cut a member out.
+pub fn each_member<'j, F>(w: &mut Walk<'j>, names: &[&str], mut f: F) -> Result<bool>
+where
+    F: FnMut(&mut Walk<'j>, usize, usize) -> Result<()>,
+{
+    let mut start = w.peek().map(|_| w.index() + 1)?;
     let Some(mut key) = w.object(names)? else {
         return Ok(false);
     };
@@ -186,8 +197,9 @@ where
         if i == UNKNOWN {
             w.skip()?;
         } else {
-            f(w, i)?;
+            f(w, i, start)?;
         }
+        start = w.index();
         key = w.next_key(names)?;
     }
     Ok(true)

@@ -285,6 +285,11 @@ pub struct Extracted<'a> {
     pub block_closed: Option<u32>,
     /// Responses events carry a sequence number that synthetic events continue.
     pub sequence_number: Option<u64>,
+    /// OpenAI chat/completions: byte range of the top-level `usage` member within the data
+    /// (with one separating comma), so the meter can cut it out; and whether the chunk is the
+    /// usage-only chunk (`"choices": []` with a usage object).
+    pub usage_member: Option<(usize, usize)>,
+    pub usage_only: bool,
 }
 
 impl<'a> Extracted<'a> {
@@ -300,6 +305,8 @@ impl<'a> Extracted<'a> {
             block_opened: None,
             block_closed: None,
             sequence_number: None,
+            usage_member: None,
+            usage_only: false,
         }
     }
 

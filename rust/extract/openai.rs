@@ -2,7 +2,7 @@
 //! Both share one chunk shape: chat text is in `choices[i].delta`, legacy text in
 //! `choices[i].text`.
 
-use super::json::{each_item, each_key, Result, Walk};
+use super::json::{each_item, each_key, each_member, Result, Walk};
 use super::{parse_error, parse_usage, Channel, EventKind, Extracted, StreamInfo};
 
 const TOP: &[&str] = &[
@@ -36,7 +36,8 @@ pub fn extract(data: &[u8]) -> Result<Extracted<'_>> {
     let mut out = Extracted::new(EventKind::Data);
     let mut info = StreamInfo::default();
     let mut has_info = false;
-    let is_object = each_key(&mut w, TOP, |w, k| {
+    let mut choices = 0usize;
+    let is_object = each_member(&mut w, TOP, |w, k, start| {
         match k {
             0 => {
                 info.id = w.opt_str()?;
@@ -48,8 +49,14 @@ pub fn extract(data: &[u8]) -> Result<Extracted<'_>> {
             }
             2 => info.created = w.opt_i64()?,
             3 => info.system_fingerprint = w.opt_str()?,
-            4 => each_item(w, |w| choice(w, &mut out))?,
-            5 => out.usage = parse_usage(w)?,
+            4 => each_item(w, |w| {
+                choices += 1;
+                choice(w, &mut out)
+            })?,
+            5 => {
+                out.usage = parse_usage(w)?;
+                out.usage_member = Some((start, w.index()));
+            }
             _ => {
                 if let Some(e) = parse_error(w)? {
                     out.kind = EventKind::Error;
@@ -66,7 +73,33 @@ pub fn extract(data: &[u8]) -> Result<Extracted<'_>> {
     if has_info {
         out.info = Some(info);
     }
+    out.usage_only = choices == 0 && out.usage.is_some();
+    if let Some((start, end)) = out.usage_member {
+        out.usage_member = Some(member_span(data, start, end));
+    }
     Ok(out)
+}
+
+/// Widen `[start, end)` (a member's value end and where it began) to a range whose removal
+/// leaves valid JSON: with its leading comma, or for a first member its trailing comma.
+fn member_span(data: &[u8], start: usize, end: usize) -> (usize, usize) {
+    let lead = data[start..]
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .map(|i| start + i);
+    if lead.is_some_and(|i| data[i] == b',') {
+        return (start, end);
+    }
+    // First member: take the comma after it, if any.
+    let mut e = end;
+    while e < data.len() && data[e].is_ascii_whitespace() {
+        e += 1;
+    }
+    if e < data.len() && data[e] == b',' {
+        (start, e + 1)
+    } else {
+        (start, end)
+    }
 }
 
 fn choice<'j>(w: &mut Walk<'j>, out: &mut Extracted<'j>) -> Result<()> {
@@ -216,5 +249,34 @@ mod tests {
         assert!(extract(b"{\"choices\":[{\"index\":\"x\"}]}").is_err());
         assert!(extract(b"{not json").is_err());
         assert!(extract(b"").is_err());
+    }
+}
+
+#[cfg(test)]
+mod usage_member_tests {
+    use super::*;
+
+    fn cut(data: &str) -> String {
+        let e = extract(data.as_bytes()).unwrap();
+        let (s, t) = e.usage_member.unwrap();
+        format!("{}{}", &data[..s], &data[t..])
+    }
+
+    #[test]
+    fn usage_member_is_cut_cleanly_wherever_it_sits() {
+        assert_eq!(
+            cut(r#"{"id":"a","choices":[],"usage":null}"#),
+            r#"{"id":"a","choices":[]}"#
+        );
+        assert_eq!(cut(r#"{"usage":null,"id":"a"}"#), r#"{"id":"a"}"#);
+        assert_eq!(
+            cut(r#"{ "id" : "a" , "usage" : { "prompt_tokens" : 1 } }"#),
+            r#"{ "id" : "a" }"#
+        );
+        assert_eq!(cut(r#"{"usage":null}"#), r#"{}"#);
+        let e = extract(br#"{"choices":[],"usage":{"completion_tokens":3}}"#).unwrap();
+        assert!(e.usage_only);
+        let e = extract(br#"{"choices":[{"index":0,"delta":{}}],"usage":null}"#).unwrap();
+        assert!(!e.usage_only);
     }
 }
