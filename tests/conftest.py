@@ -76,3 +76,18 @@ def start_proxy(tmp_path_factory: pytest.TempPathFactory) -> Any:
     yield start
     for cm in reversed(stack):
         cm.__exit__(None, None, None)
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """A real Redis: $REDIS_URL, else the local default. `.ci/run` starts one if none runs."""
+    import redis
+
+    url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=1).ping()
+    except redis.exceptions.ConnectionError as e:
+        if os.environ.get("METERKIT_REQUIRE_REDIS"):
+            pytest.fail(f"METERKIT_REQUIRE_REDIS is set but Redis at {url} is unreachable: {e}")
+        pytest.skip(f"no Redis at {url}: {e}")
+    return url

@@ -214,7 +214,7 @@ def responses_events(
         "response.content_part.added",
         {"item_id": "msg_0001", "output_index": 0, "content_index": 0, "part": part},
     )
-    text = []
+    text: list[str] = []
     for d in deltas:
         if len(text) < 100_000:  # the final echo of the text is capped for endless mock streams
             text.append(d)

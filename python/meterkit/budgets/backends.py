@@ -31,14 +31,30 @@ class Identity:
 class BudgetBackend(Protocol):
     name: str
 
-    async def admit(self, who: Identity, limits: Limits, need: int, take: int, request_id: str,
-                    lease_ttl: float, now: float | None = None) -> Decision: ...
+    async def admit(
+        self,
+        who: Identity,
+        limits: Limits,
+        need: int,
+        take: int,
+        request_id: str,
+        lease_ttl: float,
+        now: float | None = None,
+    ) -> Decision: ...
 
-    async def lease(self, who: Identity, limits: Limits, want: int, request_id: str, lease_ttl: float,
-                    now: float | None = None) -> int: ...
+    async def lease(
+        self,
+        who: Identity,
+        limits: Limits,
+        want: int,
+        request_id: str,
+        lease_ttl: float,
+        now: float | None = None,
+    ) -> int: ...
 
-    async def reconcile(self, who: Identity, limits: Limits, request_id: str, actual: int,
-                        now: float | None = None) -> int | None:
+    async def reconcile(
+        self, who: Identity, limits: Limits, request_id: str, actual: int, now: float | None = None
+    ) -> int | None:
         """Replace what the request took by `actual`; the refund (negative: overage charged),
         or None when it was already reconciled (or its lease expired)."""
 
@@ -85,8 +101,16 @@ class MemoryBackend:
             r.expires = expires
         heapq.heappush(self._expiry, (expires, rid))
 
-    async def admit(self, who: Identity, limits: Limits, need: int, take: int, request_id: str,
-                    lease_ttl: float, now: float | None = None) -> Decision:
+    async def admit(
+        self,
+        who: Identity,
+        limits: Limits,
+        need: int,
+        take: int,
+        request_id: str,
+        lease_ttl: float,
+        now: float | None = None,
+    ) -> Decision:
         t = self._now(now)
         self._expire(t)
         d, b, day = policy.admit(self.buckets.get(who), self.days.get(who), limits, t, need, take)
@@ -95,8 +119,15 @@ class MemoryBackend:
             self._hold(request_id, who, take, day.day, t + lease_ttl)
         return d
 
-    async def lease(self, who: Identity, limits: Limits, want: int, request_id: str, lease_ttl: float,
-                    now: float | None = None) -> int:
+    async def lease(
+        self,
+        who: Identity,
+        limits: Limits,
+        want: int,
+        request_id: str,
+        lease_ttl: float,
+        now: float | None = None,
+    ) -> int:
         t = self._now(now)
         self._expire(t)
         grant, b, day = policy.lease(self.buckets.get(who), self.days.get(who), limits, t, want)
@@ -104,14 +135,17 @@ class MemoryBackend:
         self._hold(request_id, who, grant, day.day, t + lease_ttl)
         return grant
 
-    async def reconcile(self, who: Identity, limits: Limits, request_id: str, actual: int,
-                        now: float | None = None) -> int | None:
+    async def reconcile(
+        self, who: Identity, limits: Limits, request_id: str, actual: int, now: float | None = None
+    ) -> int | None:
         t = self._now(now)
         self._expire(t)
         r = self.reservations.pop(request_id, None)
         if r is None:
             return None
-        delta, b, day = policy.reconcile(self.buckets.get(who), self.days.get(who), limits, t, r.taken, actual, r.day)
+        delta, b, day = policy.reconcile(
+            self.buckets.get(who), self.days.get(who), limits, t, r.taken, actual, r.day
+        )
         self.buckets[who], self.days[who] = b, day
         return delta
 

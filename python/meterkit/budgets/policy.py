@@ -93,24 +93,51 @@ def current_day(day: Day | None, now: float) -> Day:
     return day
 
 
-def admit(bucket: Bucket | None, day: Day | None, limits: Limits, now: float, need: int, take: int) -> tuple[Decision, Bucket, Day]:
+def admit(
+    bucket: Bucket | None, day: Day | None, limits: Limits, now: float, need: int, take: int
+) -> tuple[Decision, Bucket, Day]:
     """Check that `need` tokens fit, then take `take` (≤ need)."""
     b = refill(bucket, limits, now)
     d = current_day(day, now)
     cap = limits.capacity
     if cap is not None and b.tokens < need:
-        retry = None if need > cap else math.ceil((need - b.tokens) / limits.rate) if limits.rate > 0 else None
+        retry = (
+            None
+            if need > cap
+            else math.ceil((need - b.tokens) / limits.rate)
+            if limits.rate > 0
+            else None
+        )
         return Decision(False, "tpm_exceeded", retry, 0, b.tokens, _day_left(d, limits)), b, d
     if limits.tokens_per_day is not None and d.used + need > limits.tokens_per_day:
         retry = None if need > limits.tokens_per_day else math.ceil(seconds_to_next_day(now))
-        return Decision(False, "tpd_exceeded", retry, 0, b.tokens if cap is not None else None, _day_left(d, limits)), b, d
+        return (
+            Decision(
+                False,
+                "tpd_exceeded",
+                retry,
+                0,
+                b.tokens if cap is not None else None,
+                _day_left(d, limits),
+            ),
+            b,
+            d,
+        )
     if cap is not None:
         b = Bucket(b.tokens - take, b.updated)
     d = Day(d.day, d.used + take)
-    return Decision(True, None, None, take, b.tokens if cap is not None else None, _day_left(d, limits)), b, d
+    return (
+        Decision(
+            True, None, None, take, b.tokens if cap is not None else None, _day_left(d, limits)
+        ),
+        b,
+        d,
+    )
 
 
-def lease(bucket: Bucket | None, day: Day | None, limits: Limits, now: float, want: int) -> tuple[int, Bucket, Day]:
+def lease(
+    bucket: Bucket | None, day: Day | None, limits: Limits, now: float, want: int
+) -> tuple[int, Bucket, Day]:
     """Take up to `want` tokens: all, part, or none of them."""
     b = refill(bucket, limits, now)
     d = current_day(day, now)
@@ -124,8 +151,15 @@ def lease(bucket: Bucket | None, day: Day | None, limits: Limits, now: float, wa
     return grant, b, Day(d.day, d.used + grant)
 
 
-def reconcile(bucket: Bucket | None, day: Day | None, limits: Limits, now: float, taken: int, actual: int,
-              taken_day: int) -> tuple[int, Bucket, Day]:
+def reconcile(
+    bucket: Bucket | None,
+    day: Day | None,
+    limits: Limits,
+    now: float,
+    taken: int,
+    actual: int,
+    taken_day: int,
+) -> tuple[int, Bucket, Day]:
     """Replace `taken` by `actual`. Returns the adjustment (positive: refunded)."""
     delta = taken - actual
     b = refill(bucket, limits, now)

@@ -39,9 +39,11 @@ if tpd then
   local h = redis.call('HMGET', KEYS[2], 'day', 'used')
   if tonumber(h[1]) == day then used = tonumber(h[2]) end
 end
+-- %.17g round-trips a double exactly (tostring keeps 14 digits: sub-millisecond time lost).
+local function num(x) return string.format('%.17g', x) end
 local function save()
   if cap then
-    redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'updated', tostring(updated))
+    redis.call('HSET', KEYS[1], 'tokens', num(tokens), 'updated', num(updated))
     local ttl = 120
     if rate > 0 then ttl = math.ceil(cap / rate) + 60 end
     redis.call('EXPIRE', KEYS[1], ttl)
@@ -53,9 +55,11 @@ local function save()
 end
 """
 
-ADMIT = _PRELUDE + """
+ADMIT = (
+    _PRELUDE
+    + """
 local need, take, ttl = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
-local left_tpm = tokens and tostring(tokens) or ''
+local left_tpm = tokens and num(tokens) or ''
 local left_tpd = tpd and tostring(tpd - used) or ''
 if cap and tokens < need then
   local retry = ''
@@ -73,10 +77,13 @@ save()
 redis.call('HINCRBY', KEYS[3], 'taken', take)
 redis.call('HSET', KEYS[3], 'day', day)
 redis.call('EXPIRE', KEYS[3], math.ceil(ttl))
-return {1, '', '', tokens and tostring(tokens) or '', tpd and tostring(tpd - used) or ''}
+return {1, '', '', tokens and num(tokens) or '', tpd and tostring(tpd - used) or ''}
 """
+)
 
-LEASE = _PRELUDE + """
+LEASE = (
+    _PRELUDE
+    + """
 local want, ttl = tonumber(ARGV[5]), tonumber(ARGV[6])
 local grant = want
 if cap then grant = math.min(grant, math.max(0, math.floor(tokens))) end
@@ -89,8 +96,11 @@ redis.call('HSETNX', KEYS[3], 'day', day)
 redis.call('EXPIRE', KEYS[3], math.ceil(ttl))
 return grant
 """
+)
 
-RECONCILE = _PRELUDE + """
+RECONCILE = (
+    _PRELUDE
+    + """
 local actual = tonumber(ARGV[5])
 local r = redis.call('HMGET', KEYS[3], 'taken', 'day')
 if not r[1] then return {0, '0'} end
@@ -99,8 +109,9 @@ if cap then tokens = math.min(cap, tokens + delta) end
 if tpd and tonumber(r[2]) == day then used = math.max(0, used - delta) end
 save()
 redis.call('DEL', KEYS[3])
-return {1, tostring(delta)}
+return {1, num(delta)}
 """
+)
 
 
 def _num(v: Any) -> str:
@@ -114,8 +125,9 @@ class RedisBackend:
         import redis.asyncio as redis
 
         self.prefix = prefix
-        self.client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout,
-                                           retry_on_timeout=False)
+        self.client = redis.Redis.from_url(
+            url, socket_timeout=timeout, socket_connect_timeout=timeout, retry_on_timeout=False
+        )
         self._admit = self.client.register_script(ADMIT)
         self._lease = self.client.register_script(LEASE)
         self._reconcile = self.client.register_script(RECONCILE)
@@ -135,24 +147,54 @@ class RedisBackend:
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as e:
             raise BackendUnavailable(f"redis: {e}") from e
 
-    async def admit(self, who: Identity, limits: Limits, need: int, take: int, request_id: str,
-                    lease_ttl: float, now: float | None = None) -> Decision:
-        r = await self._call(self._admit, self._keys(who, request_id),
-                             [*self._args(limits, now), need, take, lease_ttl])
+    async def admit(
+        self,
+        who: Identity,
+        limits: Limits,
+        need: int,
+        take: int,
+        request_id: str,
+        lease_ttl: float,
+        now: float | None = None,
+    ) -> Decision:
+        r = await self._call(
+            self._admit,
+            self._keys(who, request_id),
+            [*self._args(limits, now), need, take, lease_ttl],
+        )
         ok, reason, retry, tpm, tpd = (x.decode() if isinstance(x, bytes) else x for x in r)
         return Decision(
-            allowed=bool(int(ok)), reason=reason or None, retry_after=float(retry) if retry else None,
-            taken=take if int(ok) else 0, tpm_remaining=float(tpm) if tpm else None,
+            allowed=bool(int(ok)),
+            reason=reason or None,
+            retry_after=float(retry) if retry else None,
+            taken=take if int(ok) else 0,
+            tpm_remaining=float(tpm) if tpm else None,
             tpd_remaining=int(float(tpd)) if tpd else None,
         )
 
-    async def lease(self, who: Identity, limits: Limits, want: int, request_id: str, lease_ttl: float,
-                    now: float | None = None) -> int:
-        return int(await self._call(self._lease, self._keys(who, request_id), [*self._args(limits, now), want, lease_ttl]))
+    async def lease(
+        self,
+        who: Identity,
+        limits: Limits,
+        want: int,
+        request_id: str,
+        lease_ttl: float,
+        now: float | None = None,
+    ) -> int:
+        return int(
+            await self._call(
+                self._lease,
+                self._keys(who, request_id),
+                [*self._args(limits, now), want, lease_ttl],
+            )
+        )
 
-    async def reconcile(self, who: Identity, limits: Limits, request_id: str, actual: int,
-                        now: float | None = None) -> int | None:
-        ok, delta = await self._call(self._reconcile, self._keys(who, request_id), [*self._args(limits, now), actual])
+    async def reconcile(
+        self, who: Identity, limits: Limits, request_id: str, actual: int, now: float | None = None
+    ) -> int | None:
+        ok, delta = await self._call(
+            self._reconcile, self._keys(who, request_id), [*self._args(limits, now), actual]
+        )
         if not int(ok):
             return None
         return int(float(delta.decode() if isinstance(delta, bytes) else delta))

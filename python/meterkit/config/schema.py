@@ -11,6 +11,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from meterkit import FORMATS
+from meterkit.config.budgets import BudgetPolicy, BudgetStore, parse_policy, parse_store
 from meterkit.config.problems import KeyPath, Problems
 from meterkit.config.units import parse_duration, parse_size
 
@@ -47,6 +48,7 @@ class Route:
     upstream: str
     path: str | None = None
     format: str = "auto"
+    budget: str | None = None
 
     @property
     def params(self) -> tuple[str, ...]:
@@ -88,6 +90,8 @@ class Config:
     usage: UsageSink = field(default_factory=UsageSink)
     logging: Logging = field(default_factory=Logging)
     metrics: Metrics = field(default_factory=Metrics)
+    budgets: Mapping[str, BudgetPolicy] = field(default_factory=dict)
+    budget_store: BudgetStore = field(default_factory=BudgetStore)
     source: str = "config"
 
 
@@ -203,7 +207,12 @@ def parse_route_key(key: str) -> tuple[str, tuple[str, ...]]:
 
 
 def _route(
-    key: str, value: Any, path: KeyPath, problems: Problems, upstreams: Mapping[str, Any]
+    key: str,
+    value: Any,
+    path: KeyPath,
+    problems: Problems,
+    upstreams: Mapping[str, Any],
+    budgets: Mapping[str, Any],
 ) -> Route | None:
     try:
         method, segments = parse_route_key(key)
@@ -213,7 +222,11 @@ def _route(
     m = _mapping(value, path, problems)
     if m is None:
         return None
-    problems.unknown_keys(path, m, ("upstream", "path", "format"))
+    problems.unknown_keys(path, m, ("upstream", "path", "format", "budget"))
+    budget = m.get("budget")
+    if budget is not None and (not isinstance(budget, str) or budget not in budgets):
+        known = ", ".join(budgets) or "none defined"
+        problems.add(path / "budget", f"unknown budget {budget!r} (known: {known})")
     upstream = m.get("upstream")
     if upstream is None:
         problems.add(path / "upstream", "required")
@@ -238,8 +251,16 @@ def _route(
         fmt = "auto"
     if upstream is None or not isinstance(upstream, str):
         return None
+    if budget is not None and fmt == "none":
+        problems.add(path / "budget", "a budget needs an LLM stream format (format is none)")
     return Route(
-        key=key, method=method, segments=segments, upstream=upstream, path=rewrite, format=fmt
+        key=key,
+        method=method,
+        segments=segments,
+        upstream=upstream,
+        path=rewrite,
+        format=fmt,
+        budget=budget if isinstance(budget, str) else None,
     )
 
 
@@ -292,8 +313,26 @@ def build_config(tree: Any, problems: Problems, source: str = "config") -> Confi
     if top is None:
         return None
     problems.unknown_keys(
-        root, top, ("gateway", "upstreams", "routes", "usage", "logging", "metrics")
+        root,
+        top,
+        (
+            "gateway",
+            "upstreams",
+            "routes",
+            "usage",
+            "logging",
+            "metrics",
+            "budgets",
+            "budget_store",
+        ),
     )
+    budgets: dict[str, BudgetPolicy] = {}
+    bm = _mapping(top.get("budgets"), root / "budgets", problems) or {}
+    for name, value in bm.items():
+        pol = parse_policy(str(name), value, root / "budgets" / str(name), problems)
+        if pol is not None:
+            budgets[str(name)] = pol
+    store = parse_store(top.get("budget_store"), root / "budget_store", problems)
     gateway = _gateway(top.get("gateway"), root / "gateway", problems)
 
     upstreams: dict[str, Upstream] = {}
@@ -309,7 +348,7 @@ def build_config(tree: Any, problems: Problems, source: str = "config") -> Confi
         problems.add(root / "routes", "at least one route is required")
     seen: dict[tuple[str, tuple[str, ...]], str] = {}
     for key, value in rm.items():
-        r = _route(str(key), value, root / "routes" / str(key), problems, um)
+        r = _route(str(key), value, root / "routes" / str(key), problems, um, bm)
         if r is None:
             continue
         norm = (r.method, tuple(":" if s.startswith(":") else s for s in r.segments))
@@ -359,5 +398,7 @@ def build_config(tree: Any, problems: Problems, source: str = "config") -> Confi
         usage=usage,
         logging=logging_,
         metrics=metrics,
+        budgets=MappingProxyType(budgets),
+        budget_store=store,
         source=source,
     )

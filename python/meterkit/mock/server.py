@@ -15,6 +15,9 @@ Per-request knobs, as request headers (a proxy forwards them):
   the response headers;
 - `x-mock-seed: S` fixes the text and ids and `x-mock-created: T` the timestamps, so two
   requests with the same headers get byte-identical answers;
+- `x-mock-ignore-max: 1` ignore the request's token limit (a non-compliant upstream, so a
+  proxy's own truncation can be tested); `x-mock-extra-usage: N` report N more completion
+  tokens than were sent (like hidden reasoning tokens);
 - `x-mock-status: 500` answer with that error status; `x-mock-reset-after: N` abort the TCP
   connection after N tokens; `x-mock-stall-after: N` stop sending after N tokens but keep the
   connection open; `x-mock-malformed-after: N` send one malformed event after N tokens.
@@ -68,6 +71,8 @@ class RequestStats:
     stream: bool
     query: str = ""
     headers: dict[str, str] = field(default_factory=dict)
+    # The request's limit and usage options, as received (to check what a proxy rewrote).
+    body_fields: dict[str, Any] = field(default_factory=dict)
     status: int = 200
     tokens_generated: int = 0
     completion_tokens: int = 0
@@ -186,8 +191,9 @@ def _plan(
     include_usage: bool,
     rid: str,
     created: int,
+    extra: int = 0,
 ) -> Iterator[tuple[bytes, int]]:
-    completion = sum(map(len, texts))
+    completion = sum(map(len, texts)) + extra
     if fmt in ("openai-chat", "openai-completions"):
         usage = {
             "prompt_tokens": prompt,
@@ -234,8 +240,9 @@ def _full_body(
     prompt: int,
     rid: str,
     created: int,
+    extra: int = 0,
 ) -> dict[str, Any]:
-    completion = sum(map(len, texts))
+    completion = sum(map(len, texts)) + extra
     model = body.get("model", "gpt-4o")
     if fmt == "openai-chat":
         return {
@@ -345,6 +352,11 @@ async def _generate(request: web.Request) -> web.StreamResponse:
         stream=bool(body.get("stream")),
         query=request.raw_path.partition("?")[2],
         headers={k.lower(): v for k, v in request.headers.items()},
+        body_fields={
+            k: body[k]
+            for k in ("stream_options", "max_tokens", "max_completion_tokens", "max_output_tokens")
+            if k in body
+        },
     )
     request.app[STATS][stats.id] = stats
     try:
@@ -379,7 +391,8 @@ async def _respond(
         stats.outcome = "error"
         return _error(400, "max_tokens: field required", fmt)
     length = int(_header_num(request, "x-mock-length", opts.length))
-    limit = _limit(fmt, body)
+    limit = None if request.headers.get("x-mock-ignore-max") else _limit(fmt, body)
+    extra = int(_header_num(request, "x-mock-extra-usage", 0))
     n = body.get("n", 1) if fmt in ("openai-chat", "openai-completions") else 1
     n = n if isinstance(n, int) and 1 <= n <= 16 else 1
     out_len = min(length, limit) if limit is not None else length
@@ -395,7 +408,7 @@ async def _respond(
     texts = [words(out_len, seed + c) for c in range(n)]
     prompt = count_request_prompt(body, fmt, allow_estimate=True)
     stats.prompt_tokens = prompt
-    stats.completion_tokens = sum(map(len, texts))
+    stats.completion_tokens = sum(map(len, texts)) + extra
     rid = {
         "openai-chat": "chatcmpl-",
         "openai-completions": "cmpl-",
@@ -409,7 +422,7 @@ async def _respond(
         stats.tokens_generated = stats.completion_tokens
         stats.outcome = "completed"
         return web.Response(
-            body=orjson.dumps(_full_body(fmt, body, texts, finish, prompt, rid, created)),
+            body=orjson.dumps(_full_body(fmt, body, texts, finish, prompt, rid, created, extra)),
             content_type="application/json",
         )
 
@@ -427,7 +440,9 @@ async def _respond(
     start = time.monotonic() + ttft
     interval = 1.0 / tps if tps > 0 else 0.0
     sent = 0
-    for event, tokens in _plan(fmt, body, texts, finish, prompt, include_usage, rid, created):
+    for event, tokens in _plan(
+        fmt, body, texts, finish, prompt, include_usage, rid, created, extra
+    ):
         if tokens:
             if reset_after is not None and sent >= int(reset_after):
                 stats.outcome = "reset"

@@ -59,5 +59,37 @@ class ProxyMetrics:
             "meterkit_stream_anomalies", "Stream anomalies by kind", ["route", "kind"], registry=r
         )
 
+        self.budget_decisions = Counter(
+            "meterkit_budget_decisions",
+            "Admission decisions (allowed, rejected, would_reject)",
+            ["budget", "decision"],
+            registry=r,
+        )
+        self.budget_truncations = Counter(
+            "meterkit_budget_truncations",
+            "Streams cut by the per-request limit or the shared budget",
+            ["budget", "kind"],
+            registry=r,
+        )
+        self.budget_would_truncate = Counter(
+            "meterkit_budget_would_truncate",
+            "Shadow mode: streams that would have been cut",
+            ["budget"],
+            registry=r,
+        )
+        self.budget_backend_failures = Counter(
+            "meterkit_budget_backend_failures",
+            "Budget store failures and what the policy did (open, closed)",
+            ["budget", "decision"],
+            registry=r,
+        )
+        self.budget_admission = Histogram(
+            "meterkit_budget_admission_seconds",
+            "Budget admission decision latency",
+            ["backend"],
+            buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1),
+            registry=r,
+        )
+
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

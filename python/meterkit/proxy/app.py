@@ -11,11 +11,13 @@ from collections.abc import AsyncIterator, Sequence
 import aiohttp
 from aiohttp import web
 
+from meterkit.budgets import BudgetBackend, BudgetStage, make_backend
 from meterkit.config import Config
 from meterkit.observability.metrics import CONTENT_TYPE_LATEST, ProxyMetrics
 from meterkit.proxy.context import Stage
 from meterkit.proxy.forward import handle
 from meterkit.proxy.keys import (
+    BUDGET_BACKEND,
     CONFIG,
     METRICS,
     ROUTER,
@@ -51,6 +53,8 @@ async def _tasks(app: web.Application) -> AsyncIterator[None]:
     yield
     await app[TASKS].wait(timeout=10)
     await app[SINK].close()
+    if BUDGET_BACKEND in app:
+        await app[BUDGET_BACKEND].close()
 
 
 async def _health(request: web.Request) -> web.Response:
@@ -63,14 +67,25 @@ async def _metrics(request: web.Request) -> web.Response:
 
 
 def build_app(
-    config: Config, *, sink: UsageSink | None = None, stages: Sequence[Stage] = ()
+    config: Config,
+    *,
+    sink: UsageSink | None = None,
+    stages: Sequence[Stage] = (),
+    budget_backend: BudgetBackend | None = None,
 ) -> web.Application:
+    """The proxy app for `config`. The stages the config asks for (budgets) run first, then
+    `stages` in order."""
     app = web.Application(client_max_size=config.gateway.max_request_body)
     app[CONFIG] = config
     app[ROUTER] = Router(config.routes)
     app[METRICS] = ProxyMetrics()
     app[SINK] = sink if sink is not None else make_sink(config.usage.sink, config.usage.path)
-    app[STAGES] = tuple(stages)
+    configured: list[Stage] = []
+    if any(r.budget for r in config.routes):
+        backend = budget_backend or make_backend(config.budget_store)
+        app[BUDGET_BACKEND] = backend
+        configured.append(BudgetStage(config, backend, app[METRICS]))
+    app[STAGES] = (*configured, *stages)
     app[TASKS] = BackgroundTasks()
     app.cleanup_ctx.append(_session)
     app.cleanup_ctx.append(_tasks)

@@ -8,6 +8,7 @@ stages; they add behaviour without rewriting the handler.
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -25,6 +26,8 @@ class MeterSettings:
     shadow: bool = False
     ending: str = "graceful_close"
     credit: int | None = None
+    strip_usage: bool = False
+    partial_usage: bool = False
 
 
 @dataclass
@@ -49,6 +52,9 @@ class RequestContext:
     prompt_tokens: int | None = None
     prompt_provenance: str | None = None
     meter: MeterSettings = field(default_factory=MeterSettings)
+    # Called when the meter pauses for want of credit: the tokens granted (0: none, end the
+    # stream), or None to stop gating the stream.
+    credit_source: Callable[[], Awaitable[int | None]] | None = None
     # Extra headers for the client response (e.g. a payment receipt).
     response_headers: dict[str, str] = field(default_factory=dict)
     # Free-form state for stages, keyed by stage name.

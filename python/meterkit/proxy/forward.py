@@ -20,7 +20,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from meterkit import StreamMeter, detect_format
+from meterkit import FeedResult, StreamMeter, detect_format
 from meterkit.observability.logs import request_id_var
 from meterkit.proxy import problems
 from meterkit.proxy.context import RequestContext
@@ -224,10 +224,59 @@ async def _forward(ctx: RequestContext, has_body: bool) -> web.StreamResponse:
         resp.close()
 
 
+class _StreamRun:
+    """The state of one metered stream: what went out, and how it ended."""
+
+    def __init__(self, ctx: RequestContext, out: web.StreamResponse, meter: StreamMeter) -> None:
+        self.ctx = ctx
+        self.out = out
+        self.meter = meter
+        self.metrics = ctx.request.app[METRICS]
+        self.outcome = "completed"
+        self.error: str | None = None
+        self.ttft: float | None = None
+        self.sent = 0
+
+    async def emit(self, data: bytes) -> None:
+        if not data:
+            return
+        if self.ttft is None:
+            self.ttft = time.monotonic() - self.ctx.started
+            self.metrics.ttft.labels(self.ctx.route.key).observe(self.ttft)
+        await self.out.write(data)
+        self.sent += len(data)
+
+    async def settle(self, r: FeedResult) -> bool:
+        """Write what a meter result releases; while the meter waits for credit, get more
+        (or end the stream when there is none). False when the stream is over."""
+        await self.emit(r.forward)
+        while r.paused or self.meter.state == "paused":
+            source = self.ctx.credit_source
+            granted = await source() if source is not None else 0
+            if granted is None:
+                r = self.meter.clear_credit()
+            elif granted > 0:
+                r = self.meter.grant(granted)
+            else:
+                await self.emit(self.meter.truncate("the token budget is exhausted"))
+                self.outcome = "truncated"
+                return False
+            await self.emit(r.forward)
+        if r.truncated:
+            self.outcome = "truncated"
+            return False
+        if r.state == "failed":
+            self.outcome, self.error = (
+                "upstream_error",
+                "the upstream stream broke the event size limit",
+            )
+            return False
+        return True
+
+
 async def _stream_events(ctx: RequestContext, resp: aiohttp.ClientResponse) -> web.StreamResponse:
     request = ctx.request
-    app = request.app
-    metrics = app[METRICS]
+    metrics = request.app[METRICS]
     route = ctx.route.key
     settings = ctx.meter
     meter = StreamMeter(
@@ -239,6 +288,8 @@ async def _stream_events(ctx: RequestContext, resp: aiohttp.ClientResponse) -> w
         ending=settings.ending,
         credit=settings.credit,
         prompt_tokens=ctx.prompt_tokens,
+        strip_usage=settings.strip_usage,
+        partial_usage=settings.partial_usage,
     )
     out = web.StreamResponse(
         status=resp.status,
@@ -249,16 +300,13 @@ async def _stream_events(ctx: RequestContext, resp: aiohttp.ClientResponse) -> w
     await out.prepare(request)
     metrics.active_streams.labels(route).inc()
     watchdog = IdleWatchdog(ctx.upstream.timeouts.idle)
-    outcome = "completed"
-    error: str | None = None
-    ttft: float | None = None
-    sent = 0
+    run = _StreamRun(ctx, out, meter)
     try:
         while True:
             try:
                 chunk = await resp.content.readany()
             except (aiohttp.ClientError, OSError) as e:
-                outcome, error = (
+                run.outcome, run.error = (
                     "upstream_error",
                     f"upstream stream failed: {e or type(e).__name__}",
                 )
@@ -266,33 +314,18 @@ async def _stream_events(ctx: RequestContext, resp: aiohttp.ClientResponse) -> w
             if not chunk:
                 break
             watchdog.touch()
-            r = meter.feed(chunk)
-            data = r.forward
-            if data:
-                if ttft is None:
-                    ttft = time.monotonic() - ctx.started
-                    metrics.ttft.labels(route).observe(ttft)
-                await out.write(data)
-                sent += len(data)
-            if r.truncated:
-                outcome = "truncated"
+            if not await run.settle(meter.feed(chunk)):
                 break
-            if r.state == "failed":
-                outcome, error = "upstream_error", "the upstream stream broke the event size limit"
-                break
-        if outcome == "completed":
-            tail = meter.close().forward
+        if run.outcome == "completed" and await run.settle(meter.close()):
             if meter.state == "streaming" and meter.format is not None:
                 # The upstream ended without its end-of-stream marker.
-                outcome, error = "upstream_error", "the upstream closed the stream before its end"
-            elif tail:
-                await out.write(tail)
-                sent += len(tail)
-        if outcome == "upstream_error":
+                run.outcome, run.error = (
+                    "upstream_error",
+                    "the upstream closed the stream before its end",
+                )
+        if run.outcome == "upstream_error":
             metrics.upstream_errors.labels(route, "stream").inc()
-            ending = meter.fail(error or "upstream error")
-            await out.write(ending)
-            sent += len(ending)
+            await run.emit(meter.fail(run.error or "upstream error"))
         await out.write_eof()
     except asyncio.CancelledError:
         if watchdog.fired:
@@ -300,26 +333,31 @@ async def _stream_events(ctx: RequestContext, resp: aiohttp.ClientResponse) -> w
             task = asyncio.current_task()
             if task is not None:
                 task.uncancel()
-            outcome, error = "upstream_error", f"upstream idle for {ctx.upstream.timeouts.idle:g} s"
+            run.outcome, run.error = (
+                "upstream_error",
+                f"upstream idle for {ctx.upstream.timeouts.idle:g} s",
+            )
             metrics.upstream_errors.labels(route, "idle_timeout").inc()
             try:
-                await out.write(meter.fail(error))
+                await run.emit(meter.fail(run.error))
                 await out.write_eof()
             except (ConnectionResetError, RuntimeError):
                 pass
         else:
-            outcome = "client_cancelled"
+            run.outcome = "client_cancelled"
             metrics.cancellations.labels(route).inc()
             raise
     except (ConnectionResetError, RuntimeError) as e:
         # RuntimeError: aiohttp refuses writes to a closed transport in some versions.
-        outcome, error = "client_cancelled", str(e) or type(e).__name__
+        run.outcome, run.error = "client_cancelled", str(e) or type(e).__name__
         metrics.cancellations.labels(route).inc()
     finally:
         watchdog.stop()
+        # Closing the response drops the upstream connection: this is the abort on
+        # truncation and on client disconnect.
         resp.close()
         metrics.active_streams.labels(route).dec()
-        _record(ctx, resp.status, outcome, error, ttft, sent, meter=meter)
+        _record(ctx, resp.status, run.outcome, run.error, run.ttft, run.sent, meter=meter)
     return out
 
 

@@ -9,6 +9,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from meterkit.budgets.backends import BudgetBackend
 from meterkit.config import Config
 from meterkit.observability.metrics import ProxyMetrics
 from meterkit.proxy.context import Stage
@@ -39,3 +40,4 @@ SINK = web.AppKey("sink", UsageSink)
 METRICS = web.AppKey("metrics", ProxyMetrics)
 STAGES: web.AppKey[tuple[Stage, ...]] = web.AppKey("stages", tuple)
 TASKS = web.AppKey("tasks", BackgroundTasks)
+BUDGET_BACKEND = web.AppKey("budget_backend", BudgetBackend)

@@ -141,6 +141,7 @@ async def finish_record(
             counted, counted_prov = meter.completion_tokens, meter.provenance
         record.upstream_bytes = meter.bytes_in
         record.anomalies = [a.kind for a in meter.anomalies]
+        record.would_truncate_at = meter.would_truncate_at
     elif json_usage is not None:
         reported = {k: v for k, v in json_usage.items() if k != "text"}
         model = ctx.model or ""

@@ -40,6 +40,10 @@ class UsageRecord:
     outcome: Outcome = "completed"
     error: str | None = None
     anomalies: list[str] = field(default_factory=list)
+    # Shadow mode: the count at which the limit would have cut the stream.
+    would_truncate_at: int | None = None
+    # Budget accounting of the request (reserved/taken/actual/refund), when a budget applies.
+    budget: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
