@@ -87,7 +87,7 @@ def key() -> dict[str, str]:
 
 def stream(proxy: Process, fmt: str, headers: dict[str, str], **body: Any) -> tuple[str, bytes]:
     rid = uuid.uuid4().hex
-    status, h, data = request(
+    status, _h, data = request(
         proxy.url,
         "POST",
         FORMATS[fmt],
