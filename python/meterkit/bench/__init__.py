@@ -21,6 +21,10 @@ def run(args: argparse.Namespace) -> int:
         from meterkit.bench.core import main
 
         return main(quick=args.quick, json_out=args.json_out)
+    if args.suite == "budgets":
+        from meterkit.bench.budgets import main as budgets_main
+
+        return budgets_main(quick=args.quick, json_out=args.json_out)
     if args.suite == "proxy":
         from meterkit.bench.proxy import main as proxy_main
 

@@ -163,10 +163,14 @@ async def ttft(
 
 
 async def cpu_per_event(
-    targets: dict[str, tuple[str, int]], streams: int, length: int
+    targets: dict[str, tuple[str, int]],
+    streams: int,
+    length: int,
+    headers: dict[str, str] | None = None,
 ) -> dict[str, float]:
     out = {}
     headers = {
+        **(headers or {}),
         "x-mock-ttft": "0",
         "x-mock-length": str(length),
         "x-mock-tps": "0",
