@@ -256,6 +256,18 @@ class BudgetStage:
             self.metrics.budget_truncations.labels(state.policy.name, "budget").inc()
         return granted
 
+    async def on_abort(self, ctx: RequestContext) -> None:
+        """A later stage answered instead of the upstream: give back everything taken."""
+        state: BudgetState | None = ctx.state.pop("budget", None)
+        if state is not None and state.reserved:
+            try:
+                await self.backend.reconcile(state.who, state.limits, ctx.request_id, 0)
+            except BackendUnavailable as e:
+                log.warning(
+                    "budget refund on abort failed",
+                    extra={"budget": state.policy.name, "error": str(e)},
+                )
+
     async def on_complete(self, ctx: RequestContext, record: UsageRecord) -> None:
         state: BudgetState | None = ctx.state.get("budget")
         if state is None:

@@ -12,6 +12,18 @@ from urllib.parse import urlsplit
 
 from meterkit import FORMATS
 from meterkit.config.budgets import BudgetPolicy, BudgetStore, parse_policy, parse_store
+from meterkit.config.payments import (
+    ROUTE_PAYMENT_KEYS,
+    Accept,
+    Ledger,
+    Payments,
+    RoutePayment,
+    parse_accepts,
+    parse_ledger,
+    parse_payments,
+    parse_route_payment,
+    parse_wallets,
+)
 from meterkit.config.problems import KeyPath, Problems
 from meterkit.config.units import parse_duration, parse_size
 
@@ -49,6 +61,7 @@ class Route:
     path: str | None = None
     format: str = "auto"
     budget: str | None = None
+    payment: RoutePayment = field(default_factory=RoutePayment)
 
     @property
     def params(self) -> tuple[str, ...]:
@@ -92,6 +105,10 @@ class Config:
     metrics: Metrics = field(default_factory=Metrics)
     budgets: Mapping[str, BudgetPolicy] = field(default_factory=dict)
     budget_store: BudgetStore = field(default_factory=BudgetStore)
+    wallets: Mapping[str, str] = field(default_factory=dict)
+    accepts: tuple[Accept, ...] = ()
+    payments: Payments = field(default_factory=Payments)
+    ledger: Ledger = field(default_factory=Ledger)
     source: str = "config"
 
 
@@ -222,7 +239,8 @@ def _route(
     m = _mapping(value, path, problems)
     if m is None:
         return None
-    problems.unknown_keys(path, m, ("upstream", "path", "format", "budget"))
+    problems.unknown_keys(path, m, ("upstream", "path", "format", "budget", *ROUTE_PAYMENT_KEYS))
+    payment = parse_route_payment(m, path, problems)
     budget = m.get("budget")
     if budget is not None and (not isinstance(budget, str) or budget not in budgets):
         known = ", ".join(budgets) or "none defined"
@@ -261,6 +279,7 @@ def _route(
         path=rewrite,
         format=fmt,
         budget=budget if isinstance(budget, str) else None,
+        payment=payment,
     )
 
 
@@ -324,8 +343,16 @@ def build_config(tree: Any, problems: Problems, source: str = "config") -> Confi
             "metrics",
             "budgets",
             "budget_store",
+            "wallets",
+            "accepts",
+            "payments",
+            "ledger",
         ),
     )
+    wallets = parse_wallets(top.get("wallets"), root / "wallets", problems)
+    accepts = parse_accepts(top.get("accepts"), wallets, root / "accepts", problems)
+    payments = parse_payments(top.get("payments"), root / "payments", problems)
+    ledger = parse_ledger(top.get("ledger"), root / "ledger", problems)
     budgets: dict[str, BudgetPolicy] = {}
     bm = _mapping(top.get("budgets"), root / "budgets", problems) or {}
     for name, value in bm.items():
@@ -389,6 +416,24 @@ def build_config(tree: Any, problems: Problems, source: str = "config") -> Confi
             mpath = "/metrics"
         metrics = Metrics(enabled=enabled, path=mpath)
 
+    priced = [r for r in routes if r.payment.priced]
+    if priced:
+        if payments.secret is None:
+            problems.add(
+                root / "payments" / "secret",
+                f"required: route {priced[0].key!r} has a price (the secret binds challenge ids)",
+            )
+        if not accepts:
+            problems.add(
+                root / "accepts",
+                f"required: route {priced[0].key!r} has a price; say what to accept",
+            )
+    needs_access = [r for r in routes if r.payment.require_access or r.payment.mint_access_ttl]
+    if needs_access and payments.secret is None and payments.access_secret is None:
+        problems.add(
+            root / "payments" / "access_secret",
+            f"required: route {needs_access[0].key!r} uses access tokens",
+        )
     if problems:
         return None
     return Config(
@@ -400,5 +445,9 @@ def build_config(tree: Any, problems: Problems, source: str = "config") -> Confi
         metrics=metrics,
         budgets=MappingProxyType(budgets),
         budget_store=store,
+        wallets=MappingProxyType(wallets),
+        accepts=tuple(accepts),
+        payments=payments,
+        ledger=ledger,
         source=source,
     )

@@ -91,5 +91,27 @@ class ProxyMetrics:
             registry=r,
         )
 
+        self.payment_required = Counter(
+            "meterkit_payment_required", "402 answers with a fresh challenge", ["route"], registry=r
+        )
+        self.payments = Counter(
+            "meterkit_payments",
+            "Payments verified or rejected (reason, or protocol)",
+            ["route", "result", "reason"],
+            registry=r,
+        )
+        self.settlements = Counter(
+            "meterkit_settlements",
+            "Settlement outcomes (settled, queued, failed, unknown)",
+            ["route", "outcome"],
+            registry=r,
+        )
+        self.settlements_skipped = Counter(
+            "meterkit_settlements_skipped",
+            "After-response settlements not made (upstream failed)",
+            ["route", "reason"],
+            registry=r,
+        )
+
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 
 import aiohttp
 from aiohttp import web
@@ -14,14 +15,20 @@ from aiohttp import web
 from meterkit.budgets import BudgetBackend, BudgetStage, make_backend
 from meterkit.config import Config
 from meterkit.observability.metrics import CONTENT_TYPE_LATEST, ProxyMetrics
+from meterkit.payments import discovery
+from meterkit.payments.ledger import Ledger, make_ledger
+from meterkit.payments.settlement import Settler, make_settler
+from meterkit.payments.stage import PaymentStage
 from meterkit.proxy.context import Stage
 from meterkit.proxy.forward import handle
 from meterkit.proxy.keys import (
     BUDGET_BACKEND,
     CONFIG,
+    LEDGER,
     METRICS,
     ROUTER,
     SESSION,
+    SETTLER,
     SINK,
     STAGES,
     TASKS,
@@ -57,6 +64,25 @@ async def _tasks(app: web.Application) -> AsyncIterator[None]:
         await app[BUDGET_BACKEND].close()
 
 
+async def _payments(app: web.Application) -> AsyncIterator[None]:
+    await app[LEDGER].open()
+    yield
+    await app[SETTLER].close()
+    await app[LEDGER].close()
+
+
+def _base_url(request: web.Request) -> str:
+    return f"{request.scheme}://{request.host}"
+
+
+async def _well_known(request: web.Request) -> web.Response:
+    return web.json_response(discovery.well_known(request.app[CONFIG], _base_url(request)))
+
+
+async def _openapi(request: web.Request) -> web.Response:
+    return web.json_response(discovery.openapi(request.app[CONFIG], _base_url(request)))
+
+
 async def _health(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
@@ -72,15 +98,28 @@ def build_app(
     sink: UsageSink | None = None,
     stages: Sequence[Stage] = (),
     budget_backend: BudgetBackend | None = None,
+    ledger: Ledger | None = None,
+    settler: Settler | None = None,
 ) -> web.Application:
-    """The proxy app for `config`. The stages the config asks for (budgets) run first, then
-    `stages` in order."""
+    """The proxy app for `config`. The stages the config asks for run first (payments, then
+    budgets, which may be keyed by the verified payer), then `stages` in order."""
     app = web.Application(client_max_size=config.gateway.max_request_body)
     app[CONFIG] = config
     app[ROUTER] = Router(config.routes)
     app[METRICS] = ProxyMetrics()
     app[SINK] = sink if sink is not None else make_sink(config.usage.sink, config.usage.path)
     configured: list[Stage] = []
+    if any(PaymentStage.applies(r.payment) for r in config.routes):
+        base = Path(config.source).parent if Path(config.source).is_file() else None
+        app[LEDGER] = ledger or make_ledger(
+            config.ledger.type, config.ledger.path, config.ledger.url, config.ledger.schema
+        )
+        app[SETTLER] = settler or make_settler(config.payments.settlement, base)
+        configured.append(PaymentStage(config, app[LEDGER], app[SETTLER], app[METRICS], base))
+        app.cleanup_ctx.append(_payments)
+        if config.payments.discovery and any(r.payment.priced for r in config.routes):
+            app.router.add_get("/.well-known/x402", _well_known)
+            app.router.add_get("/openapi.json", _openapi)
     if any(r.budget for r in config.routes):
         backend = budget_backend or make_backend(config.budget_store)
         app[BUDGET_BACKEND] = backend

@@ -158,11 +158,44 @@ async def _handle(request: web.Request, rid: str) -> web.StreamResponse:
     )
     if ctx.format is not None and has_body:
         await _read_llm_body(ctx)
-    for stage in request.app[STAGES]:
-        answer = await stage.on_request(ctx)
-        if answer is not None:
-            return answer
-    return await _forward(ctx, has_body=bool(has_body))
+    stages = request.app[STAGES]
+    ran: list[Any] = []
+    try:
+        for stage in stages:
+            answer = await stage.on_request(ctx)
+            ran.append(stage)
+            if answer is not None:
+                await _abort(ctx, ran[:-1])
+                return answer
+        # Every stage admitted the request: the moment to commit (e.g. settle a payment).
+        for stage in stages:
+            hook = getattr(stage, "before_upstream", None)
+            answer = await hook(ctx) if hook is not None else None
+            if answer is not None:
+                await _abort(ctx, stages)
+                return answer
+    except ProxyError:
+        await _abort(ctx, ran)
+        raise
+    try:
+        return await _forward(ctx, has_body=bool(has_body))
+    except ProxyError as e:
+        for stage in stages:
+            hook = getattr(stage, "on_upstream_failure", None)
+            if hook is not None:
+                await hook(ctx, e)
+        return problem_response(e, ctx.request_id, dict(ctx.response_headers))
+
+
+async def _abort(ctx: RequestContext, stages: Any) -> None:
+    """A later stage answered instead of the upstream: earlier stages undo what they took."""
+    for stage in stages:
+        hook = getattr(stage, "on_abort", None)
+        if hook is not None:
+            try:
+                await hook(ctx)
+            except Exception:
+                log.exception("stage on_abort failed", extra={"stage": getattr(stage, "name", "?")})
 
 
 async def _open_upstream(ctx: RequestContext, has_body: bool) -> aiohttp.ClientResponse:
@@ -214,6 +247,12 @@ async def _open_upstream(ctx: RequestContext, has_body: bool) -> aiohttp.ClientR
 async def _forward(ctx: RequestContext, has_body: bool) -> web.StreamResponse:
     resp = await _open_upstream(ctx, has_body)
     try:
+        for stage in ctx.request.app[STAGES]:
+            hook = getattr(stage, "on_upstream_response", None)
+            answer = await hook(ctx, resp.status) if hook is not None else None
+            if answer is not None:
+                # Answered instead (e.g. the payment could not settle): drop the upstream.
+                return answer
         event_stream = resp.headers.get("Content-Type", "").startswith("text/event-stream")
         if event_stream:
             return await _stream_events(ctx, resp)

@@ -12,6 +12,8 @@ from aiohttp import web
 from meterkit.budgets.backends import BudgetBackend
 from meterkit.config import Config
 from meterkit.observability.metrics import ProxyMetrics
+from meterkit.payments.ledger import Ledger
+from meterkit.payments.settlement import Settler
 from meterkit.proxy.context import Stage
 from meterkit.proxy.routing import Router
 from meterkit.usage import UsageSink
@@ -41,3 +43,5 @@ METRICS = web.AppKey("metrics", ProxyMetrics)
 STAGES: web.AppKey[tuple[Stage, ...]] = web.AppKey("stages", tuple)
 TASKS = web.AppKey("tasks", BackgroundTasks)
 BUDGET_BACKEND = web.AppKey("budget_backend", BudgetBackend)
+LEDGER = web.AppKey("ledger", Ledger)
+SETTLER = web.AppKey("settler", Settler)

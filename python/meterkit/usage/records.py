@@ -44,6 +44,8 @@ class UsageRecord:
     would_truncate_at: int | None = None
     # Budget accounting of the request (reserved/taken/actual/refund), when a budget applies.
     budget: dict[str, Any] | None = None
+    # Payment of the request: quote, amount, protocol, payer, settlement reference.
+    payment: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -1,0 +1,452 @@
+"""Payment configuration: `wallets`, `accepts`, `payments`, `ledger`, and the payment keys of a
+route (`price`, `type: token-based`, `settlement`, `access`, `hooks`), PROTOCOLS §5, §6, §8.
+
+Prices are exact decimals ("$0.25" is a quarter of a dollar, "$1" one dollar), converted to
+the asset's base units only when a challenge is built; a price that cannot be paid in whole
+base units is a config error, never a silent rounding.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from meterkit.config.problems import KeyPath, Problems
+from meterkit.config.units import parse_duration, parse_money
+
+_ADDRESS = re.compile(r"^0x[0-9a-fA-F]{40}$")
+_CALLABLE = re.compile(r"^[\w./-]+(\.py)?:[A-Za-z_]\w*$")
+
+
+@dataclass(frozen=True)
+class Asset:
+    """An EIP-3009 token on one EVM chain."""
+
+    symbol: str
+    network: str  # the x402 v1 name, e.g. "base-sepolia"
+    chain_id: int
+    address: str
+    decimals: int
+    eip712_name: str
+    eip712_version: str
+
+    @property
+    def caip2(self) -> str:
+        return f"eip155:{self.chain_id}"
+
+
+# Known tokens (their EIP-712 domains differ between networks: USDC on Base signs as
+# "USD Coin", on Base Sepolia as "USDC").
+KNOWN_ASSETS: dict[tuple[str, str], Asset] = {
+    ("USDC", "base"): Asset(
+        "USDC", "base", 8453, "0x833589fCD6eDb6E08f4c7C32D4f71b54bdA02913", 6, "USD Coin", "2"
+    ),
+    ("USDC", "base-sepolia"): Asset(
+        "USDC", "base-sepolia", 84532, "0x036CbD53842c5426634e7929541eC2318f3dCF7e", 6, "USDC", "2"
+    ),
+}
+NETWORK_IDS = {"base": 8453, "base-sepolia": 84532}
+
+
+@dataclass(frozen=True)
+class Accept:
+    asset: Asset
+    pay_to: str
+
+
+@dataclass(frozen=True)
+class Settlement:
+    """How authorizations are settled: an x402 facilitator, a deferred queue in the ledger
+    (exported for batch submission), or a Python callable `module:function`."""
+
+    type: str = "deferred"
+    url: str | None = None
+    timeout: float = 10.0
+    callable: str | None = None
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class Payments:
+    realm: str | None = None
+    secret: str | None = None
+    expires: float = 300.0
+    # Longest an x402 authorization may stay valid from now.
+    max_validity: float = 3600.0
+    protocols: tuple[str, ...] = ("mpp", "x402")
+    settlement: Settlement = field(default_factory=Settlement)
+    discovery: bool = True
+    # Signing key for time-window access tokens (defaults to the challenge secret).
+    access_secret: str | None = None
+
+
+@dataclass(frozen=True)
+class Ledger:
+    type: str = "sqlite"
+    path: str = "meterkit-data/ledger.sqlite3"
+    url: str | None = None
+    # PostgreSQL schema to keep the tables in (created when missing).
+    schema: str | None = None
+
+
+@dataclass(frozen=True)
+class TokenRates:
+    """Per-token prices as exact decimals per one token."""
+
+    input: Decimal
+    output: Decimal
+
+
+@dataclass(frozen=True)
+class RoutePayment:
+    """The payment terms of a route."""
+
+    # "fixed" (price, possibly per model), "token-based", or "free".
+    type: str = "free"
+    price: Decimal | None = None
+    prices_by_model: Mapping[str, Decimal] = field(default_factory=dict)
+    rates_by_model: Mapping[str, TokenRates] = field(default_factory=dict)
+    settlement: str = "before-response"
+    description: str | None = None
+    # Time-window access: mint a token on success (ttl seconds), or require one.
+    mint_access_ttl: float | None = None
+    access_scope: str = "default"
+    require_access: bool = False
+    hooks: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def priced(self) -> bool:
+        return self.type != "free"
+
+
+HOOK_NAMES = ("onRequest", "onPriceResolved", "onSettled", "onResponse", "onError")
+ROUTE_PAYMENT_KEYS = ("price", "type", "rates", "settlement", "description", "access", "hooks")
+
+
+def _money(value: Any, path: KeyPath, problems: Problems) -> Decimal | None:
+    try:
+        return parse_money(value)
+    except ValueError as e:
+        problems.add(path, str(e))
+        return None
+
+
+def parse_rates(value: Any, path: KeyPath, problems: Problems) -> dict[str, TokenRates]:
+    """`rates: {gpt-4o: {input: "$2.50", output: "$10.00", per: 1000000}, default: {...}}`
+    — prices per `per` tokens (default one million), stored per single token."""
+    out: dict[str, TokenRates] = {}
+    if not isinstance(value, dict) or not value:
+        problems.add(path, "expected a mapping of model (or default) to {input, output, per}")
+        return out
+    for model, spec in value.items():
+        p = path / str(model)
+        if not isinstance(spec, dict):
+            problems.add(p, 'expected {input: "$…", output: "$…", per: 1000000}')
+            continue
+        problems.unknown_keys(p, spec, ("input", "output", "per"))
+        per = spec.get("per", 1_000_000)
+        if isinstance(per, bool) or not isinstance(per, int) or per <= 0:
+            problems.add(p / "per", "expected a positive integer number of tokens")
+            continue
+        rin = _money(spec.get("input"), p / "input", problems)
+        rout = _money(spec.get("output"), p / "output", problems)
+        if rin is not None and rout is not None:
+            out[str(model)] = TokenRates(rin / per, rout / per)
+    return out
+
+
+def parse_route_payment(m: Mapping[str, Any], path: KeyPath, problems: Problems) -> RoutePayment:
+    kind = m.get("type")
+    price = m.get("price")
+    prices: dict[str, Decimal] = {}
+    fixed: Decimal | None = None
+    rates: dict[str, TokenRates] = {}
+    if kind not in (None, "fixed", "token-based", "free"):
+        problems.add(path / "type", f"expected fixed, token-based or free, got {kind!r}")
+    if kind == "token-based":
+        if "rates" not in m:
+            problems.add(path / "rates", "token-based routes need per-model token rates")
+        else:
+            rates = parse_rates(m["rates"], path / "rates", problems)
+        if price is not None:
+            problems.add(
+                path / "price", "a token-based route is priced by its rates, not a fixed price"
+            )
+        typ = "token-based"
+    elif price is not None:
+        if isinstance(price, dict):
+            for model, v in price.items():
+                d = _money(v, path / "price" / str(model), problems)
+                if d is not None:
+                    prices[str(model)] = d
+        else:
+            fixed = _money(price, path / "price", problems)
+        typ = "fixed"
+        if fixed is not None and fixed == 0 and not prices:
+            typ = "free"
+    else:
+        typ = "free"
+        if "rates" in m:
+            problems.add(path / "rates", "rates apply to type: token-based routes")
+    settlement = m.get("settlement", "before-response")
+    if settlement not in ("before-response", "after-response"):
+        problems.add(
+            path / "settlement", f"expected before-response or after-response, got {settlement!r}"
+        )
+        settlement = "before-response"
+    description = m.get("description")
+    if description is not None and not isinstance(description, str):
+        problems.add(path / "description", "expected a string")
+        description = None
+    mint_ttl = None
+    scope = "default"
+    require = False
+    access = m.get("access")
+    if access is not None:
+        ap = path / "access"
+        if not isinstance(access, dict):
+            problems.add(
+                ap, "expected {mint: {ttl: 1h, scope: NAME}} or {require: true, scope: NAME}"
+            )
+        else:
+            problems.unknown_keys(ap, access, ("mint", "require", "scope"))
+            scope = str(access.get("scope", "default"))
+            if "mint" in access:
+                mint = access["mint"]
+                if not isinstance(mint, dict):
+                    problems.add(ap / "mint", "expected {ttl: DURATION}")
+                else:
+                    problems.unknown_keys(ap / "mint", mint, ("ttl", "scope"))
+                    scope = str(mint.get("scope", scope))
+                    try:
+                        mint_ttl = parse_duration(mint.get("ttl", 3600))
+                    except ValueError as e:
+                        problems.add(ap / "mint" / "ttl", str(e))
+            req = access.get("require", False)
+            if not isinstance(req, bool):
+                problems.add(ap / "require", "expected true or false")
+            else:
+                require = req
+    hooks: dict[str, str] = {}
+    hm = m.get("hooks")
+    if hm is not None:
+        if not isinstance(hm, dict):
+            problems.add(
+                path / "hooks", f"expected a mapping of {', '.join(HOOK_NAMES)} to module:function"
+            )
+        else:
+            problems.unknown_keys(path / "hooks", hm, HOOK_NAMES)
+            for name, ref in hm.items():
+                if name in HOOK_NAMES:
+                    if not isinstance(ref, str) or not _CALLABLE.match(ref):
+                        problems.add(
+                            path / "hooks" / name,
+                            f"expected 'package.module:function' or 'path/file.py:function', got {ref!r}",
+                        )
+                    else:
+                        hooks[name] = ref
+    return RoutePayment(
+        type=typ,
+        price=fixed,
+        prices_by_model=prices,
+        rates_by_model=rates,
+        settlement=settlement,
+        description=description,
+        mint_access_ttl=mint_ttl,
+        access_scope=scope,
+        require_access=require,
+        hooks=hooks,
+    )
+
+
+def parse_wallets(value: Any, path: KeyPath, problems: Problems) -> dict[str, str]:
+    out: dict[str, str] = {}
+    if value is None:
+        return out
+    if not isinstance(value, dict):
+        problems.add(path, "expected a mapping of network to recipient address")
+        return out
+    for net, addr in value.items():
+        if not isinstance(addr, str) or not _ADDRESS.match(addr):
+            problems.add(path / str(net), f"expected a 0x address, got {addr!r}")
+        else:
+            out[str(net)] = addr
+    return out
+
+
+def parse_accepts(
+    value: Any, wallets: Mapping[str, str], path: KeyPath, problems: Problems
+) -> list[Accept]:
+    out: list[Accept] = []
+    if value is None:
+        return out
+    if not isinstance(value, list):
+        problems.add(path, "expected a list like [{asset: USDC, network: base}]")
+        return out
+    for i, item in enumerate(value):
+        p = path / i
+        if not isinstance(item, dict):
+            problems.add(p, "expected {asset, network}")
+            continue
+        problems.unknown_keys(
+            p,
+            item,
+            ("asset", "network", "address", "decimals", "name", "version", "chain_id", "pay_to"),
+        )
+        symbol, network = item.get("asset"), item.get("network")
+        if not isinstance(symbol, str) or not isinstance(network, str):
+            problems.add(p, "asset and network are required strings")
+            continue
+        known = KNOWN_ASSETS.get((symbol.upper(), network))
+        if known is None:
+            # A custom token: every EIP-712 detail must be given.
+            missing = [
+                k for k in ("address", "decimals", "name", "version", "chain_id") if k not in item
+            ]
+            if missing:
+                problems.add(p, f"unknown asset {symbol} on {network}: give {', '.join(missing)}")
+                continue
+            if not isinstance(item["address"], str) or not _ADDRESS.match(item["address"]):
+                problems.add(p / "address", "expected a 0x token address")
+                continue
+            asset = Asset(
+                symbol,
+                network,
+                int(item["chain_id"]),
+                item["address"],
+                int(item["decimals"]),
+                str(item["name"]),
+                str(item["version"]),
+            )
+        else:
+            asset = known
+        pay_to = item.get("pay_to") or wallets.get(network)
+        if not isinstance(pay_to, str) or not _ADDRESS.match(pay_to):
+            problems.add(p, f"no recipient for {network}: set wallets.{network} or pay_to")
+            continue
+        out.append(Accept(asset, pay_to))
+    return out
+
+
+def parse_payments(value: Any, path: KeyPath, problems: Problems) -> Payments:
+    if value is None:
+        return Payments()
+    if not isinstance(value, dict):
+        problems.add(path, "expected a mapping")
+        return Payments()
+    problems.unknown_keys(
+        path,
+        value,
+        (
+            "realm",
+            "secret",
+            "expires",
+            "max_validity",
+            "protocols",
+            "settlement",
+            "discovery",
+            "access_secret",
+        ),
+    )
+    kw: dict[str, Any] = {}
+    for k in ("realm", "secret", "access_secret"):
+        if k in value:
+            if not isinstance(value[k], str) or not value[k]:
+                problems.add(path / k, "expected a non-empty string")
+            else:
+                kw[k] = value[k]
+    if "secret" in kw and len(kw["secret"]) < 16:
+        problems.add(path / "secret", "use at least 16 characters (it binds challenge ids)")
+    for k in ("expires", "max_validity"):
+        if k in value:
+            try:
+                kw[k] = parse_duration(value[k])
+            except ValueError as e:
+                problems.add(path / k, str(e))
+    if "protocols" in value:
+        pr = value["protocols"]
+        if not isinstance(pr, list) or not pr or any(x not in ("mpp", "x402") for x in pr):
+            problems.add(path / "protocols", "expected a non-empty list of mpp, x402")
+        else:
+            kw["protocols"] = tuple(pr)
+    if "discovery" in value:
+        if not isinstance(value["discovery"], bool):
+            problems.add(path / "discovery", "expected true or false")
+        else:
+            kw["discovery"] = value["discovery"]
+    if "settlement" in value:
+        kw["settlement"] = _settlement(value["settlement"], path / "settlement", problems)
+    return Payments(**kw)
+
+
+def _settlement(value: Any, path: KeyPath, problems: Problems) -> Settlement:
+    if not isinstance(value, dict):
+        problems.add(
+            path,
+            "expected {type: facilitator, url: …} | {type: deferred} | {type: callable, callable: …}",
+        )
+        return Settlement()
+    problems.unknown_keys(path, value, ("type", "url", "timeout", "callable", "headers"))
+    kind = value.get("type", "deferred")
+    if kind not in ("facilitator", "deferred", "callable"):
+        problems.add(path / "type", f"expected facilitator, deferred or callable, got {kind!r}")
+        return Settlement()
+    url = value.get("url")
+    if kind == "facilitator" and (
+        not isinstance(url, str) or not url.startswith(("http://", "https://"))
+    ):
+        problems.add(path / "url", "a facilitator needs its http(s) URL")
+    func = value.get("callable")
+    if kind == "callable" and (not isinstance(func, str) or not _CALLABLE.match(func)):
+        problems.add(
+            path / "callable", "expected 'package.module:function' or 'path/file.py:function'"
+        )
+    timeout = 10.0
+    if "timeout" in value:
+        try:
+            timeout = parse_duration(value["timeout"])
+        except ValueError as e:
+            problems.add(path / "timeout", str(e))
+    headers = value.get("headers") or {}
+    if not isinstance(headers, dict):
+        problems.add(path / "headers", "expected a mapping")
+        headers = {}
+    return Settlement(
+        type=kind,
+        url=url if isinstance(url, str) else None,
+        timeout=timeout,
+        callable=func if isinstance(func, str) else None,
+        headers=tuple((str(k), str(v)) for k, v in headers.items()),
+    )
+
+
+def parse_ledger(value: Any, path: KeyPath, problems: Problems) -> Ledger:
+    if value is None:
+        return Ledger()
+    if not isinstance(value, dict):
+        problems.add(path, "expected {type: sqlite, path: …} or {type: postgres, url: …}")
+        return Ledger()
+    problems.unknown_keys(path, value, ("type", "path", "url", "schema"))
+    kind = value.get("type", "sqlite")
+    if kind not in ("sqlite", "postgres"):
+        problems.add(path / "type", f"expected sqlite or postgres, got {kind!r}")
+        return Ledger()
+    url = value.get("url")
+    if kind == "postgres" and (
+        not isinstance(url, str) or not url.startswith(("postgres://", "postgresql://"))
+    ):
+        problems.add(path / "url", "a postgres ledger needs a postgresql:// URL")
+    p = value.get("path", Ledger.path)
+    if not isinstance(p, str):
+        problems.add(path / "path", "expected a file path")
+        p = Ledger.path
+    schema = value.get("schema")
+    if schema is not None and (
+        not isinstance(schema, str) or not re.match(r"^[a-z_][a-z0-9_]*$", schema)
+    ):
+        problems.add(path / "schema", "expected a lowercase SQL identifier")
+        schema = None
+    return Ledger(type=kind, path=p, url=url if isinstance(url, str) else None, schema=schema)

@@ -1,0 +1,464 @@
+"""The payment ledger: claimed authorizations (never settle one twice), settlement attempts,
+receipts and usage records of paid requests. SQLite (WAL, synchronous=FULL) on one machine,
+PostgreSQL for several instances; every write is committed before the caller goes on, so a
+success response never leaves ahead of the money state behind it.
+
+A claim is the durable, atomic "this authorization is mine to settle": a unique key
+(chain, token, payer, nonce) inserted before settlement. Whoever inserts it settles; anyone
+else sees the row and its outcome. Claims are kept (a restart never forgets a used nonce).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+import orjson
+
+T = TypeVar("T")
+
+_MIGRATIONS: list[tuple[int, list[str]]] = [
+    (
+        1,
+        [
+            """CREATE TABLE payment_claims (
+            claim_key TEXT PRIMARY KEY,
+            status TEXT NOT NULL,
+            protocol TEXT NOT NULL,
+            network TEXT NOT NULL,
+            asset TEXT NOT NULL,
+            payer TEXT NOT NULL,
+            pay_to TEXT NOT NULL,
+            amount TEXT NOT NULL,
+            nonce TEXT NOT NULL,
+            valid_before BIGINT NOT NULL,
+            route TEXT NOT NULL,
+            request_id TEXT NOT NULL,
+            challenge_id TEXT,
+            reference TEXT,
+            error TEXT,
+            authorization_json TEXT NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL,
+            updated_at DOUBLE PRECISION NOT NULL,
+            exported_at DOUBLE PRECISION
+        )""",
+            "CREATE INDEX payment_claims_status ON payment_claims (status, created_at)",
+            """CREATE TABLE settlements (
+            claim_key TEXT NOT NULL,
+            settler TEXT NOT NULL,
+            outcome TEXT NOT NULL,
+            reference TEXT,
+            error TEXT,
+            at DOUBLE PRECISION NOT NULL
+        )""",
+            "CREATE INDEX settlements_claim ON settlements (claim_key)",
+            """CREATE TABLE receipts (
+            request_id TEXT PRIMARY KEY,
+            claim_key TEXT NOT NULL,
+            receipt_json TEXT NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL
+        )""",
+            """CREATE TABLE usage_records (
+            request_id TEXT PRIMARY KEY,
+            started_at DOUBLE PRECISION NOT NULL,
+            route TEXT NOT NULL,
+            outcome TEXT NOT NULL,
+            record_json TEXT NOT NULL
+        )""",
+        ],
+    ),
+]
+
+
+@dataclass
+class Claim:
+    claim_key: str
+    status: str  # pending | settled | queued | unknown
+    protocol: str
+    network: str
+    asset: str
+    payer: str
+    pay_to: str
+    amount: str
+    nonce: str
+    valid_before: int
+    route: str
+    request_id: str
+    challenge_id: str | None
+    authorization_json: str
+    reference: str | None = None
+    error: str | None = None
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    exported_at: float | None = None
+
+
+_CLAIM_COLUMNS = [f for f in Claim.__dataclass_fields__]
+
+
+class Ledger(Protocol):
+    name: str
+
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+    async def claim(self, claim: Claim) -> tuple[bool, Claim | None]:
+        """Insert the claim if its key is new: (True, None); else (False, the existing row)."""
+
+    async def get_claim(self, key: str) -> Claim | None: ...
+    async def finish_claim(
+        self, key: str, status: str, reference: str | None, error: str | None
+    ) -> None: ...
+    async def release_claim(self, key: str, error: str) -> None:
+        """Delete a claim whose settlement certainly did not happen, so the payer can retry."""
+
+    async def record_settlement(
+        self, key: str, settler: str, outcome: str, reference: str | None, error: str | None
+    ) -> None: ...
+    async def save_receipt(self, request_id: str, key: str, receipt: dict[str, Any]) -> None: ...
+    async def save_usage(self, record: dict[str, Any]) -> None: ...
+    async def export_queued(self, mark: bool) -> list[dict[str, Any]]: ...
+    async def receipts(self) -> list[dict[str, Any]]: ...
+    async def schema_version(self) -> int: ...
+
+
+class SqliteLedger:
+    name = "sqlite"
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        # One thread owns the connection: sqlite3 objects stay on their thread, and writes
+        # are serialised without blocking the event loop.
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="meterkit-ledger")
+        self._conn: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        def call() -> T:
+            assert self._conn is not None, "ledger is not open"
+            with self._lock:
+                return fn(self._conn)
+
+        return await asyncio.get_running_loop().run_in_executor(self._pool, call)
+
+    async def open(self) -> None:
+        def connect() -> None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(
+                self.path, isolation_level=None, timeout=30, check_same_thread=False
+            )
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")  # a commit survives power loss
+            conn.execute("PRAGMA busy_timeout=30000")
+            conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                row = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
+                current = row[0] or 0
+                for version, statements in _MIGRATIONS:
+                    if version > current:
+                        for stmt in statements:
+                            conn.execute(stmt)
+                        conn.execute("INSERT INTO schema_version VALUES (?)", (version,))
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            self._conn = conn
+
+        await asyncio.get_running_loop().run_in_executor(self._pool, connect)
+
+    async def close(self) -> None:
+        def shut() -> None:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+        await asyncio.get_running_loop().run_in_executor(self._pool, shut)
+        self._pool.shutdown(wait=True)
+
+    async def schema_version(self) -> int:
+        return int(
+            await self._run(
+                lambda c: c.execute("SELECT MAX(version) FROM schema_version").fetchone()[0]
+            )
+        )
+
+    async def claim(self, claim: Claim) -> tuple[bool, Claim | None]:
+        now = time.time()
+        claim.created_at = claim.updated_at = now
+        row = asdict(claim)
+
+        def go(c: sqlite3.Connection) -> tuple[bool, Claim | None]:
+            cols = ", ".join(_CLAIM_COLUMNS)
+            marks = ", ".join("?" for _ in _CLAIM_COLUMNS)
+            cur = c.execute(
+                f"INSERT OR IGNORE INTO payment_claims ({cols}) VALUES ({marks})",
+                [row[k] for k in _CLAIM_COLUMNS],
+            )
+            if cur.rowcount == 1:
+                return True, None
+            return False, self._get(c, claim.claim_key)
+
+        return await self._run(go)
+
+    @staticmethod
+    def _get(c: sqlite3.Connection, key: str) -> Claim | None:
+        cur = c.execute(
+            f"SELECT {', '.join(_CLAIM_COLUMNS)} FROM payment_claims WHERE claim_key = ?", (key,)
+        )
+        r = cur.fetchone()
+        return Claim(**dict(zip(_CLAIM_COLUMNS, r, strict=True))) if r else None
+
+    async def get_claim(self, key: str) -> Claim | None:
+        return await self._run(lambda c: self._get(c, key))
+
+    async def finish_claim(
+        self, key: str, status: str, reference: str | None, error: str | None
+    ) -> None:
+        await self._run(
+            lambda c: c.execute(
+                "UPDATE payment_claims SET status = ?, reference = ?, error = ?, updated_at = ? WHERE claim_key = ?",
+                (status, reference, error, time.time(), key),
+            )
+        )
+
+    async def release_claim(self, key: str, error: str) -> None:
+        def go(c: sqlite3.Connection) -> None:
+            c.execute("BEGIN IMMEDIATE")
+            c.execute(
+                "INSERT INTO settlements VALUES (?, ?, ?, ?, ?, ?)",
+                (key, "-", "released", None, error, time.time()),
+            )
+            c.execute(
+                "DELETE FROM payment_claims WHERE claim_key = ? AND status = 'pending'", (key,)
+            )
+            c.execute("COMMIT")
+
+        await self._run(go)
+
+    async def record_settlement(
+        self, key: str, settler: str, outcome: str, reference: str | None, error: str | None
+    ) -> None:
+        await self._run(
+            lambda c: c.execute(
+                "INSERT INTO settlements VALUES (?, ?, ?, ?, ?, ?)",
+                (key, settler, outcome, reference, error, time.time()),
+            )
+        )
+
+    async def save_receipt(self, request_id: str, key: str, receipt: dict[str, Any]) -> None:
+        await self._run(
+            lambda c: c.execute(
+                "INSERT OR REPLACE INTO receipts VALUES (?, ?, ?, ?)",
+                (request_id, key, orjson.dumps(receipt).decode(), time.time()),
+            )
+        )
+
+    async def save_usage(self, record: dict[str, Any]) -> None:
+        await self._run(
+            lambda c: c.execute(
+                "INSERT OR REPLACE INTO usage_records VALUES (?, ?, ?, ?, ?)",
+                (
+                    record["request_id"],
+                    record["started_at"],
+                    record["route"],
+                    record["outcome"],
+                    orjson.dumps(record, default=str).decode(),
+                ),
+            )
+        )
+
+    async def export_queued(self, mark: bool) -> list[dict[str, Any]]:
+        def go(c: sqlite3.Connection) -> list[dict[str, Any]]:
+            c.execute("BEGIN IMMEDIATE")
+            rows = c.execute(
+                f"SELECT {', '.join(_CLAIM_COLUMNS)} FROM payment_claims "
+                "WHERE status = 'queued' AND exported_at IS NULL ORDER BY created_at"
+            ).fetchall()
+            out = [dict(zip(_CLAIM_COLUMNS, r, strict=True)) for r in rows]
+            if mark and out:
+                c.executemany(
+                    "UPDATE payment_claims SET exported_at = ? WHERE claim_key = ?",
+                    [(time.time(), r["claim_key"]) for r in out],
+                )
+            c.execute("COMMIT")
+            return out
+
+        return await self._run(go)
+
+    async def receipts(self) -> list[dict[str, Any]]:
+        rows = await self._run(
+            lambda c: c.execute(
+                "SELECT request_id, claim_key, receipt_json, created_at FROM receipts ORDER BY created_at"
+            ).fetchall()
+        )
+        return [
+            {
+                "request_id": r[0],
+                "claim_key": r[1],
+                "receipt": orjson.loads(r[2]),
+                "created_at": r[3],
+            }
+            for r in rows
+        ]
+
+
+class PostgresLedger:
+    """The ledger in PostgreSQL (asyncpg): shared by several proxy instances."""
+
+    name = "postgres"
+
+    def __init__(self, url: str, schema: str | None = None) -> None:
+        self.url = url
+        self.schema = schema
+        self._pool: Any = None
+
+    async def open(self) -> None:
+        import asyncpg
+
+        settings = {"search_path": self.schema} if self.schema else None
+        if self.schema:
+            conn = await asyncpg.connect(self.url)
+            try:
+                await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+            finally:
+                await conn.close()
+        self._pool = await asyncpg.create_pool(
+            self.url, min_size=1, max_size=10, server_settings=settings
+        )
+        async with self._pool.acquire() as c, c.transaction():
+            # One instance migrates at a time.
+            await c.execute("SELECT pg_advisory_xact_lock(7236218)")
+            await c.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            current = await c.fetchval("SELECT COALESCE(MAX(version), 0) FROM schema_version")
+            for version, statements in _MIGRATIONS:
+                if version > current:
+                    for stmt in statements:
+                        await c.execute(stmt)
+                    await c.execute("INSERT INTO schema_version VALUES ($1)", version)
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+
+    async def schema_version(self) -> int:
+        return int(await self._pool.fetchval("SELECT MAX(version) FROM schema_version"))
+
+    async def claim(self, claim: Claim) -> tuple[bool, Claim | None]:
+        now = time.time()
+        claim.created_at = claim.updated_at = now
+        row = asdict(claim)
+        cols = ", ".join(_CLAIM_COLUMNS)
+        marks = ", ".join(f"${i + 1}" for i in range(len(_CLAIM_COLUMNS)))
+        got = await self._pool.fetchval(
+            f"INSERT INTO payment_claims ({cols}) VALUES ({marks}) ON CONFLICT (claim_key) DO NOTHING "
+            "RETURNING claim_key",
+            *[row[k] for k in _CLAIM_COLUMNS],
+        )
+        if got is not None:
+            return True, None
+        return False, await self.get_claim(claim.claim_key)
+
+    async def get_claim(self, key: str) -> Claim | None:
+        r = await self._pool.fetchrow(
+            f"SELECT {', '.join(_CLAIM_COLUMNS)} FROM payment_claims WHERE claim_key = $1", key
+        )
+        return Claim(**dict(r)) if r else None
+
+    async def finish_claim(
+        self, key: str, status: str, reference: str | None, error: str | None
+    ) -> None:
+        await self._pool.execute(
+            "UPDATE payment_claims SET status = $1, reference = $2, error = $3, updated_at = $4 WHERE claim_key = $5",
+            status,
+            reference,
+            error,
+            time.time(),
+            key,
+        )
+
+    async def release_claim(self, key: str, error: str) -> None:
+        async with self._pool.acquire() as c, c.transaction():
+            await c.execute(
+                "INSERT INTO settlements VALUES ($1, '-', 'released', NULL, $2, $3)",
+                key,
+                error,
+                time.time(),
+            )
+            await c.execute(
+                "DELETE FROM payment_claims WHERE claim_key = $1 AND status = 'pending'", key
+            )
+
+    async def record_settlement(
+        self, key: str, settler: str, outcome: str, reference: str | None, error: str | None
+    ) -> None:
+        await self._pool.execute(
+            "INSERT INTO settlements VALUES ($1, $2, $3, $4, $5, $6)",
+            key,
+            settler,
+            outcome,
+            reference,
+            error,
+            time.time(),
+        )
+
+    async def save_receipt(self, request_id: str, key: str, receipt: dict[str, Any]) -> None:
+        await self._pool.execute(
+            "INSERT INTO receipts VALUES ($1, $2, $3, $4) ON CONFLICT (request_id) DO UPDATE SET receipt_json = $3",
+            request_id,
+            key,
+            orjson.dumps(receipt).decode(),
+            time.time(),
+        )
+
+    async def save_usage(self, record: dict[str, Any]) -> None:
+        await self._pool.execute(
+            "INSERT INTO usage_records VALUES ($1, $2, $3, $4, $5) ON CONFLICT (request_id) DO UPDATE SET record_json = $5",
+            record["request_id"],
+            record["started_at"],
+            record["route"],
+            record["outcome"],
+            orjson.dumps(record, default=str).decode(),
+        )
+
+    async def export_queued(self, mark: bool) -> list[dict[str, Any]]:
+        async with self._pool.acquire() as c, c.transaction():
+            rows = await c.fetch(
+                f"SELECT {', '.join(_CLAIM_COLUMNS)} FROM payment_claims "
+                "WHERE status = 'queued' AND exported_at IS NULL ORDER BY created_at FOR UPDATE"
+            )
+            out = [dict(r) for r in rows]
+            if mark and out:
+                await c.executemany(
+                    "UPDATE payment_claims SET exported_at = $1 WHERE claim_key = $2",
+                    [(time.time(), r["claim_key"]) for r in out],
+                )
+            return out
+
+    async def receipts(self) -> list[dict[str, Any]]:
+        rows = await self._pool.fetch(
+            "SELECT request_id, claim_key, receipt_json, created_at FROM receipts ORDER BY created_at"
+        )
+        return [
+            {
+                "request_id": r[0],
+                "claim_key": r[1],
+                "receipt": orjson.loads(r[2]),
+                "created_at": r[3],
+            }
+            for r in rows
+        ]
+
+
+def make_ledger(kind: str, path: str, url: str | None, schema: str | None = None) -> Ledger:
+    if kind == "postgres":
+        assert url is not None
+        return PostgresLedger(url, schema)
+    return SqliteLedger(path)

@@ -1,0 +1,92 @@
+"""Payment errors and their RFC 9457 problem details (`https://paymentauth.org/problems/…`).
+
+Whether an error answers with a fresh challenge matters: a 402 invites an automatic client to
+pay (again). Anything after which the money may already have moved (a replayed authorization,
+an unknown settlement outcome) must not.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+PROBLEM_BASE = "https://paymentauth.org/problems/"
+
+
+class PaymentProblem(Exception):
+    status = 402
+    code = "verification-failed"
+    title = "Verification Failed"
+    # Answer with a fresh challenge (402) so the client can pay again.
+    fresh_challenge = True
+
+    def __init__(self, detail: str, *, reason: str | None = None, **extra: Any) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        # A short machine-readable reason for metrics and logs.
+        self.reason = reason or self.code
+        self.extra = extra
+
+    def body(
+        self, request_id: str | None = None, challenge_id: str | None = None
+    ) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "type": PROBLEM_BASE + self.code,
+            "title": self.title,
+            "status": self.status,
+            "detail": self.detail,
+            **self.extra,
+        }
+        if challenge_id:
+            out["challengeId"] = challenge_id
+        if request_id:
+            out["request_id"] = request_id
+        return out
+
+
+class PaymentRequired(PaymentProblem):
+    code, title = "payment-required", "Payment Required"
+
+
+class MalformedCredential(PaymentProblem):
+    code, title = "malformed-credential", "Malformed Credential"
+
+
+class InvalidChallenge(PaymentProblem):
+    code, title = "invalid-challenge", "Invalid Challenge"
+
+
+class VerificationFailed(PaymentProblem):
+    code, title = "verification-failed", "Verification Failed"
+
+
+class PaymentExpired(PaymentProblem):
+    code, title = "payment-expired", "Payment Expired"
+
+
+class PaymentInsufficient(PaymentProblem):
+    code, title = "payment-insufficient", "Payment Insufficient"
+
+
+class MethodUnsupported(PaymentProblem):
+    status, code, title, fresh_challenge = 400, "method-unsupported", "Method Unsupported", False
+
+
+class Replayed(PaymentProblem):
+    """The authorization already paid (or is paying) for another request."""
+
+    status, code, title, fresh_challenge = 403, "verification-failed", "Verification Failed", False
+
+
+class SettlementUnknown(PaymentProblem):
+    """Settlement may have happened: never invite the client to pay again."""
+
+    status, code, title, fresh_challenge = (
+        500,
+        "internal-payment-error",
+        "Internal Payment Error",
+        False,
+    )
+
+
+class PaidButForbidden(PaymentProblem):
+    status, code, title, fresh_challenge = 403, "forbidden", "Forbidden", False

@@ -1,0 +1,215 @@
+"""Settling a verified authorization: through an x402 facilitator over HTTP, into a deferred
+queue in the ledger (exported for batch submission with `meterkit ledger export`), or with
+an operator's callable.
+
+Outcomes are three-valued on purpose. `settle` returns a reference when the money moved (or
+was queued); raises `SettlementFailed` when it certainly did not (the claim is released and
+the client may pay again); raises `SettlementUnknown` when it may have (the claim is kept and
+the client is not invited to pay twice).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import aiohttp
+import orjson
+
+from meterkit.config.payments import Asset
+from meterkit.config.payments import Settlement as SettlementConfig
+from meterkit.payments.callables import call, load_callable
+from meterkit.payments.evm import Authorization
+from meterkit.payments.problems import SettlementUnknown, VerificationFailed
+
+
+class SettlementFailed(VerificationFailed):
+    """Nothing was settled (e.g. the facilitator said `success: false`)."""
+
+
+@dataclass(frozen=True)
+class SettlementRequest:
+    authorization: Authorization
+    asset: Asset
+    amount: int
+    pay_to: str
+    payer: str
+    protocol: str
+    claim_key: str
+    requirements: dict[str, Any] = field(default_factory=dict)
+
+    def payment_payload(self) -> dict[str, Any]:
+        return {
+            "x402Version": 2,
+            "accepted": self.requirements,
+            "payload": {
+                "authorization": self.authorization.fields(),
+                "signature": self.authorization.signature,
+            },
+        }
+
+    def describe(self) -> dict[str, Any]:
+        """What a callable settler receives."""
+        return {
+            "authorization": self.authorization.fields(),
+            "signature": self.authorization.signature,
+            "asset": self.asset.address,
+            "chain_id": self.asset.chain_id,
+            "network": self.asset.caip2,
+            "amount": str(self.amount),
+            "pay_to": self.pay_to,
+            "payer": self.payer,
+            "protocol": self.protocol,
+            "claim_key": self.claim_key,
+        }
+
+
+class Settler(Protocol):
+    name: str
+
+    async def verify(self, req: SettlementRequest) -> None:
+        """Ask whether the authorization can still settle (a facilitator's /verify)."""
+
+    async def settle(self, req: SettlementRequest) -> tuple[str, str]:
+        """("settled" or "queued", reference)."""
+
+    async def close(self) -> None: ...
+
+
+class DeferredSettler:
+    """Accept a verified, claimed authorization now; submit it later in a batch."""
+
+    name = "deferred"
+
+    async def verify(self, req: SettlementRequest) -> None:
+        return None
+
+    async def settle(self, req: SettlementRequest) -> tuple[str, str]:
+        return "queued", f"deferred:{req.authorization.nonce}"
+
+    async def close(self) -> None:
+        pass
+
+
+class CallableSettler:
+    """An operator's `settle(authorization: dict) -> reference` (sync or async). Raising
+    `SettlementFailed` means nothing moved; any other exception is an unknown outcome."""
+
+    name = "callable"
+
+    def __init__(self, ref: str, base: Path | None = None) -> None:
+        self.fn = load_callable(ref, base)
+
+    async def verify(self, req: SettlementRequest) -> None:
+        return None
+
+    async def settle(self, req: SettlementRequest) -> tuple[str, str]:
+        try:
+            ref = await call(self.fn, req.describe())
+        except SettlementFailed:
+            raise
+        except Exception as e:
+            raise SettlementUnknown(
+                "the settlement callable failed; the outcome is unknown", reason="callable_error"
+            ) from e
+        if not isinstance(ref, str) or not ref:
+            raise SettlementUnknown(
+                "the settlement callable returned no reference", reason="callable_error"
+            )
+        return "settled", ref
+
+
+class FacilitatorSettler:
+    """An x402 facilitator: POST /verify and /settle with {x402Version, paymentPayload,
+    paymentRequirements}. `success: false` is a failure even with HTTP 200."""
+
+    name = "facilitator"
+
+    def __init__(self, url: str, timeout: float, headers: tuple[tuple[str, str], ...] = ()) -> None:
+        self.url = url.rstrip("/")
+        self.timeout = aiohttp.ClientTimeout(total=timeout)
+        self.headers = dict(headers)
+        self._session: aiohttp.ClientSession | None = None
+
+    def _s(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=self.timeout, headers=self.headers)
+        return self._session
+
+    async def _post(self, path: str, req: SettlementRequest) -> dict[str, Any]:
+        body = {
+            "x402Version": 2,
+            "paymentPayload": req.payment_payload(),
+            "paymentRequirements": req.requirements,
+        }
+        async with self._s().post(
+            self.url + path, data=orjson.dumps(body), headers={"Content-Type": "application/json"}
+        ) as resp:
+            text = await resp.read()
+            if resp.status != 200:
+                raise RuntimeError(
+                    f"facilitator {path} answered HTTP {resp.status}: {text[:200]!r}"
+                )
+            data = orjson.loads(text)
+            if not isinstance(data, dict):
+                raise RuntimeError(f"facilitator {path} answered a non-object")
+            return data
+
+    async def verify(self, req: SettlementRequest) -> None:
+        try:
+            data = await self._post("/verify", req)
+        except (aiohttp.ClientError, TimeoutError, RuntimeError, ValueError) as e:
+            raise SettlementUnknown(
+                f"the facilitator could not verify the payment: {e}",
+                reason="facilitator_unavailable",
+            ) from e
+        if data.get("isValid") is not True:
+            reason = data.get("invalidReason") or "invalid"
+            raise SettlementFailed(
+                f"the facilitator rejected the payment: {reason}", reason="facilitator_invalid"
+            )
+
+    async def settle(self, req: SettlementRequest) -> tuple[str, str]:
+        try:
+            data = await self._post("/settle", req)
+        except (TimeoutError, aiohttp.ClientError, RuntimeError, ValueError) as e:
+            # The transfer may have been broadcast before the failure.
+            raise SettlementUnknown(
+                "settlement outcome unknown (facilitator error or timeout)",
+                reason="facilitator_unavailable",
+            ) from e
+        if data.get("success") is not True:
+            reason = str(data.get("errorReason") or "settlement failed")
+            if reason == "settlement_pending":
+                raise SettlementUnknown(
+                    "the facilitator says the settlement is pending", reason="pending"
+                )
+            raise SettlementFailed(
+                f"the facilitator did not settle: {reason}", reason="facilitator_failed"
+            )
+        tx = data.get("transaction")
+        if not isinstance(tx, str) or not tx:
+            raise SettlementUnknown(
+                "the facilitator reported success without a transaction", reason="no_tx"
+            )
+        return "settled", tx
+
+    async def supported(self) -> dict[str, Any]:
+        async with self._s().get(self.url + "/supported") as resp:
+            data = await resp.json()
+            return dict(data)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+
+def make_settler(cfg: SettlementConfig, base: Path | None = None) -> Settler:
+    if cfg.type == "facilitator":
+        assert cfg.url is not None
+        return FacilitatorSettler(cfg.url, cfg.timeout, cfg.headers)
+    if cfg.type == "callable":
+        assert cfg.callable is not None
+        return CallableSettler(cfg.callable, base)
+    return DeferredSettler()

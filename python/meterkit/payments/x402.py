@@ -1,0 +1,165 @@
+"""x402 compatibility (PROTOCOLS §6): the v1 JSON body and the v2 `PAYMENT-REQUIRED` header
+offered on a 402, the `X-PAYMENT` (v1) and `PAYMENT-SIGNATURE` (v2) request headers, and the
+`X-PAYMENT-RESPONSE` / `PAYMENT-RESPONSE` answers."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from meterkit.config.payments import Asset
+from meterkit.payments.problems import MalformedCredential
+
+MAX_HEADER = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Offer:
+    """One way to pay a request: an asset, its amount in base units, the recipient."""
+
+    asset: Asset
+    amount: int
+    pay_to: str
+
+
+def requirements_v1(offer: Offer, resource: str, description: str, timeout: int) -> dict[str, Any]:
+    return {
+        "scheme": "exact",
+        "network": offer.asset.network,
+        "maxAmountRequired": str(offer.amount),
+        "asset": offer.asset.address,
+        "payTo": offer.pay_to,
+        "resource": resource,
+        "description": description,
+        "mimeType": "application/json",
+        "maxTimeoutSeconds": timeout,
+        "extra": {"name": offer.asset.eip712_name, "version": offer.asset.eip712_version},
+    }
+
+
+def requirements_v2(offer: Offer, timeout: int) -> dict[str, Any]:
+    return {
+        "scheme": "exact",
+        "network": offer.asset.caip2,
+        "amount": str(offer.amount),
+        "asset": offer.asset.address,
+        "payTo": offer.pay_to,
+        "maxTimeoutSeconds": timeout,
+        "extra": {
+            "name": offer.asset.eip712_name,
+            "version": offer.asset.eip712_version,
+            "assetTransferMethod": "eip3009",
+        },
+    }
+
+
+def payment_required_v2(
+    offers: list[Offer],
+    resource: str,
+    description: str,
+    timeout: int,
+    error: str = "payment required",
+) -> str:
+    body = {
+        "x402Version": 2,
+        "error": error,
+        "resource": {"url": resource, "description": description, "mimeType": "application/json"},
+        "accepts": [requirements_v2(o, timeout) for o in offers],
+    }
+    return base64.b64encode(orjson.dumps(body)).decode()
+
+
+def payment_required_v1(
+    offers: list[Offer],
+    resource: str,
+    description: str,
+    timeout: int,
+    error: str = "payment required",
+) -> dict[str, Any]:
+    return {
+        "x402Version": 1,
+        "error": error,
+        "accepts": [requirements_v1(o, resource, description, timeout) for o in offers],
+    }
+
+
+@dataclass(frozen=True)
+class X402Payment:
+    version: int
+    scheme: str
+    network: str  # as sent: v1 name or CAIP-2
+    accepted: dict[str, Any] | None
+    authorization: Any
+    signature: Any
+    raw: dict[str, Any]
+
+
+def _b64json(value: str) -> dict[str, Any]:
+    if len(value) > MAX_HEADER:
+        raise MalformedCredential("the payment header is larger than 64 KiB", reason="too_large")
+    text = value.strip()
+    try:
+        raw = base64.b64decode(
+            text + "=" * (-len(text) % 4),
+            altchars=b"-_" if ("-" in text or "_" in text) else None,
+            validate=True,
+        )
+    except (ValueError, binascii.Error):
+        raise MalformedCredential("the payment header is not base64", reason="base64") from None
+    try:
+        obj = json.loads(raw)
+        orjson.dumps(obj)
+    except (ValueError, TypeError, orjson.JSONEncodeError):
+        raise MalformedCredential("the payment header is not valid JSON", reason="json") from None
+    if not isinstance(obj, dict):
+        raise MalformedCredential("the payment header must hold a JSON object", reason="shape")
+    return obj
+
+
+def decode_payment(value: str, header: str) -> X402Payment:
+    obj = _b64json(value)
+    version = obj.get("x402Version")
+    payload = obj.get("payload")
+    if version not in (1, 2) or isinstance(version, bool):
+        raise MalformedCredential("x402Version must be 1 or 2", reason="version")
+    if (header == "X-PAYMENT") != (version == 1):
+        raise MalformedCredential(f"{header} carries x402 version {version}", reason="version")
+    if not isinstance(payload, dict):
+        raise MalformedCredential("payload must be an object", reason="shape")
+    if version == 1:
+        scheme, network, accepted = obj.get("scheme"), obj.get("network"), None
+    else:
+        accepted = obj.get("accepted")
+        if not isinstance(accepted, dict):
+            raise MalformedCredential("accepted must be an object", reason="shape")
+        scheme, network = accepted.get("scheme"), accepted.get("network")
+    if not isinstance(scheme, str) or not isinstance(network, str):
+        raise MalformedCredential("scheme and network must be strings", reason="shape")
+    return X402Payment(
+        version,
+        scheme,
+        network,
+        accepted,
+        payload.get("authorization"),
+        payload.get("signature"),
+        obj,
+    )
+
+
+def payment_response(
+    success: bool, transaction: str, network: str, payer: str | None, error: str | None = None
+) -> str:
+    body: dict[str, Any] = {
+        "success": success,
+        "transaction": transaction,
+        "network": network,
+        "payer": payer,
+    }
+    if error:
+        body["errorReason"] = error
+    return base64.b64encode(orjson.dumps(body)).decode()
