@@ -4,8 +4,9 @@
 //! `sse` (framing) → `extract` (per wire format) → `tokens` (exact BPE counts) →
 //! `meter` (forward / truncate / pause, per network read) → `endings` (synthetic events).
 //! The PyO3 binding lives in `python` only, behind the `python` feature, so `cargo test`
-//! runs without Python.
+//! runs without Python. `crypto` holds the payment layer's signatures and digests.
 
+pub mod crypto;
 pub mod endings;
 pub mod extract;
 pub mod meter;

@@ -6,8 +6,9 @@ use std::sync::{Mutex, MutexGuard};
 
 use pyo3::exceptions::{PyKeyError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList};
+use pyo3::types::{PyBytes, PyDict, PyInt, PyList};
 
+use crate::crypto;
 use crate::endings::EndingStyle;
 use crate::extract::{self, Anomaly, Format, Usage};
 use crate::meter::{self, FeedOutcome, Forward, MeterConfig, MeterState};
@@ -851,6 +852,201 @@ impl PyStreamMeter {
     }
 }
 
+// ---------------------------------------------------------------- crypto (payment layer)
+
+fn value_err(message: String) -> PyErr {
+    PyValueError::new_err(message)
+}
+
+fn bytes32(data: &[u8], what: &str) -> PyResult<[u8; 32]> {
+    data.try_into().map_err(|_| {
+        PyValueError::new_err(format!("{what} must be 32 bytes, got {} bytes", data.len()))
+    })
+}
+
+/// An int argument as u64, with a ValueError (not OverflowError) when it does not fit.
+fn chain_id_u64(chain_id: &Bound<'_, PyInt>) -> PyResult<u64> {
+    chain_id.extract::<u64>().map_err(|_| {
+        PyValueError::new_err(format!(
+            "chain_id must be an integer in [0, 2**64), got {}",
+            chain_id
+        ))
+    })
+}
+
+/// MPP challenge id (draft-httpauth-payment): base64url-nopad HMAC-SHA256 of the seven
+/// parameters joined with "|". `request` is the base64url wire form of the request JSON.
+#[pyfunction]
+#[pyo3(signature = (secret, realm, method, intent, request, expires = "", digest = "", opaque = ""))]
+#[allow(clippy::too_many_arguments)]
+fn challenge_id(
+    secret: &[u8],
+    realm: &str,
+    method: &str,
+    intent: &str,
+    request: &str,
+    expires: &str,
+    digest: &str,
+    opaque: &str,
+) -> String {
+    crypto::challenge_id(
+        secret, realm, method, intent, request, expires, digest, opaque,
+    )
+}
+
+/// Whether `id` is the challenge id of these parameters (constant-time comparison).
+#[pyfunction]
+#[pyo3(signature = (
+    secret, id, realm, method, intent, request, expires = "", digest = "", opaque = ""
+))]
+#[allow(clippy::too_many_arguments)]
+fn verify_challenge_id(
+    secret: &[u8],
+    id: &str,
+    realm: &str,
+    method: &str,
+    intent: &str,
+    request: &str,
+    expires: &str,
+    digest: &str,
+    opaque: &str,
+) -> bool {
+    crypto::verify_challenge_id(
+        secret, id, realm, method, intent, request, expires, digest, opaque,
+    )
+}
+
+#[pyfunction]
+fn keccak256<'py>(py: Python<'py>, data: &[u8]) -> Bound<'py, PyBytes> {
+    PyBytes::new(py, &crypto::keccak256(data))
+}
+
+/// EIP-55 checksummed form of a "0x" + 40 hex digit address.
+#[pyfunction]
+fn checksum_address(address: &str) -> PyResult<String> {
+    let a = crypto::parse_address(address, "address").map_err(value_err)?;
+    Ok(crypto::checksum_address(&a))
+}
+
+/// EIP-712 digest of an EIP-3009 TransferWithAuthorization (uint256 values as decimal strings).
+#[pyfunction]
+#[pyo3(signature = (
+    *, name, version, chain_id, verifying_contract, from_address, to, value, valid_after,
+    valid_before, nonce
+))]
+#[allow(clippy::too_many_arguments)]
+fn eip3009_digest<'py>(
+    py: Python<'py>,
+    name: &str,
+    version: &str,
+    chain_id: &Bound<'_, PyInt>,
+    verifying_contract: &str,
+    from_address: &str,
+    to: &str,
+    value: &str,
+    valid_after: &str,
+    valid_before: &str,
+    nonce: &str,
+) -> PyResult<Bound<'py, PyBytes>> {
+    let d = crypto::eip3009_digest(
+        name,
+        version,
+        chain_id_u64(chain_id)?,
+        verifying_contract,
+        from_address,
+        to,
+        value,
+        valid_after,
+        valid_before,
+        nonce,
+    )
+    .map_err(value_err)?;
+    Ok(PyBytes::new(py, &d))
+}
+
+/// EIP-712 digest of a payment-channel Voucher(bytes32 channelId,uint96 cumulativeAmount).
+#[pyfunction]
+#[pyo3(signature = (*, chain_id, escrow, channel_id, cumulative_amount))]
+fn voucher_digest<'py>(
+    py: Python<'py>,
+    chain_id: &Bound<'_, PyInt>,
+    escrow: &str,
+    channel_id: &str,
+    cumulative_amount: &str,
+) -> PyResult<Bound<'py, PyBytes>> {
+    let d = crypto::voucher_digest(
+        chain_id_u64(chain_id)?,
+        escrow,
+        channel_id,
+        cumulative_amount,
+    )
+    .map_err(value_err)?;
+    Ok(PyBytes::new(py, &d))
+}
+
+/// A payment channel's id ("0x" + 64 hex digits), as the escrow contract computes it.
+#[pyfunction]
+#[pyo3(signature = (
+    *, payer, payee, operator, token, salt, authorized_signer, expiring_nonce_hash, escrow,
+    chain_id
+))]
+#[allow(clippy::too_many_arguments)]
+fn channel_id(
+    payer: &str,
+    payee: &str,
+    operator: &str,
+    token: &str,
+    salt: &str,
+    authorized_signer: &str,
+    expiring_nonce_hash: &str,
+    escrow: &str,
+    chain_id: &Bound<'_, PyInt>,
+) -> PyResult<String> {
+    let id = crypto::channel_id(
+        payer,
+        payee,
+        operator,
+        token,
+        salt,
+        authorized_signer,
+        expiring_nonce_hash,
+        escrow,
+        chain_id_u64(chain_id)?,
+    )
+    .map_err(value_err)?;
+    Ok(crypto::to_hex_prefixed(&id))
+}
+
+/// The checksummed address that signed a 32-byte digest (65-byte r‖s‖v or 64-byte EIP-2098
+/// signature; high-s refused).
+#[pyfunction]
+fn recover_address(digest: &[u8], signature: &[u8]) -> PyResult<String> {
+    let digest = bytes32(digest, "digest")?;
+    let a = crypto::recover_signer(&digest, signature).map_err(|e| value_err(e.to_string()))?;
+    Ok(crypto::checksum_address(&a))
+}
+
+/// Sign a 32-byte digest: 65 bytes r‖s‖v, RFC 6979, low s, v 27/28.
+#[pyfunction]
+fn sign_digest<'py>(
+    py: Python<'py>,
+    secret_key: &[u8],
+    digest: &[u8],
+) -> PyResult<Bound<'py, PyBytes>> {
+    let key = bytes32(secret_key, "secret_key")?;
+    let digest = bytes32(digest, "digest")?;
+    let sig = crypto::sign_digest(&key, &digest).map_err(|e| value_err(e.to_string()))?;
+    Ok(PyBytes::new(py, &sig))
+}
+
+/// The checksummed address of a 32-byte secret key.
+#[pyfunction]
+fn address_of(secret_key: &[u8]) -> PyResult<String> {
+    let key = bytes32(secret_key, "secret_key")?;
+    let a = crypto::address_of(&key).map_err(|e| value_err(e.to_string()))?;
+    Ok(crypto::checksum_address(&a))
+}
+
 #[pymodule]
 #[pyo3(name = "_core")]
 fn meterkit_core(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -895,5 +1091,15 @@ fn meterkit_core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(resolve_model, m)?)?;
     m.add_function(wrap_pyfunction!(parse_event, m)?)?;
     m.add_function(wrap_pyfunction!(detect_format, m)?)?;
+    m.add_function(wrap_pyfunction!(challenge_id, m)?)?;
+    m.add_function(wrap_pyfunction!(verify_challenge_id, m)?)?;
+    m.add_function(wrap_pyfunction!(keccak256, m)?)?;
+    m.add_function(wrap_pyfunction!(checksum_address, m)?)?;
+    m.add_function(wrap_pyfunction!(eip3009_digest, m)?)?;
+    m.add_function(wrap_pyfunction!(voucher_digest, m)?)?;
+    m.add_function(wrap_pyfunction!(channel_id, m)?)?;
+    m.add_function(wrap_pyfunction!(recover_address, m)?)?;
+    m.add_function(wrap_pyfunction!(sign_digest, m)?)?;
+    m.add_function(wrap_pyfunction!(address_of, m)?)?;
     Ok(())
 }

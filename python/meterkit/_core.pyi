@@ -19,16 +19,26 @@ __all__ = [
     "UnknownModelError",
     "Usage",
     "__version__",
+    "address_of",
+    "challenge_id",
+    "channel_id",
+    "checksum_address",
     "count_deltas",
     "count_tokens",
     "count_tokens_total",
     "detect_format",
+    "eip3009_digest",
     "encode_comment",
     "encode_event",
     "encoding_name_for_model",
     "frame_and_extract",
+    "keccak256",
     "parse_event",
+    "recover_address",
     "resolve_model",
+    "sign_digest",
+    "verify_challenge_id",
+    "voucher_digest",
 ]
 
 __version__: Final[str]
@@ -232,3 +242,61 @@ class StreamMeter:
     def would_truncate_at(self) -> int | None: ...
     @property
     def pending_bytes(self) -> int: ...
+
+# Payment-layer cryptography (rust/crypto/). Addresses are "0x" + 40 hex digits, bytes32
+# values "0x" + 64 hex digits, uint256 amounts decimal strings; bad input raises ValueError.
+
+def challenge_id(
+    secret: bytes,
+    realm: str,
+    method: str,
+    intent: str,
+    request: str,
+    expires: str = "",
+    digest: str = "",
+    opaque: str = "",
+) -> str: ...
+def verify_challenge_id(
+    secret: bytes,
+    id: str,
+    realm: str,
+    method: str,
+    intent: str,
+    request: str,
+    expires: str = "",
+    digest: str = "",
+    opaque: str = "",
+) -> bool: ...
+def keccak256(data: bytes) -> bytes: ...
+def checksum_address(address: str) -> str: ...
+def eip3009_digest(
+    *,
+    name: str,
+    version: str,
+    chain_id: int,
+    verifying_contract: str,
+    from_address: str,
+    to: str,
+    value: str,
+    valid_after: str,
+    valid_before: str,
+    nonce: str,
+) -> bytes: ...
+def voucher_digest(
+    *, chain_id: int, escrow: str, channel_id: str, cumulative_amount: str
+) -> bytes: ...
+def channel_id(
+    *,
+    payer: str,
+    payee: str,
+    operator: str,
+    token: str,
+    salt: str,
+    authorized_signer: str,
+    expiring_nonce_hash: str,
+    escrow: str,
+    chain_id: int,
+) -> str: ...
+def recover_address(digest: bytes, signature: bytes) -> str: ...
+def sign_digest(secret_key: bytes, digest: bytes) -> bytes: ...
+def address_of(secret_key: bytes) -> str: ...
