@@ -100,7 +100,7 @@ async def _both(
                 now, rid = args["now"], args["rid"]
                 if op == "admit":
                     d = await backend.admit(
-                        WHO, limits, args["need"], args["take"], rid, 60, now=now
+                        WHO, limits, args["need"], args["take"], rid, 10**6, now=now
                     )
                     results.append(
                         (
@@ -114,7 +114,7 @@ async def _both(
                     )
                 elif op == "lease":
                     results.append(
-                        (op, await backend.lease(WHO, limits, args["want"], rid, 60, now=now))
+                        (op, await backend.lease(WHO, limits, args["want"], rid, 10**6, now=now))
                     )
                 else:
                     results.append(

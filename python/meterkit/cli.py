@@ -33,6 +33,15 @@ def _mock_llm(args: argparse.Namespace) -> int:
     return mock_llm(args)
 
 
+def _pay_cmd(name: str):  # type: ignore[no-untyped-def]
+    def run(args: argparse.Namespace) -> int:
+        from meterkit.commands import pay
+
+        return int(getattr(pay, name)(args))
+
+    return run
+
+
 def _bench(args: argparse.Namespace) -> int:
     from meterkit.bench import run
 
@@ -97,6 +106,40 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--output", help="write the forwarded (possibly truncated) stream here")
     m.add_argument("--sample", default="openai-chat", help="format of the built-in sample")
     m.set_defaults(func=_meter)
+
+    pay = sub.add_parser("pay", help="request a URL, paying its 402 with a local key (evm/charge)")
+    pay.add_argument("url")
+    pay.add_argument(
+        "--max-amount", help="most to pay for this request, e.g. 0.50 (in the token's units)"
+    )
+    pay.add_argument(
+        "--key-file", help="private key file from `meterkit keygen` (or METERKIT_PRIVATE_KEY)"
+    )
+    pay.add_argument("--method", help="HTTP method (default GET, or POST with --data)")
+    pay.add_argument("--data", help="request body (JSON)")
+    pay.add_argument("-H", "--header", action="append", help="extra header 'Name: value'")
+    pay.add_argument("--dry-run", action="store_true", help="show the price, pay nothing")
+    pay.set_defaults(func=_pay_cmd("pay"))
+
+    kg = sub.add_parser("keygen", help="create a secp256k1 key for paying")
+    kg.add_argument("--out", help="write the key to this file (mode 600)")
+    kg.add_argument("--force", action="store_true")
+    kg.set_defaults(func=_pay_cmd("keygen"))
+
+    led = sub.add_parser("ledger", help="payment ledger tools")
+    led_sub = led.add_subparsers(dest="ledger_command", metavar="ACTION", required=True)
+    ex = led_sub.add_parser(
+        "export", help="queued (deferred) authorizations as JSON lines, for batch submission"
+    )
+    ex.add_argument("--config", required=True)
+    ex.add_argument("--mark", action="store_true", help="mark them exported")
+    ex.add_argument("--out", help="write to this file instead of stdout")
+    ex.set_defaults(func=_pay_cmd("ledger_export"))
+
+    mf = sub.add_parser("mock-facilitator", help="run a local x402 facilitator (simulated chain)")
+    mf.add_argument("--host", default="127.0.0.1")
+    mf.add_argument("--port", type=int, default=8402)
+    mf.set_defaults(func=_pay_cmd("mock_facilitator"))
 
     b = sub.add_parser("bench", help="run the benchmarks (release build) with baselines")
     b.add_argument(

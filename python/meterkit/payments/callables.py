@@ -34,7 +34,7 @@ def load_callable(ref: str, base: Path | None = None) -> Callable[..., Any]:
     fn = getattr(module, name, None)
     if not callable(fn):
         raise ValueError(f"{ref}: {name!r} is not a callable in {target}")
-    return fn
+    return fn  # type: ignore[no-any-return]
 
 
 async def call(fn: Callable[..., Any], *args: Any) -> Any:

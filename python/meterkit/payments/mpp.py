@@ -275,9 +275,10 @@ def parse_challenges(values: list[str]) -> list[Challenge]:
                     re.sub(r"\\(.)", r"\1", m.group(2)) if m.group(2) is not None else m.group(3)
                 )
             if all(k in params for k in _CHALLENGE_FIELDS):
-                out.append(
-                    Challenge(**{k: params.get(k) for k in (*_CHALLENGE_FIELDS, *_OPTIONAL_FIELDS)})
-                )  # type: ignore[arg-type]
+                fields: dict[str, Any] = {
+                    k: params.get(k) for k in (*_CHALLENGE_FIELDS, *_OPTIONAL_FIELDS)
+                }
+                out.append(Challenge(**fields))
     return out
 
 

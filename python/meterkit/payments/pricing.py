@@ -49,7 +49,7 @@ def base_units(price: Decimal, asset: Asset) -> int:
     """The amount in the asset's smallest unit; a fraction of a unit rounds up (a price is
     never undercharged by rounding)."""
     scaled = price * (Decimal(10) ** asset.decimals)
-    return int(math.ceil(scaled))
+    return math.ceil(scaled)
 
 
 def _by_model(table: dict[str, Any] | Any, model: str | None) -> Any:

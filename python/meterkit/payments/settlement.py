@@ -104,6 +104,9 @@ class CallableSettler:
     async def verify(self, req: SettlementRequest) -> None:
         return None
 
+    async def close(self) -> None:
+        pass
+
     async def settle(self, req: SettlementRequest) -> tuple[str, str]:
         try:
             ref = await call(self.fn, req.describe())

@@ -170,7 +170,7 @@ async def _handle(request: web.Request, rid: str) -> web.StreamResponse:
         # Every stage admitted the request: the moment to commit (e.g. settle a payment).
         for stage in stages:
             hook = getattr(stage, "before_upstream", None)
-            answer = await hook(ctx) if hook is not None else None
+            answer: web.StreamResponse | None = await hook(ctx) if hook is not None else None
             if answer is not None:
                 await _abort(ctx, stages)
                 return answer
@@ -249,7 +249,9 @@ async def _forward(ctx: RequestContext, has_body: bool) -> web.StreamResponse:
     try:
         for stage in ctx.request.app[STAGES]:
             hook = getattr(stage, "on_upstream_response", None)
-            answer = await hook(ctx, resp.status) if hook is not None else None
+            answer: web.StreamResponse | None = (
+                await hook(ctx, resp.status) if hook is not None else None
+            )
             if answer is not None:
                 # Answered instead (e.g. the payment could not settle): drop the upstream.
                 return answer

@@ -1,0 +1,147 @@
+"""`meterkit pay`, `meterkit keygen`, `meterkit ledger export`, `meterkit mock-facilitator`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+
+import orjson
+
+from meterkit import _core
+
+
+def _read_key(path: str | None) -> bytes:
+    raw = os.environ.get("METERKIT_PRIVATE_KEY")
+    if path:
+        raw = Path(path).read_text().strip()
+    if not raw:
+        raise SystemExit(
+            "meterkit pay: give --key-file (from `meterkit keygen`) or set METERKIT_PRIVATE_KEY"
+        )
+    try:
+        key = bytes.fromhex(raw.removeprefix("0x"))
+        _core.address_of(key)
+    except ValueError:
+        raise SystemExit("meterkit pay: the private key is not 32 bytes of hex") from None
+    return key
+
+
+def _money(text: str | None) -> Decimal | None:
+    if text is None:
+        return None
+    try:
+        return Decimal(text.removeprefix("$"))
+    except InvalidOperation:
+        raise SystemExit(
+            f"meterkit pay: not an amount: {text!r} (write it like 0.50 or $0.50)"
+        ) from None
+
+
+def keygen(args: argparse.Namespace) -> int:
+    from meterkit.client import generate_key
+
+    key = generate_key()
+    address = _core.address_of(key)
+    if args.out:
+        p = Path(args.out)
+        if p.exists() and not args.force:
+            print(f"meterkit keygen: {p} exists (use --force to overwrite)", file=sys.stderr)
+            return 1
+        fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write("0x" + key.hex() + "\n")
+        print(f"address {address}\nkey written to {p} (mode 600)")
+    else:
+        print(f"address {address}\nprivate key 0x{key.hex()}")
+    return 0
+
+
+def pay(args: argparse.Namespace) -> int:
+    from meterkit.client import PayingClient, PaymentDeclined
+
+    key = _read_key(args.key_file)
+    data = args.data.encode() if args.data else None
+    headers = dict(h.split(":", 1) for h in args.header) if args.header else {}
+    headers = {k.strip(): v.strip() for k, v in headers.items()}
+    if data is not None and "Content-Type" not in headers:
+        headers["Content-Type"] = "application/json"
+    method = args.method or ("POST" if data is not None else "GET")
+
+    async def run() -> int:
+        async with PayingClient(
+            key, max_per_request=_money(args.max_amount), dry_run=args.dry_run
+        ) as client:
+            try:
+                result = await client.request(method, args.url, data=data, headers=headers)
+            except PaymentDeclined as e:
+                print(f"meterkit pay: not paying: {e}", file=sys.stderr)
+                return 3
+            for o in result.offers:
+                print(
+                    f"offer: {o.price} {o.asset.symbol} on {o.asset.network} to {o.pay_to}",
+                    file=sys.stderr,
+                )
+            if args.dry_run:
+                print("dry run: nothing paid", file=sys.stderr)
+                return 0
+            if result.paid is not None:
+                print(
+                    f"paid: {result.paid.price} {result.paid.asset.symbol} from {client.address}",
+                    file=sys.stderr,
+                )
+            if result.receipt is not None:
+                print("receipt: " + orjson.dumps(result.receipt).decode(), file=sys.stderr)
+            sys.stdout.buffer.write(result.body)
+            sys.stdout.flush()
+            if result.status >= 400:
+                print(f"\nmeterkit pay: HTTP {result.status}", file=sys.stderr)
+                return 1
+            return 0
+
+    return asyncio.run(run())
+
+
+def ledger_export(args: argparse.Namespace) -> int:
+    from meterkit.config import ConfigError, load_config
+    from meterkit.payments.ledger import make_ledger
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as e:
+        print(str(e), file=sys.stderr)
+        return 1
+    lc = config.ledger
+
+    async def run() -> list[dict[str, object]]:
+        ledger = make_ledger(lc.type, lc.path, lc.url, lc.schema)
+        await ledger.open()
+        try:
+            return await ledger.export_queued(mark=args.mark)
+        finally:
+            await ledger.close()
+
+    rows = asyncio.run(run())
+    out = sys.stdout if not args.out else open(args.out, "w")  # noqa: SIM115
+    try:
+        for r in rows:
+            r["authorization"] = orjson.loads(str(r.pop("authorization_json")))
+            out.write(orjson.dumps(r).decode() + "\n")
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    print(
+        f"{len(rows)} queued authorization(s){' marked exported' if args.mark else ''}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def mock_facilitator(args: argparse.Namespace) -> int:
+    from meterkit.mock.facilitator import run_facilitator
+
+    run_facilitator(args.host, args.port)
+    return 0

@@ -1,0 +1,196 @@
+"""`meterkit mock-facilitator`: an x402 facilitator for demos and tests.
+
+It verifies authorizations with meterkit's own EIP-712 and secp256k1 code (cross-checked
+against eth-account in the tests) and "settles" them on a simulated chain: a used nonce can
+never settle again, and every settlement gets a transaction hash. There is no real chain on
+this machine; everything up to the chain is real.
+
+`POST /verify`, `POST /settle`, `GET /supported` (the x402 facilitator API), plus
+`GET /_facilitator/settlements` and `POST /_facilitator/mode` ({"settle": "ok" | "fail" |
+"pending" | "timeout" | "http500"}) for failure injection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from meterkit import _core
+from meterkit.config.payments import KNOWN_ASSETS, Asset
+from meterkit.payments import evm
+from meterkit.payments.problems import PaymentProblem
+from meterkit.runtime import bound_port
+
+STATE = web.AppKey("facilitator_state", dict)
+
+
+def _asset(req: dict[str, Any]) -> Asset:
+    network = str(req.get("network", ""))
+    address = str(req.get("asset", "")).lower()
+    for a in KNOWN_ASSETS.values():
+        if address == a.address.lower() and network in (a.network, a.caip2):
+            return a
+    extra = req.get("extra") or {}
+    chain = int(network.split(":")[1]) if network.startswith("eip155:") else 0
+    return Asset(
+        "?",
+        network,
+        chain,
+        str(req.get("asset")),
+        6,
+        str(extra.get("name", "")),
+        str(extra.get("version", "")),
+    )
+
+
+def _check(body: dict[str, Any]) -> tuple[evm.Authorization, Asset, str, dict[str, Any]]:
+    req = body.get("paymentRequirements") or {}
+    payload = (body.get("paymentPayload") or {}).get("payload") or {}
+    asset = _asset(req)
+    auth = evm.parse_authorization(payload.get("authorization"), payload.get("signature"))
+    amount = int(req.get("amount") or req.get("maxAmountRequired") or 0)
+    payer = evm.verify(
+        auth,
+        evm.Terms(asset, amount, str(req.get("payTo", ""))),
+        now=time.time(),
+        max_valid_before=time.time() + 86400,
+    )
+    return auth, asset, payer, req
+
+
+async def _verify(request: web.Request) -> web.Response:
+    body = await request.json()
+    try:
+        auth, asset, payer, _ = _check(body)
+    except PaymentProblem as e:
+        return web.json_response(
+            {"isValid": False, "invalidReason": e.reason, "invalidMessage": e.detail}
+        )
+    if evm.claim_key(auth, asset) in request.app[STATE]["used"]:
+        return web.json_response({"isValid": False, "invalidReason": "nonce_used", "payer": payer})
+    return web.json_response({"isValid": True, "payer": payer})
+
+
+async def _settle(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    mode = state["mode"]
+    if mode == "timeout":
+        await asyncio.sleep(3600)
+    if mode == "http500":
+        return web.json_response({"error": "injected"}, status=500)
+    body = await request.json()
+    try:
+        auth, asset, payer, req = _check(body)
+    except PaymentProblem as e:
+        return web.json_response(
+            {
+                "success": False,
+                "errorReason": e.reason,
+                "payer": None,
+                "transaction": "",
+                "network": "",
+            }
+        )
+    if mode == "fail":
+        return web.json_response(
+            {
+                "success": False,
+                "errorReason": "insufficient_funds",
+                "payer": payer,
+                "transaction": "",
+                "network": asset.caip2,
+            }
+        )
+    if mode == "pending":
+        return web.json_response(
+            {
+                "success": False,
+                "errorReason": "settlement_pending",
+                "payer": payer,
+                "transaction": "",
+                "network": asset.caip2,
+            }
+        )
+    key = evm.claim_key(auth, asset)
+    if key in state["used"]:
+        return web.json_response(
+            {
+                "success": False,
+                "errorReason": "nonce_used",
+                "payer": payer,
+                "transaction": "",
+                "network": asset.caip2,
+            }
+        )
+    state["used"].add(key)
+    tx = "0x" + _core.keccak256(orjson.dumps([key, auth.signature])).hex()
+    state["settlements"].append(
+        {
+            "transaction": tx,
+            "payer": payer,
+            "amount": str(auth.value),
+            "to": auth.to,
+            "asset": asset.address,
+            "network": asset.caip2,
+            "nonce": auth.nonce,
+            "at": time.time(),
+        }
+    )
+    return web.json_response(
+        {"success": True, "payer": payer, "transaction": tx, "network": req.get("network")}
+    )
+
+
+async def _supported(request: web.Request) -> web.Response:
+    kinds = []
+    for a in KNOWN_ASSETS.values():
+        kinds.append({"x402Version": 2, "scheme": "exact", "network": a.caip2})
+        kinds.append({"x402Version": 1, "scheme": "exact", "network": a.network})
+    return web.json_response({"kinds": kinds})
+
+
+async def _settlements(request: web.Request) -> web.Response:
+    return web.json_response({"settlements": request.app[STATE]["settlements"]})
+
+
+async def _mode(request: web.Request) -> web.Response:
+    body = await request.json()
+    request.app[STATE]["mode"] = body.get("settle", "ok")
+    return web.json_response({"mode": request.app[STATE]["mode"]})
+
+
+def build_facilitator_app() -> web.Application:
+    app = web.Application()
+    app[STATE] = {"used": set(), "settlements": [], "mode": "ok"}
+    app.router.add_post("/verify", _verify)
+    app.router.add_post("/settle", _settle)
+    app.router.add_get("/supported", _supported)
+    app.router.add_get("/_facilitator/settlements", _settlements)
+    app.router.add_post("/_facilitator/mode", _mode)
+    return app
+
+
+async def start_facilitator(host: str, port: int) -> tuple[web.AppRunner, int]:
+    runner = web.AppRunner(build_facilitator_app(), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    return runner, bound_port(site)
+
+
+def run_facilitator(host: str, port: int) -> None:
+    from meterkit.runtime import run_forever
+
+    async def main() -> None:
+        runner, bound = await start_facilitator(host, port)
+        print(f"meterkit mock-facilitator listening on http://{host}:{bound}", flush=True)
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await runner.cleanup()
+
+    run_forever(main())
