@@ -170,10 +170,10 @@ async def _handle(request: web.Request, rid: str) -> web.StreamResponse:
         # Every stage admitted the request: the moment to commit (e.g. settle a payment).
         for stage in stages:
             hook = getattr(stage, "before_upstream", None)
-            answer: web.StreamResponse | None = await hook(ctx) if hook is not None else None
-            if answer is not None:
+            committed: web.StreamResponse | None = await hook(ctx) if hook is not None else None
+            if committed is not None:
                 await _abort(ctx, stages)
-                return answer
+                return committed
     except ProxyError:
         await _abort(ctx, ran)
         raise
