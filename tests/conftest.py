@@ -91,3 +91,27 @@ def redis_url() -> str:
             pytest.fail(f"METERKIT_REQUIRE_REDIS is set but Redis at {url} is unreachable: {e}")
         pytest.skip(f"no Redis at {url}: {e}")
     return url
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    """A real PostgreSQL: $DATABASE_URL, else the local default (`.ci/run` checks it runs)."""
+    import asyncio
+
+    import asyncpg
+
+    url = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+    async def ping() -> None:
+        conn = await asyncpg.connect(url, timeout=3)
+        await conn.close()
+
+    try:
+        asyncio.run(ping())
+    except (OSError, asyncpg.PostgresError) as e:
+        if os.environ.get("METERKIT_REQUIRE_POSTGRES"):
+            pytest.fail(
+                f"METERKIT_REQUIRE_POSTGRES is set but PostgreSQL at {url} is unreachable: {e}"
+            )
+        pytest.skip(f"no PostgreSQL at {url}: {e}")
+    return url
