@@ -624,3 +624,25 @@ def test_meterkit_client_pays_a_pympp_server() -> None:
     assert result.status == 200, result.body
     assert result.receipt is not None and result.receipt["status"] == "success"
     assert settled == [address]
+
+
+def test_identical_requests_in_one_second_are_two_payments(
+    gateway: Process, facilitator: Process
+) -> None:
+    """Regression (found by the payments benchmark): challenges differing only in time had
+    the same id within a second, hence the same EIP-3009 nonce, so a payer's second identical
+    request was refused as a replay. Each challenge now carries a random, HMAC-bound nonce."""
+    k = key()
+
+    async def go() -> list[int]:
+        async with PayingClient(k) as client:
+            return [
+                (
+                    await client.request("POST", gateway.url + "/v1/chat/completions", json=CHAT)
+                ).status
+                for _ in range(3)
+            ]
+
+    before = len(settlements(facilitator))
+    assert asyncio.run(go()) == [200, 200, 200]
+    assert len(settlements(facilitator)) == before + 3

@@ -21,6 +21,10 @@ def run(args: argparse.Namespace) -> int:
         from meterkit.bench.core import main
 
         return main(quick=args.quick, json_out=args.json_out)
+    if args.suite == "payments":
+        from meterkit.bench.payments import main as payments_main
+
+        return payments_main(quick=args.quick, json_out=args.json_out)
     if args.suite == "budgets":
         from meterkit.bench.budgets import main as budgets_main
 

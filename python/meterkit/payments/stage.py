@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -277,8 +278,7 @@ class PaymentStage:
             raise InvalidChallenge(
                 "the request body is not the one the challenge was issued for", reason="digest"
             )
-        if ch.opaque is not None:
-            raise InvalidChallenge("unexpected opaque data in the challenge", reason="opaque")
+        # `opaque` carries the challenge's own random nonce: bound by the HMAC, nothing to check.
         # 3. Expiry: required, and in the future.
         if ch.expires is None:
             raise InvalidChallenge("the challenge has no expiry", reason="no_expires")
@@ -549,6 +549,9 @@ class PaymentStage:
 
     def challenges(self, ctx: RequestContext, state: PaymentState) -> list[mpp.Challenge]:
         expires = mpp.rfc3339(time.time() + self.pay.expires)
+        # Every challenge gets a random `opaque` nonce: two identical requests in the same second
+        # must not get the same challenge id, which would give both the same EIP-3009 nonce and
+        # make the second payment a replay of the first.
         return [
             mpp.make_challenge(
                 self.secret,
@@ -558,6 +561,7 @@ class PaymentStage:
                 request=o.mpp_request,
                 expires=expires,
                 digest=state.digest,
+                opaque={"n": secrets.token_hex(12)},
                 description=ctx.route.payment.description,
             )
             for o in state.offers

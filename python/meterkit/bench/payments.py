@@ -1,0 +1,241 @@
+"""`meterkit bench payments`:
+
+1. Signature verifications per second: an EIP-3009 authorization's EIP-712 digest plus
+   secp256k1 recovery in the Rust core, versus `eth-account` (encode_typed_data +
+   recover_message) on the same signatures, in the same run; and recovery alone.
+2. The pay-and-retry round trip through the proxy: a paid request (402, sign, retry,
+   settle) versus the same route unpaid, p50/p99 — with the deferred settler (no network)
+   and with the mock facilitator (one extra HTTP round trip).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+from contextlib import ExitStack
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import yaml
+
+from meterkit import _core
+from meterkit.bench.processes import running
+from meterkit.bench.proxy import _pct
+from meterkit.bench.timing import best_of, environment, table
+from meterkit.client import PayingClient
+from meterkit.config.payments import KNOWN_ASSETS
+from meterkit.payments import evm
+from meterkit.runtime import new_event_loop
+
+ASSET = KNOWN_ASSETS[("USDC", "base-sepolia")]
+PAY_TO = "0x" + "22" * 20
+BODY = {"model": "gpt-4o", "messages": [{"role": "user", "content": "Hello"}]}
+
+
+def signatures(n: int) -> list[tuple[evm.Authorization, dict[str, str], str]]:
+    out = []
+    for i in range(n):
+        key = os.urandom(31) + bytes([i % 255 + 1])
+        fields, sig = evm.sign(key, ASSET, to=PAY_TO, value=10_000 + i, valid_before=2_000_000_000)
+        out.append((evm.parse_authorization(fields, sig), fields, sig))
+    return out
+
+
+def verify_rate(n: int, repeat: int) -> dict[str, float]:
+    from eth_account import Account
+    from eth_account.messages import encode_typed_data
+
+    sigs = signatures(n)
+    types = {
+        "TransferWithAuthorization": [
+            {"name": "from", "type": "address"},
+            {"name": "to", "type": "address"},
+            {"name": "value", "type": "uint256"},
+            {"name": "validAfter", "type": "uint256"},
+            {"name": "validBefore", "type": "uint256"},
+            {"name": "nonce", "type": "bytes32"},
+        ]
+    }
+    domain = {
+        "name": ASSET.eip712_name,
+        "version": ASSET.eip712_version,
+        "chainId": ASSET.chain_id,
+        "verifyingContract": ASSET.address,
+    }
+    raw = [(a, bytes.fromhex(s[2:])) for a, _, s in sigs]
+
+    def meterkit_full() -> None:
+        for a, sig in raw:
+            assert _core.recover_address(evm.digest(a, ASSET), sig) == a.from_address
+
+    def eth_full() -> None:
+        for a, f, s in sigs:
+            msg = {
+                "from": f["from"],
+                "to": f["to"],
+                "value": int(f["value"]),
+                "validAfter": 0,
+                "validBefore": int(f["validBefore"]),
+                "nonce": bytes.fromhex(f["nonce"][2:]),
+            }
+            signable = encode_typed_data(domain_data=domain, message_types=types, message_data=msg)
+            assert Account.recover_message(signable, signature=s) == a.from_address
+
+    digests = [(evm.digest(a, ASSET), sig) for a, sig in raw]
+
+    def meterkit_recover() -> None:
+        for d, sig in digests:
+            _core.recover_address(d, sig)
+
+    def eth_recover() -> None:
+        for d, sig in digests:
+            Account._recover_hash(d, signature=sig)
+
+    t = {
+        name: best_of(fn, repeat)
+        for name, fn in (
+            ("meterkit_full", meterkit_full),
+            ("eth_full", eth_full),
+            ("meterkit_recover", meterkit_recover),
+            ("eth_recover", eth_recover),
+        )
+    }
+    return {k: n / v for k, v in t.items()}
+
+
+async def round_trips(url: str, n: int) -> dict[str, float]:
+    free, paid = [], []
+    key = os.urandom(31) + b"\x07"
+    async with aiohttp.ClientSession() as session:
+        async with PayingClient(key, session=session, max_total=Decimal(10**6)) as client:
+            for _ in range(3):  # warm-up
+                await client.request("POST", url + "/paid", json=BODY)
+            for _ in range(n):
+                t0 = time.perf_counter()
+                async with session.post(url + "/free", json=BODY) as r:
+                    await r.read()
+                free.append(time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                result = await client.request("POST", url + "/paid", json=BODY)
+                paid.append(time.perf_counter() - t0)
+                assert result.status == 200, result.body
+    return {
+        "free_p50_ms": _pct(free, 0.5) * 1e3,
+        "free_p99_ms": _pct(free, 0.99) * 1e3,
+        "paid_p50_ms": _pct(paid, 0.5) * 1e3,
+        "paid_p99_ms": _pct(paid, 0.99) * 1e3,
+        "added_p50_ms": (_pct(paid, 0.5) - _pct(free, 0.5)) * 1e3,
+        "added_p99_ms": (_pct(paid, 0.99) - _pct(free, 0.99)) * 1e3,
+    }
+
+
+def _config(mock: str, settlement: dict[str, Any], d: Path, name: str) -> Path:
+    tree = {
+        "wallets": {"base-sepolia": PAY_TO},
+        "accepts": [{"asset": "USDC", "network": "base-sepolia"}],
+        "payments": {"secret": "bench-secret-0123456789abcdef", "settlement": settlement},
+        "ledger": {"type": "sqlite", "path": str(d / f"{name}.sqlite3")},
+        "upstreams": {"mock": {"url": mock}},
+        "routes": {
+            "POST /paid": {"upstream": "mock", "path": "/v1/chat/completions", "price": "$0.01"},
+            "POST /free": {"upstream": "mock", "path": "/v1/chat/completions"},
+        },
+        "usage": {"sink": "none"},
+        "logging": {"level": "warning"},
+    }
+    p = d / f"{name}.yaml"
+    p.write_text(yaml.safe_dump(tree))
+    return p
+
+
+def main(quick: bool = False, json_out: str | None = None) -> int:
+    env = environment()
+    n_sigs, repeat, n_trips = (200, 2, 20) if quick else (2000, 5, 300)
+    print(
+        f"meterkit bench payments: {env['build']} build, Python {env['python']}, {env['cpus']} CPUs"
+    )
+    results: dict[str, Any] = {"environment": env}
+    rates = verify_rate(n_sigs, repeat)
+    results["verifications_per_second"] = rates
+    print(
+        f"\n1. EIP-3009 signature verifications per second ({n_sigs} distinct signatures, single thread)"
+    )
+    print(
+        table(
+            ["path", "meterkit /s", "eth-account /s", "ratio"],
+            [
+                [
+                    "EIP-712 digest + recovery",
+                    f"{rates['meterkit_full']:.0f}",
+                    f"{rates['eth_full']:.0f}",
+                    f"{rates['meterkit_full'] / rates['eth_full']:.1f}x",
+                ],
+                [
+                    "recovery only",
+                    f"{rates['meterkit_recover']:.0f}",
+                    f"{rates['eth_recover']:.0f}",
+                    f"{rates['meterkit_recover'] / rates['eth_recover']:.1f}x",
+                ],
+            ],
+        )
+    )
+    rows = []
+    with ExitStack() as stack:
+        d = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="meterkit-bench-")))
+        mock = stack.enter_context(
+            running(["mock-llm", "--port", "0", "--ttft", "0", "--length", "5"])
+        )
+        fac = stack.enter_context(running(["mock-facilitator", "--port", "0"]))
+        loop = new_event_loop()
+        try:
+            for name, settlement in (
+                ("deferred", {"type": "deferred"}),
+                ("facilitator", {"type": "facilitator", "url": fac.url}),
+            ):
+                proxy = stack.enter_context(
+                    running(
+                        [
+                            "serve",
+                            "--config",
+                            str(_config(mock.url, settlement, d, name)),
+                            "--port",
+                            "0",
+                        ],
+                        cwd=d,
+                    )
+                )
+                r = loop.run_until_complete(round_trips(proxy.url, n_trips))
+                results[f"round_trip_{name}"] = r
+                rows.append(
+                    [
+                        name,
+                        f"{r['free_p50_ms']:.2f}",
+                        f"{r['paid_p50_ms']:.2f}",
+                        f"{r['added_p50_ms']:.2f}",
+                        f"{r['paid_p99_ms']:.2f}",
+                        f"{r['added_p99_ms']:.2f}",
+                    ]
+                )
+        finally:
+            loop.close()
+    print(
+        f"\n2. Pay-and-retry round trip through the proxy ({n_trips} requests; non-streamed 5-token answers)"
+    )
+    print(
+        table(
+            ["settlement", "unpaid p50 ms", "paid p50 ms", "added p50", "paid p99 ms", "added p99"],
+            rows,
+        )
+    )
+    if json_out:
+        Path(json_out).write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(quick="--quick" in sys.argv))
