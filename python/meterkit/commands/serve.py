@@ -12,8 +12,15 @@ from meterkit.config import Config, ConfigError, config_from_dict, load_config
 DEMO_PORT = 8080
 
 
+DEMO_WALLET = "0x000000000000000000000000000000000000dEaD"
+
+
 def demo_config(upstream_url: str, host: str, port: int, data_dir: str = "meterkit-data") -> Config:
-    """The embedded default: every LLM route to the built-in mock, usage in a SQLite file."""
+    """The embedded default: every LLM route to the built-in mock, usage in a SQLite file, and
+    one paid route (USDC on Base Sepolia, settled into the local ledger's deferred queue, so
+    nothing leaves the machine)."""
+    import secrets
+
     llm = {"upstream": "mock"}
     tree = {
         "gateway": {"host": host, "port": port},
@@ -26,7 +33,17 @@ def demo_config(upstream_url: str, host: str, port: int, data_dir: str = "meterk
             "POST /v1/completions": llm,
             "POST /v1/messages": llm,
             "GET /v1/models": {"upstream": "mock", "format": "none"},
+            "POST /paid/v1/chat/completions": {
+                "upstream": "mock",
+                "path": "/v1/chat/completions",
+                "price": "$0.01",
+                "description": "a paid chat completion (demo)",
+            },
         },
+        "wallets": {"base-sepolia": DEMO_WALLET},
+        "accepts": [{"asset": "USDC", "network": "base-sepolia"}],
+        "payments": {"secret": secrets.token_hex(24), "settlement": {"type": "deferred"}},
+        "ledger": {"type": "sqlite", "path": str(Path(data_dir) / "ledger.sqlite3")},
         "usage": {"sink": "sqlite", "path": str(Path(data_dir) / "usage.sqlite3")},
         "logging": {"format": "text"},
     }
@@ -92,7 +109,12 @@ def _serve_demo(args: argparse.Namespace) -> int:
             "Try a streamed chat completion:\n\n"
             f"  curl -N {url}/v1/chat/completions -H 'Content-Type: application/json' \\\n"
             '    -d \'{"model": "gpt-4o", "stream": true, '
-            '"messages": [{"role": "user", "content": "Hello!"}]}\'\n',
+            '"messages": [{"role": "user", "content": "Hello!"}]}\'\n\n'
+            "Pay for one ($0.01 in test USDC; deferred settlement, nothing leaves this machine;\n"
+            f"the ledger row lands in {config.ledger.path}):\n\n"
+            "  .venv/bin/meterkit keygen --out demo-key.hex\n"
+            f"  .venv/bin/meterkit pay {url}/paid/v1/chat/completions --key-file demo-key.hex --max-amount 0.05 \\\n"
+            '    --data \'{"model": "gpt-4o", "messages": [{"role": "user", "content": "Hi"}]}\'\n',
             flush=True,
         )
         try:
