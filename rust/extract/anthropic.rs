@@ -4,7 +4,8 @@
 
 use super::json::{each_key, Result, Walk};
 use super::{
-    parse_error, parse_usage, Channel, EventKind, Extracted, StreamError, StreamInfo, Usage,
+    parse_error, parse_usage, typed_event, Channel, EventKind, Extracted, StreamError, StreamInfo,
+    Usage,
 };
 use std::borrow::Cow;
 
@@ -84,21 +85,9 @@ pub fn extract<'a>(event_type: &[u8], data: &'a [u8]) -> Result<Extracted<'a>> {
         }
         Ok(())
     })?;
-    if !is_object {
-        return Err("expected a JSON object, found null".into());
-    }
     w.finish()?;
-    let Some(kind) = f.kind else {
-        return Err("missing field `type`".into());
-    };
+    let kind = typed_event(is_object, f.kind, event_type)?;
     let kind = kind.as_ref();
-    // The `type` in the data is authoritative; the `event:` line normally repeats it.
-    if !event_type.is_empty() && event_type != kind.as_bytes() && event_type != b"message" {
-        return Err(format!(
-            "event type {:?} disagrees with data type {kind:?}",
-            String::from_utf8_lossy(event_type)
-        ));
-    }
     let index = f.index.unwrap_or(0) as u32;
     let mut out = Extracted::new(EventKind::Data);
     match kind {

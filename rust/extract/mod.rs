@@ -375,6 +375,29 @@ pub fn extract<'a>(
     }
 }
 
+/// A typed event (Anthropic, Responses) must be a JSON object with a `type`; the `event:`
+/// line, when present, must agree with it (the data's `type` is authoritative; a bare
+/// `message` event type is the SSE default and says nothing).
+pub(crate) fn typed_event<'j>(
+    is_object: bool,
+    kind: Option<Cow<'j, str>>,
+    event_type: &[u8],
+) -> Result<Cow<'j, str>, String> {
+    if !is_object {
+        return Err("expected a JSON object, found null".into());
+    }
+    let Some(kind) = kind else {
+        return Err("missing field `type`".into());
+    };
+    if !event_type.is_empty() && event_type != kind.as_bytes() && event_type != b"message" {
+        return Err(format!(
+            "event type {:?} disagrees with data type {kind:?}",
+            String::from_utf8_lossy(event_type)
+        ));
+    }
+    Ok(kind)
+}
+
 /// Error objects come as `{"type","message","code"}` in every format (the code may be a
 /// string or a number). `None` for `null`.
 pub(crate) fn parse_error(w: &mut Walk<'_>) -> json::Result<Option<StreamError>> {

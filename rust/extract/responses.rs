@@ -3,7 +3,9 @@
 //! `response.completed` / `response.incomplete` / `response.failed` event.
 
 use super::json::{each_key, Result, Walk};
-use super::{parse_error, parse_usage, Channel, EventKind, Extracted, StreamError, StreamInfo};
+use super::{
+    parse_error, parse_usage, typed_event, Channel, EventKind, Extracted, StreamError, StreamInfo,
+};
 use std::borrow::Cow;
 
 const TOP: &[&str] = &[
@@ -115,20 +117,9 @@ pub fn extract<'a>(event_type: &[u8], data: &'a [u8]) -> Result<Extracted<'a>> {
         }
         Ok(())
     })?;
-    if !is_object {
-        return Err("expected a JSON object, found null".into());
-    }
     w.finish()?;
-    let Some(kind) = f.kind else {
-        return Err("missing field `type`".into());
-    };
+    let kind = typed_event(is_object, f.kind, event_type)?;
     let kind = kind.as_ref();
-    if !event_type.is_empty() && event_type != kind.as_bytes() && event_type != b"message" {
-        return Err(format!(
-            "event type {:?} disagrees with data type {kind:?}",
-            String::from_utf8_lossy(event_type)
-        ));
-    }
     let mut out = Extracted::new(EventKind::Data);
     out.sequence_number = f.seq;
     if let Some(channel) = channel_of(kind) {
