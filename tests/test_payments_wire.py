@@ -79,22 +79,8 @@ def test_eip3009_digest_and_signature_match_eth_account() -> None:
 
     auth, fields, sig = _authorization()
     typed = encode_typed_data(
-        domain_data={
-            "name": ASSET.eip712_name,
-            "version": ASSET.eip712_version,
-            "chainId": ASSET.chain_id,
-            "verifyingContract": ASSET.address,
-        },
-        message_types={
-            "TransferWithAuthorization": [
-                {"name": "from", "type": "address"},
-                {"name": "to", "type": "address"},
-                {"name": "value", "type": "uint256"},
-                {"name": "validAfter", "type": "uint256"},
-                {"name": "validBefore", "type": "uint256"},
-                {"name": "nonce", "type": "bytes32"},
-            ]
-        },
+        domain_data=evm.eip712_domain(ASSET),
+        message_types=evm.TRANSFER_WITH_AUTHORIZATION,
         message_data={
             "from": fields["from"],
             "to": fields["to"],

@@ -51,22 +51,8 @@ def verify_rate(n: int, repeat: int) -> dict[str, float]:
     from eth_account.messages import encode_typed_data
 
     sigs = signatures(n)
-    types = {
-        "TransferWithAuthorization": [
-            {"name": "from", "type": "address"},
-            {"name": "to", "type": "address"},
-            {"name": "value", "type": "uint256"},
-            {"name": "validAfter", "type": "uint256"},
-            {"name": "validBefore", "type": "uint256"},
-            {"name": "nonce", "type": "bytes32"},
-        ]
-    }
-    domain = {
-        "name": ASSET.eip712_name,
-        "version": ASSET.eip712_version,
-        "chainId": ASSET.chain_id,
-        "verifyingContract": ASSET.address,
-    }
+    types = evm.TRANSFER_WITH_AUTHORIZATION
+    domain = evm.eip712_domain(ASSET)
     raw = [(a, bytes.fromhex(s[2:])) for a, _, s in sigs]
 
     def meterkit_full() -> None:
