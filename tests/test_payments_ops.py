@@ -163,3 +163,18 @@ def test_keygen_and_pay_commands(deferred: Process, tmp_path: Path) -> None:
     assert paid.returncode == 0, paid.stderr
     assert f"from {address}" in paid.stderr and "receipt:" in paid.stderr
     assert orjson.loads(paid.stdout)["object"] == "chat.completion"
+
+
+def test_openapi_export(deferred: Process) -> None:
+    cfg = str(deferred.db)
+    out = subprocess.run(
+        [sys.executable, "-m", "meterkit", "openapi", "--config", cfg, "--base-url", "https://gw"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(cfg).parent,
+    )
+    spec = orjson.loads(out.stdout)
+    op = spec["paths"]["/v1/chat/completions"]["post"]
+    assert op["x-payment"]["price"] == "$0.10" and "402" in op["responses"]
+    assert spec["servers"] == [{"url": "https://gw"}]

@@ -136,6 +136,11 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--out", help="write to this file instead of stdout")
     ex.set_defaults(func=_pay_cmd("ledger_export"))
 
+    oa = sub.add_parser("openapi", help="print the OpenAPI document of a config, prices included")
+    oa.add_argument("--config", required=True)
+    oa.add_argument("--base-url", help="the gateway's public URL (default: gateway host and port)")
+    oa.set_defaults(func=_pay_cmd("openapi"))
+
     mf = sub.add_parser("mock-facilitator", help="run a local x402 facilitator (simulated chain)")
     mf.add_argument("--host", default="127.0.0.1")
     mf.add_argument("--port", type=int, default=8402)

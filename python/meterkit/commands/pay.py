@@ -145,3 +145,18 @@ def mock_facilitator(args: argparse.Namespace) -> int:
 
     run_facilitator(args.host, args.port)
     return 0
+
+
+def openapi(args: argparse.Namespace) -> int:
+    """`meterkit openapi --config PATH`: the OpenAPI document (with prices) of a config."""
+    from meterkit.config import ConfigError, load_config
+    from meterkit.payments.discovery import openapi as build
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as e:
+        print(str(e), file=sys.stderr)
+        return 1
+    base = args.base_url or f"http://{config.gateway.host}:{config.gateway.port}"
+    sys.stdout.write(orjson.dumps(build(config, base), option=orjson.OPT_INDENT_2).decode() + "\n")
+    return 0
