@@ -24,6 +24,8 @@ from decimal import Decimal
 SEEN = []
 
 def require_team(ctx):
+    if ctx.request.headers.get("X-Team") == "crash":
+        raise RuntimeError("operator bug")
     if ctx.request.headers.get("X-Team") != "blue":
         return web.json_response({"error": "blue team only"}, status=401)
 
@@ -69,6 +71,11 @@ def deferred(mock_llm: Process, tmp_path_factory: pytest.TempPathFactory) -> Any
 def test_hooks_decide_and_reprice(deferred: Process) -> None:
     status, _, body = request(deferred.url, "POST", "/v1/chat/completions", CHAT)
     assert status == 401 and orjson.loads(body)["error"] == "blue team only"
+    status, headers, body = request(
+        deferred.url, "POST", "/v1/chat/completions", CHAT, {"X-Team": "crash"}
+    )
+    assert status == 500 and headers["Content-Type"] == "application/problem+json"
+    assert orjson.loads(body)["type"].endswith("/hook-failed")
     full = pay(deferred.url, "/v1/chat/completions", headers={"X-Team": "blue"}, dry_run=True)
     half = pay(
         deferred.url,

@@ -153,7 +153,15 @@ class PaymentStage:
         if fn is None:
             return None
         if name in ("onRequest", "onPriceResolved"):
-            return await call(fn, ctx, *args)
+            try:
+                return await call(fn, ctx, *args)
+            except ProxyError:
+                raise
+            except Exception as e:
+                log.exception("hook %s failed", name, extra={"route": ctx.route.key})
+                raise ProxyError(
+                    500, "hook-failed", "Hook failed", f"the route's {name} hook failed"
+                ) from e
         try:
             return await call(fn, ctx, *args)
         except Exception:

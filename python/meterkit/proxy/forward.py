@@ -84,6 +84,13 @@ async def handle(request: web.Request) -> web.StreamResponse:
         return await _handle(request, rid)
     except ProxyError as e:
         return problem_response(e, rid)
+    except Exception:
+        # A bug or an operator hook failing: log it, answer problem details, keep serving.
+        log.exception("unhandled error", extra={"path": request.path})
+        return problem_response(
+            ProxyError(500, "internal-error", "Internal error", "the gateway failed; see its logs"),
+            rid,
+        )
     finally:
         request_id_var.reset(token)
 
