@@ -12,6 +12,7 @@ from pathlib import Path
 import orjson
 
 from meterkit import _core
+from meterkit.commands import load_config_or_report
 
 
 def _read_key(path: str | None) -> bytes:
@@ -106,13 +107,10 @@ def pay(args: argparse.Namespace) -> int:
 
 
 def ledger_export(args: argparse.Namespace) -> int:
-    from meterkit.config import ConfigError, load_config
     from meterkit.payments.ledger import make_ledger
 
-    try:
-        config = load_config(args.config)
-    except ConfigError as e:
-        print(str(e), file=sys.stderr)
+    config = load_config_or_report(args.config)
+    if config is None:
         return 1
     lc = config.ledger
 
@@ -149,13 +147,10 @@ def mock_facilitator(args: argparse.Namespace) -> int:
 
 def openapi(args: argparse.Namespace) -> int:
     """`meterkit openapi --config PATH`: the OpenAPI document (with prices) of a config."""
-    from meterkit.config import ConfigError, load_config
     from meterkit.payments.discovery import openapi as build
 
-    try:
-        config = load_config(args.config)
-    except ConfigError as e:
-        print(str(e), file=sys.stderr)
+    config = load_config_or_report(args.config)
+    if config is None:
         return 1
     base = args.base_url or f"http://{config.gateway.host}:{config.gateway.port}"
     sys.stdout.write(orjson.dumps(build(config, base), option=orjson.OPT_INDENT_2).decode() + "\n")

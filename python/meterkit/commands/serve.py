@@ -7,7 +7,8 @@ import asyncio
 import sys
 from pathlib import Path
 
-from meterkit.config import Config, ConfigError, config_from_dict, load_config
+from meterkit.commands import load_config_or_report
+from meterkit.config import Config, config_from_dict
 
 DEMO_PORT = 8080
 
@@ -50,17 +51,9 @@ def demo_config(upstream_url: str, host: str, port: int, data_dir: str = "meterk
     return config_from_dict(tree, source="demo")
 
 
-def _print_config_error(e: ConfigError) -> None:
-    print(f"meterkit: invalid configuration {e.source}:", file=sys.stderr)
-    for p in e.problems:
-        print(f"  {p}", file=sys.stderr)
-
-
 def validate(args: argparse.Namespace) -> int:
-    try:
-        config = load_config(args.config)
-    except ConfigError as e:
-        _print_config_error(e)
+    config = load_config_or_report(args.config)
+    if config is None:
         return 1
     print(f"{args.config}: ok ({len(config.upstreams)} upstream(s), {len(config.routes)} route(s))")
     return 0
@@ -77,10 +70,8 @@ def serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    try:
-        config = load_config(args.config)
-    except ConfigError as e:
-        _print_config_error(e)
+    config = load_config_or_report(args.config)
+    if config is None:
         return 1
     serve_proxy(config, args.host, args.port)
     return 0
