@@ -103,6 +103,21 @@ class Claim:
 _CLAIM_COLUMNS = [f for f in Claim.__dataclass_fields__]
 
 
+# Column order of the receipts and usage_records tables, shared by both ledgers.
+def _receipt_row(request_id: str, key: str, receipt: dict[str, Any]) -> tuple[Any, ...]:
+    return (request_id, key, orjson.dumps(receipt).decode(), time.time())
+
+
+def _usage_row(record: dict[str, Any]) -> tuple[Any, ...]:
+    return (
+        record["request_id"],
+        record["started_at"],
+        record["route"],
+        record["outcome"],
+        orjson.dumps(record, default=str).decode(),
+    )
+
+
 class Ledger(Protocol):
     name: str
 
@@ -257,7 +272,7 @@ class SqliteLedger:
         await self._run(
             lambda c: c.execute(
                 "INSERT OR REPLACE INTO receipts VALUES (?, ?, ?, ?)",
-                (request_id, key, orjson.dumps(receipt).decode(), time.time()),
+                _receipt_row(request_id, key, receipt),
             )
         )
 
@@ -265,13 +280,7 @@ class SqliteLedger:
         await self._run(
             lambda c: c.execute(
                 "INSERT OR REPLACE INTO usage_records VALUES (?, ?, ?, ?, ?)",
-                (
-                    record["request_id"],
-                    record["started_at"],
-                    record["route"],
-                    record["outcome"],
-                    orjson.dumps(record, default=str).decode(),
-                ),
+                _usage_row(record),
             )
         )
 
@@ -412,20 +421,13 @@ class PostgresLedger:
     async def save_receipt(self, request_id: str, key: str, receipt: dict[str, Any]) -> None:
         await self._pool.execute(
             "INSERT INTO receipts VALUES ($1, $2, $3, $4) ON CONFLICT (request_id) DO UPDATE SET receipt_json = $3",
-            request_id,
-            key,
-            orjson.dumps(receipt).decode(),
-            time.time(),
+            *_receipt_row(request_id, key, receipt),
         )
 
     async def save_usage(self, record: dict[str, Any]) -> None:
         await self._pool.execute(
             "INSERT INTO usage_records VALUES ($1, $2, $3, $4, $5) ON CONFLICT (request_id) DO UPDATE SET record_json = $5",
-            record["request_id"],
-            record["started_at"],
-            record["route"],
-            record["outcome"],
-            orjson.dumps(record, default=str).decode(),
+            *_usage_row(record),
         )
 
     async def export_queued(self, mark: bool) -> list[dict[str, Any]]:
