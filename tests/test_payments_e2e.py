@@ -285,24 +285,28 @@ def test_replays_and_bad_payments_are_refused_and_never_recorded(
     assert all(c["status"] == "settled" for c in claims(gateway.db))
 
 
-def test_concurrent_retries_settle_once(gateway: Process, facilitator: Process) -> None:
-    k = key()
-    token = credential(challenge_for(gateway), k)
-    before = len(settlements(facilitator))
-    with concurrent.futures.ThreadPoolExecutor(6) as pool:
-        statuses = list(
+def pay_at_once(gateways: list[Process], token: str, n: int = 6) -> list[int]:
+    """Statuses of `n` simultaneous requests presenting one credential, spread over `gateways`."""
+    with concurrent.futures.ThreadPoolExecutor(n) as pool:
+        return list(
             pool.map(
-                lambda _: request(
-                    gateway.url,
+                lambda i: request(
+                    gateways[i % len(gateways)].url,
                     "POST",
                     "/v1/chat/completions",
                     CHAT,
                     {"Authorization": f"Payment {token}"},
                 )[0],
-                range(6),
+                range(n),
             )
         )
-    assert sorted(statuses) == [200] + [403] * 5
+
+
+def test_concurrent_retries_settle_once(gateway: Process, facilitator: Process) -> None:
+    k = key()
+    token = credential(challenge_for(gateway), k)
+    before = len(settlements(facilitator))
+    assert sorted(pay_at_once([gateway], token)) == [200] + [403] * 5
     assert len(settlements(facilitator)) == before + 1
 
 
@@ -544,20 +548,7 @@ def test_two_instances_share_a_postgres_ledger(
         k = key()
         token = credential(challenge_for(a), k)
         before = len(settlements(facilitator))
-        with concurrent.futures.ThreadPoolExecutor(6) as pool:
-            statuses = list(
-                pool.map(
-                    lambda i: request(
-                        (a, b)[i % 2].url,
-                        "POST",
-                        "/v1/chat/completions",
-                        CHAT,
-                        {"Authorization": f"Payment {token}"},
-                    )[0],
-                    range(6),
-                )
-            )
-        assert sorted(statuses) == [200] + [403] * 5
+        assert sorted(pay_at_once([a, b], token)) == [200] + [403] * 5
         assert len(settlements(facilitator)) == before + 1
 
     # A restart does not forget the nonce.
