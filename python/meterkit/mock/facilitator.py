@@ -75,6 +75,20 @@ async def _verify(request: web.Request) -> web.Response:
     return web.json_response({"isValid": True, "payer": payer})
 
 
+def _settle_failure(reason: str, payer: str | None, network: str) -> web.Response:
+    """An x402 SettleResponse for a settlement that did not happen (HTTP 200, as facilitators
+    answer)."""
+    return web.json_response(
+        {
+            "success": False,
+            "errorReason": reason,
+            "payer": payer,
+            "transaction": "",
+            "network": network,
+        }
+    )
+
+
 async def _settle(request: web.Request) -> web.Response:
     state = request.app[STATE]
     mode = state["mode"]
@@ -86,46 +100,14 @@ async def _settle(request: web.Request) -> web.Response:
     try:
         auth, asset, payer, req = _check(body)
     except PaymentProblem as e:
-        return web.json_response(
-            {
-                "success": False,
-                "errorReason": e.reason,
-                "payer": None,
-                "transaction": "",
-                "network": "",
-            }
-        )
+        return _settle_failure(e.reason, None, "")
     if mode == "fail":
-        return web.json_response(
-            {
-                "success": False,
-                "errorReason": "insufficient_funds",
-                "payer": payer,
-                "transaction": "",
-                "network": asset.caip2,
-            }
-        )
+        return _settle_failure("insufficient_funds", payer, asset.caip2)
     if mode == "pending":
-        return web.json_response(
-            {
-                "success": False,
-                "errorReason": "settlement_pending",
-                "payer": payer,
-                "transaction": "",
-                "network": asset.caip2,
-            }
-        )
+        return _settle_failure("settlement_pending", payer, asset.caip2)
     key = evm.claim_key(auth, asset)
     if key in state["used"]:
-        return web.json_response(
-            {
-                "success": False,
-                "errorReason": "nonce_used",
-                "payer": payer,
-                "transaction": "",
-                "network": asset.caip2,
-            }
-        )
+        return _settle_failure("nonce_used", payer, asset.caip2)
     state["used"].add(key)
     tx = "0x" + _core.keccak256(orjson.dumps([key, auth.signature])).hex()
     state["settlements"].append(
