@@ -11,7 +11,7 @@ EXTRAS ?= test,bench,lint,speed
 BUILD_INPUTS := $(shell find rust benches -name '*.rs') Cargo.toml Cargo.lock pyproject.toml
 
 .DEFAULT_GOAL := help
-.PHONY: help install dev run test test-rust test-python lint bench clean
+.PHONY: help install dev run test services test-rust test-python lint bench clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -34,7 +34,10 @@ dev: $(VENV)/.created ## quick debug build of the extension into the venv (not f
 run: install ## set up and run the proxy on the embedded default (built-in mock upstream)
 	$(BIN)/meterkit serve --demo
 
-test: install test-rust test-python ## set up and run every test: cargo test + pytest
+test: install services test-rust test-python ## set up and run every test: cargo test + pytest
+
+services: ## start the local Redis and PostgreSQL the multi-instance tests need, when down
+	@bash tests/services.sh
 
 test-rust: ## Rust unit and property tests (no Python involved)
 	cargo test --quiet

@@ -80,7 +80,7 @@ def start_proxy(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 @pytest.fixture(scope="session")
 def redis_url() -> str:
-    """A real Redis: $REDIS_URL, else the local default. `.ci/run` starts one if none runs."""
+    """A real Redis: $REDIS_URL, else the local default. `make test` starts one if none runs."""
     import redis
 
     url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -95,7 +95,7 @@ def redis_url() -> str:
 
 @pytest.fixture(scope="session")
 def postgres_url() -> str:
-    """A real PostgreSQL: $DATABASE_URL, else the local default (`.ci/run` checks it runs)."""
+    """A real PostgreSQL: $DATABASE_URL, else the local default (`make test` starts it if down)."""
     import asyncio
 
     import asyncpg
