@@ -9,6 +9,25 @@ from collections.abc import Coroutine
 from typing import Any
 
 
+class BackgroundTasks:
+    """Tasks that outlive their request (usage records); shutdown waits for them."""
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    async def wait(self, timeout: float) -> None:
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=timeout)
+
+
 def new_event_loop() -> asyncio.AbstractEventLoop:
     try:
         import uvloop

@@ -1,16 +1,15 @@
 """Token budgets: tokens-per-minute buckets and per-day counters per identity, enforced at
-admission and inside the stream, reconciled both ways at the end (PROTOCOLS §4)."""
+admission and inside the stream, reconciled both ways at the end. Web-free: the aiohttp stage
+that applies them to requests is `meterkit.stages.BudgetStage`."""
 
 from meterkit.budgets.backends import BackendUnavailable, BudgetBackend, Identity, MemoryBackend
 from meterkit.budgets.policy import Decision, Limits
 from meterkit.budgets.redis_backend import RedisBackend
-from meterkit.budgets.stage import BudgetStage
 from meterkit.config.budgets import BudgetStore
 
 __all__ = [
     "BackendUnavailable",
     "BudgetBackend",
-    "BudgetStage",
     "Decision",
     "Identity",
     "Limits",

@@ -22,6 +22,7 @@ from meterkit.config.schema import (
     Timeouts,
     Upstream,
     UsageSink,
+    UsageSinkConfig,
     build_config,
     parse_route_key,
 )
@@ -38,6 +39,7 @@ __all__ = [
     "Timeouts",
     "Upstream",
     "UsageSink",
+    "UsageSinkConfig",
     "config_from_dict",
     "config_from_text",
     "load_config",

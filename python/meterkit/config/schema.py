@@ -78,9 +78,18 @@ class Gateway:
 
 
 @dataclass(frozen=True)
-class UsageSink:
+class UsageSinkConfig:
     sink: str = "log"
     path: str = "meterkit-data/usage.sqlite3"
+    # PostgreSQL sink: the URL and an optional schema for the usage_records table.
+    url: str | None = None
+    schema: str | None = None
+    # Records waiting for the store beyond which new requests get 503 (backpressure).
+    max_pending: int = 100_000
+
+
+# The name the settings class had before the usage sinks (`meterkit.usage.UsageSink`) took it.
+UsageSink = UsageSinkConfig
 
 
 @dataclass(frozen=True)
@@ -100,7 +109,7 @@ class Config:
     gateway: Gateway
     upstreams: Mapping[str, Upstream]
     routes: tuple[Route, ...]
-    usage: UsageSink = field(default_factory=UsageSink)
+    usage: UsageSinkConfig = field(default_factory=UsageSinkConfig)
     logging: Logging = field(default_factory=Logging)
     metrics: Metrics = field(default_factory=Metrics)
     budgets: Mapping[str, BudgetPolicy] = field(default_factory=dict)
@@ -326,6 +335,36 @@ def _choice(
     return str(v)
 
 
+def _usage(value: Any, path: KeyPath, problems: Problems) -> UsageSinkConfig:
+    d = UsageSinkConfig()
+    m = _mapping(value, path, problems) or {}
+    problems.unknown_keys(path, m, ("sink", "path", "url", "schema", "max_pending"))
+    sink = _choice(m, "sink", ("log", "sqlite", "postgres", "none"), path, problems) or d.sink
+    upath = _str(m["path"], path / "path", problems) if "path" in m else d.path
+    url = m.get("url")
+    if sink == "postgres" and (
+        not isinstance(url, str) or not url.startswith(("postgres://", "postgresql://"))
+    ):
+        problems.add(path / "url", "a postgres usage sink needs a postgresql:// URL")
+    schema = m.get("schema")
+    if schema is not None and (
+        not isinstance(schema, str) or not re.match(r"^[a-z_][a-z0-9_]*$", schema)
+    ):
+        problems.add(path / "schema", "expected a lowercase SQL identifier")
+        schema = None
+    max_pending = m.get("max_pending", d.max_pending)
+    if isinstance(max_pending, bool) or not isinstance(max_pending, int) or max_pending < 1:
+        problems.add(path / "max_pending", f"expected a positive integer, got {max_pending!r}")
+        max_pending = d.max_pending
+    return UsageSinkConfig(
+        sink=sink,
+        path=upath or d.path,
+        url=url if isinstance(url, str) else None,
+        schema=schema,
+        max_pending=max_pending,
+    )
+
+
 def build_config(tree: Any, problems: Problems, source: str = "config") -> Config | None:
     root = KeyPath()
     top = _mapping(tree, root, problems)
@@ -384,13 +423,7 @@ def build_config(tree: Any, problems: Problems, source: str = "config") -> Confi
         seen[norm] = r.key
         routes.append(r)
 
-    usage = UsageSink()
-    if "usage" in top:
-        m = _mapping(top["usage"], root / "usage", problems) or {}
-        problems.unknown_keys(root / "usage", m, ("sink", "path"))
-        sink = _choice(m, "sink", ("log", "sqlite", "none"), root / "usage", problems) or usage.sink
-        upath = _str(m["path"], root / "usage" / "path", problems) if "path" in m else usage.path
-        usage = UsageSink(sink=sink, path=upath or usage.path)
+    usage = _usage(top["usage"], root / "usage", problems) if "usage" in top else UsageSinkConfig()
 
     logging_ = Logging()
     if "logging" in top:

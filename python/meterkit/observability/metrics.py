@@ -38,9 +38,45 @@ class ProxyMetrics:
         )
         self.ttft = Histogram(
             "meterkit_time_to_first_token_seconds",
+            "Time from request to the first billed token (content, tool arguments, reasoning)",
+            ["route"],
+            buckets=_TTFT_BUCKETS,
+            registry=r,
+        )
+        self.ttfb = Histogram(
+            "meterkit_time_to_first_byte_seconds",
             "Time from request to the first byte of the response body",
             ["route"],
             buckets=_TTFT_BUCKETS,
+            registry=r,
+        )
+        self.truncations = Counter(
+            "meterkit_truncations",
+            "Streams cut short on purpose, once each, by cause (limit, budget, payment)",
+            ["route", "cause"],
+            registry=r,
+        )
+        self.rejections = Counter(
+            "meterkit_rejections",
+            "Requests the gateway or a stage answered instead of the upstream, by reason",
+            ["route", "reason"],
+            registry=r,
+        )
+        self.usage_pending = Gauge(
+            "meterkit_usage_pending_records",
+            "Usage records waiting for the usage store",
+            registry=r,
+        )
+        self.usage_write_retries = Counter(
+            "meterkit_usage_write_retries",
+            "Usage record batches the store refused for now (busy, locked, unreachable)",
+            ["sink"],
+            registry=r,
+        )
+        self.usage_write_failures = Counter(
+            "meterkit_usage_write_failures",
+            "Usage records the store refused for good (logged in full instead)",
+            ["sink"],
             registry=r,
         )
         self.upstream_errors = Counter(
@@ -67,7 +103,7 @@ class ProxyMetrics:
         )
         self.budget_truncations = Counter(
             "meterkit_budget_truncations",
-            "Streams cut by the per-request limit or the shared budget",
+            "Streams cut, once each, by cause (limit: the per-request cap; budget: the shared budget)",
             ["budget", "kind"],
             registry=r,
         )

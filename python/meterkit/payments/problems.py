@@ -18,6 +18,7 @@ class PaymentProblem(Exception):
     title = "Verification Failed"
     # Answer with a fresh challenge (402) so the client can pay again.
     fresh_challenge = True
+    type_base = PROBLEM_BASE
 
     def __init__(self, detail: str, *, reason: str | None = None, **extra: Any) -> None:
         super().__init__(detail)

@@ -4,23 +4,10 @@ cancel the upstream when the client leaves, and record usage.
     from meterkit.proxy import build_app
     app = build_app(load_config("meterkit.yaml"))
 
-The names are loaded on first use so that stages (budgets, payments) can import the proxy's
-context types without importing the whole app.
+`app` assembles the stages; `handler` serves one request through `meterkit.pipeline`;
+`upstream`, `stream` and `passthrough` move the bytes; `record` writes the usage record.
 """
 
-from __future__ import annotations
-
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from meterkit.proxy.app import build_app, serve
+from meterkit.proxy.app import build_app, serve
 
 __all__ = ["build_app", "serve"]
-
-
-def __getattr__(name: str) -> Any:
-    if name in __all__:
-        from meterkit.proxy import app
-
-        return getattr(app, name)
-    raise AttributeError(name)

@@ -12,31 +12,30 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
-from meterkit.budgets import BudgetBackend, BudgetStage, make_backend
+from meterkit.budgets import BudgetBackend, make_backend
 from meterkit.config import Config
 from meterkit.observability.metrics import CONTENT_TYPE_LATEST, ProxyMetrics
 from meterkit.payments import discovery
 from meterkit.payments.ledger import Ledger, make_ledger
 from meterkit.payments.settlement import Settler, make_settler
-from meterkit.payments.stage import PaymentStage
-from meterkit.proxy.context import Stage
-from meterkit.proxy.forward import handle
+from meterkit.pipeline import Pipeline, Stage
+from meterkit.proxy.handler import handle
 from meterkit.proxy.keys import (
     BUDGET_BACKEND,
     CONFIG,
     LEDGER,
     METRICS,
+    PIPELINE,
     ROUTER,
     SESSION,
     SETTLER,
     SINK,
-    STAGES,
     TASKS,
-    BackgroundTasks,
 )
 from meterkit.proxy.routing import Router
-from meterkit.runtime import bound_port
-from meterkit.usage import UsageSink, make_sink
+from meterkit.runtime import BackgroundTasks, bound_port
+from meterkit.stages import BudgetStage, PaymentStage
+from meterkit.usage import PostgresSink, UsageSink, make_sink
 
 log = logging.getLogger("meterkit.proxy")
 
@@ -57,6 +56,9 @@ async def _session(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _tasks(app: web.Application) -> AsyncIterator[None]:
+    sink = app[SINK]
+    if isinstance(sink, PostgresSink):
+        await sink.open()
     yield
     await app[TASKS].wait(timeout=10)
     await app[SINK].close()
@@ -102,12 +104,13 @@ def build_app(
     settler: Settler | None = None,
 ) -> web.Application:
     """The proxy app for `config`. The stages the config asks for run first (payments, then
-    budgets, which may be keyed by the verified payer), then `stages` in order."""
+    budgets, which may be keyed by the verified payer), then `stages` in order. A payment
+    is verified at admission but claimed only after every stage admitted the request."""
     app = web.Application(client_max_size=config.gateway.max_request_body)
     app[CONFIG] = config
     app[ROUTER] = Router(config.routes)
     app[METRICS] = ProxyMetrics()
-    app[SINK] = sink if sink is not None else make_sink(config.usage.sink, config.usage.path)
+    app[SINK] = sink if sink is not None else make_sink(config.usage, app[METRICS])
     configured: list[Stage] = []
     if any(PaymentStage.applies(r.payment) for r in config.routes):
         base = Path(config.source).parent if Path(config.source).is_file() else None
@@ -124,7 +127,7 @@ def build_app(
         backend = budget_backend or make_backend(config.budget_store)
         app[BUDGET_BACKEND] = backend
         configured.append(BudgetStage(config, backend, app[METRICS]))
-    app[STAGES] = (*configured, *stages)
+    app[PIPELINE] = Pipeline((*configured, *stages))
     app[TASKS] = BackgroundTasks()
     app.cleanup_ctx.append(_session)
     app.cleanup_ctx.append(_tasks)

@@ -1,6 +1,7 @@
 """The payment stage: price a request, answer 402 with every configured way to pay, verify a
 credential (MPP `Payment` / x402 v1 / x402 v2), claim its authorization durably, and settle
-it at the route's moment.
+it at the route's moment. Verification happens at admission; the claim (the first durable
+step towards moving money) only once every stage has admitted the request.
 
 Hook contract (YAML `hooks:` on a route; `package.module:function` or `file.py:function`,
 sync or async):
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 import time
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -27,31 +27,25 @@ from typing import Any
 
 import orjson
 from aiohttp import web
-from multidict import CIMultiDict
 
-from meterkit import _core
-from meterkit.budgets.identity import requested_max
+from meterkit import formats
 from meterkit.config import Config
-from meterkit.config.payments import Accept
 from meterkit.observability.metrics import ProxyMetrics
-from meterkit.payments import access, evm, mpp, x402
+from meterkit.payments import access, evm, mpp, receipts, x402
 from meterkit.payments.callables import call, load_callable
 from meterkit.payments.ledger import Claim, Ledger
-from meterkit.payments.pricing import Quote, base_units, quote
+from meterkit.payments.offers import ChallengeTerms, Offer, make_offers, refusal
+from meterkit.payments.pricing import Quote, quote
 from meterkit.payments.problems import (
-    InvalidChallenge,
-    MalformedCredential,
-    MethodUnsupported,
-    PaymentExpired,
     PaymentProblem,
     PaymentRequired,
     Replayed,
     SettlementUnknown,
-    VerificationFailed,
 )
 from meterkit.payments.settlement import SettlementFailed, SettlementRequest, Settler
-from meterkit.proxy.context import RequestContext
-from meterkit.proxy.problems import ProxyError
+from meterkit.payments.verify import Verified, verify_mpp, verify_x402
+from meterkit.pipeline import Answer, RequestContext, Stage
+from meterkit.problems import Problem, ProxyError
 from meterkit.usage import UsageRecord
 
 log = logging.getLogger("meterkit.payments")
@@ -62,45 +56,10 @@ _CLAIM_WAIT = 15.0
 
 
 @dataclass
-class Offer:
-    accept: Accept
-    amount: int
-
-    @property
-    def mpp_request(self) -> dict[str, Any]:
-        """The `evm/charge` request (the shape the `pympp` client expects)."""
-        a = self.accept.asset
-        return {
-            "amount": str(self.amount),
-            "currency": _core.checksum_address(a.address),
-            "recipient": _core.checksum_address(self.accept.pay_to),
-            "methodDetails": {
-                "chainId": a.chain_id,
-                "credentialTypes": [evm.CREDENTIAL_TYPE],
-                "decimals": a.decimals,
-            },
-        }
-
-    @property
-    def x402(self) -> x402.Offer:
-        return x402.Offer(self.accept.asset, self.amount, self.accept.pay_to)
-
-
-@dataclass
-class Verified:
-    protocol: str  # mpp | x402-v1 | x402-v2
-    offer: Offer
-    auth: evm.Authorization
-    payer: str
-    challenge_id: str | None = None
-
-
-@dataclass
 class PaymentState:
     quote: Quote
     offers: list[Offer]
-    resource: str
-    digest: str | None
+    terms: ChallengeTerms
     verified: Verified | None = None
     claim_key: str | None = None
     settled: bool = False
@@ -111,7 +70,7 @@ class PaymentState:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-class PaymentStage:
+class PaymentStage(Stage):
     name = "payment"
 
     def __init__(
@@ -168,9 +127,9 @@ class PaymentStage:
             log.exception("hook %s failed", name, extra={"route": ctx.route.key})
             return None
 
-    # ---- request -----------------------------------------------------------------------
+    # ---- admission: price and verify (nothing durable yet) -----------------------------
 
-    async def on_request(self, ctx: RequestContext) -> web.StreamResponse | None:
+    async def on_request(self, ctx: RequestContext) -> Answer | None:
         rp = ctx.route.payment
         if not self.applies(rp):
             return None
@@ -207,154 +166,79 @@ class PaymentStage:
             q = Quote(replaced, "hook", q.model, q.prompt_tokens, q.max_completion_tokens)
         if q.basis == "token-based" and ctx.json is not None:
             # The upstream must not produce more than the quote paid for.
-            requested, key = requested_max(ctx.json, ctx.format)
+            requested, key = formats.requested_max(ctx.json, ctx.format)
             if requested is None:
                 ctx.json[key] = q.max_completion_tokens
                 ctx.body_changed = True
-        offers = [Offer(a, base_units(q.price, a.asset)) for a in self.config.accepts]
         req = ctx.request
         state = PaymentState(
             q,
-            offers,
-            f"{req.scheme}://{req.host}{req.path_qs}",
-            mpp.body_digest(ctx.body) if ctx.body else None,
+            make_offers(q.price, self.config.accepts),
+            ChallengeTerms(
+                secret=self.secret,
+                realm=self._realm(ctx),
+                digest=mpp.body_digest(ctx.body) if ctx.body else None,
+                resource=f"{req.scheme}://{req.host}{req.path_qs}",
+                description=rp.description or f"{req.method} {req.path}",
+                expires=self.pay.expires,
+                protocols=tuple(self.pay.protocols),
+            ),
         )
         ctx.state["payment"] = state
         try:
             verified = self._read_credential(ctx, state)
             if verified is None:
                 raise PaymentRequired("this route requires payment", reason="no_credential")
-            state.verified = verified
-            ctx.state["payer"] = verified.payer
-            await self._claim(ctx, state, verified)
         except PaymentProblem as e:
             return await self._refuse(ctx, state, e)
-        return None
-
-    async def before_upstream(self, ctx: RequestContext) -> web.StreamResponse | None:
-        """After every stage admitted the request: settle now (before-response), or verify
-        with the settler and hold the claim until the upstream answers (after-response)."""
-        state: PaymentState | None = ctx.state.get("payment")
-        if state is None or state.verified is None:
-            return None
-        try:
-            if ctx.route.payment.settlement == "after-response":
-                await self.settler.verify(self._settlement_request(ctx, state))
-                state.pending = True
-            else:
-                await self._settle(ctx, state)
-        except PaymentProblem as e:
-            await self._release(state, str(e))
-            return await self._refuse(ctx, state, e)
+        state.verified = verified
+        ctx.state["payer"] = verified.payer
         return None
 
     def _read_credential(self, ctx: RequestContext, state: PaymentState) -> Verified | None:
         headers = ctx.request.headers
         protocols = self.pay.protocols
+        now = time.time()
         token = mpp.payment_token(headers.get("Authorization"))
         if token is not None and "mpp" in protocols:
-            return self._verify_mpp(ctx, state, token)
+            return verify_mpp(
+                token,
+                state.offers,
+                secret=self.secret,
+                realm=state.terms.realm,
+                digest=state.terms.digest,
+                now=now,
+                max_validity=self.pay.max_validity,
+            )
         for name in ("PAYMENT-SIGNATURE", "X-PAYMENT"):
             value = headers.get(name)
             if value is not None and "x402" in protocols:
-                return self._verify_x402(state, name, value)
+                return verify_x402(
+                    name, value, state.offers, now=now, max_validity=self.pay.max_validity
+                )
         return None
 
-    def _verify_mpp(self, ctx: RequestContext, state: PaymentState, token: str) -> Verified:
-        cred = mpp.decode_credential(token)
-        ch = cred.challenge
-        # 1. The id binds the echoed terms: issued by us, unaltered.
-        if not ch.bound(self.secret):
-            raise InvalidChallenge(
-                "the challenge id does not match its terms (not issued here, or altered)",
-                reason="hmac",
-            )
-        if (ch.method, ch.intent) != ("evm", "charge"):
-            raise MethodUnsupported(
-                f"payment method {ch.method}/{ch.intent} is not accepted here", reason="method"
-            )
-        # 2. The echoed terms are today's terms for this request.
-        if ch.realm != self._realm(ctx):
-            raise InvalidChallenge("the challenge was issued for another realm", reason="realm")
-        wanted = ch.request_json
-        offer = next((o for o in state.offers if o.mpp_request == wanted), None)
-        if offer is None:
-            raise InvalidChallenge(
-                "the challenge's terms are not what this request costs now", reason="terms"
-            )
-        if not mpp.same_digest(ch.digest, state.digest):
-            raise InvalidChallenge(
-                "the request body is not the one the challenge was issued for", reason="digest"
-            )
-        # `opaque` carries the challenge's own random nonce: bound by the HMAC, nothing to check.
-        # 3. Expiry: required, and in the future.
-        if ch.expires is None:
-            raise InvalidChallenge("the challenge has no expiry", reason="no_expires")
-        expires = mpp.parse_rfc3339(ch.expires)
-        if expires is None:
-            raise InvalidChallenge("the challenge expiry is not an RFC 3339 time", reason="expires")
-        now = time.time()
-        if expires <= now:
-            raise PaymentExpired(
-                f"the challenge expired at {ch.expires}", reason="expired_challenge"
-            )
-        # 4. The payload: an EIP-3009 authorization bound to this challenge.
-        p = cred.payload
-        if p.get("type") != evm.CREDENTIAL_TYPE:
-            raise MalformedCredential(
-                "the evm/charge payload type must be 'authorization'", reason="payload_type"
-            )
-        auth = evm.parse_authorization(p, p.get("signature"))
-        payer = evm.verify(
-            auth,
-            evm.Terms(offer.accept.asset, offer.amount, offer.accept.pay_to),
-            now=now,
-            max_valid_before=max(now + self.pay.max_validity, expires),
-            nonce=evm.challenge_nonce(ch.id, ch.realm),
-        )
-        if (
-            cred.source is not None
-            and cred.source.lower() != evm.did_pkh(offer.accept.asset.chain_id, payer).lower()
-        ):
-            raise VerificationFailed("the credential's source is not the payer", reason="source")
-        return Verified("mpp", offer, auth, payer, ch.id)
+    # ---- commit: claim, then settle now or after the upstream answered -----------------
 
-    def _verify_x402(self, state: PaymentState, header: str, value: str) -> Verified:
-        pay = x402.decode_payment(value, header)
-        if pay.scheme != "exact":
-            raise MethodUnsupported(f"x402 scheme {pay.scheme!r} is not accepted", reason="scheme")
-        offer = next(
-            (
-                o
-                for o in state.offers
-                if pay.network in (o.accept.asset.network, o.accept.asset.caip2)
-            ),
-            None,
-        )
-        if offer is None:
-            raise VerificationFailed(
-                f"network {pay.network} is not accepted here", reason="network"
-            )
-        if pay.accepted is not None:
-            terms = x402.requirements_v2(offer.x402, 0)
-            for k in ("amount", "asset", "payTo"):
-                if str(pay.accepted.get(k, "")).lower() != str(terms[k]).lower():
-                    raise VerificationFailed(
-                        f"the accepted terms differ from today's ({k})", reason="terms"
-                    )
-        if not isinstance(pay.authorization, dict):
-            raise MalformedCredential("payload.authorization must be an object", reason="shape")
-        auth = evm.parse_authorization(pay.authorization, pay.signature)
-        now = time.time()
-        payer = evm.verify(
-            auth,
-            evm.Terms(offer.accept.asset, offer.amount, offer.accept.pay_to),
-            now=now,
-            max_valid_before=now + self.pay.max_validity,
-        )
-        return Verified(f"x402-v{pay.version}", offer, auth, payer)
-
-    # ---- claim and settle --------------------------------------------------------------
+    async def before_upstream(self, ctx: RequestContext) -> Answer | None:
+        """Every stage admitted the request: claim the authorization, then settle now
+        (before-response), or verify with the settler and hold the claim until the upstream
+        answers (after-response)."""
+        state: PaymentState | None = ctx.state.get("payment")
+        if state is None or state.verified is None:
+            return None
+        try:
+            await self._claim(ctx, state, state.verified)
+            if ctx.route.payment.settlement == "after-response":
+                await self.settler.verify(self._settlement_request(state))
+                state.pending = True
+            else:
+                await self._settle(ctx, state)
+        except PaymentProblem as e:
+            if not isinstance(e, SettlementUnknown):
+                await self._release(state, str(e))
+            return await self._refuse(ctx, state, e)
+        return None
 
     async def _claim(self, ctx: RequestContext, state: PaymentState, v: Verified) -> None:
         asset = v.offer.accept.asset
@@ -406,7 +290,7 @@ class PaymentStage:
             existing = await self.ledger.get_claim(existing.claim_key)
         return existing
 
-    def _settlement_request(self, ctx: RequestContext, state: PaymentState) -> SettlementRequest:
+    def _settlement_request(self, state: PaymentState) -> SettlementRequest:
         v = state.verified
         assert v is not None and state.claim_key is not None
         return SettlementRequest(
@@ -423,9 +307,8 @@ class PaymentStage:
     async def _settle(self, ctx: RequestContext, state: PaymentState) -> None:
         v = state.verified
         assert v is not None and state.claim_key is not None
-        req = self._settlement_request(ctx, state)
         try:
-            status, reference = await self.settler.settle(req)
+            status, reference = await self.settler.settle(self._settlement_request(state))
         except SettlementFailed as e:
             await self.ledger.record_settlement(
                 state.claim_key, self.settler.name, "failed", None, str(e)
@@ -444,45 +327,24 @@ class PaymentStage:
             state.claim_key, self.settler.name, status, reference, None
         )
         self.metrics.settlements.labels(ctx.route.key, status).inc()
-        asset = v.offer.accept.asset
-        receipt: dict[str, Any] = {
-            "status": "success",
-            "method": "evm",
-            "intent": "charge",
-            "timestamp": mpp.rfc3339(time.time()),
-            "reference": reference,
-            "payer": v.payer,
-            "amount": str(v.offer.amount),
-            "currency": asset.address,
-            "network": asset.caip2,
-            "settlement": status,
-        }
-        if v.challenge_id:
-            receipt["challengeId"] = v.challenge_id
+        rcpt = receipts.receipt(v, reference, status, time.time())
         # Durable before any success byte leaves.
-        await self.ledger.save_receipt(ctx.request_id, state.claim_key, receipt)
+        await self.ledger.save_receipt(ctx.request_id, state.claim_key, rcpt)
         state.settled, state.pending, state.reference, state.receipt = (
             True,
             False,
             reference,
-            receipt,
+            rcpt,
         )
-        h = ctx.response_headers
-        h["Cache-Control"] = "private"
-        if v.protocol == "mpp":
-            h["Payment-Receipt"] = mpp.receipt_header(receipt)
-        else:
-            name = "X-PAYMENT-RESPONSE" if v.protocol == "x402-v1" else "PAYMENT-RESPONSE"
-            network = asset.network if v.protocol == "x402-v1" else asset.caip2
-            h[name] = x402.payment_response(True, reference, network, v.payer)
+        ctx.response_headers.update(receipts.response_headers(v, rcpt))
         rp = ctx.route.payment
         if rp.mint_access_ttl:
             token, exp = access.mint(
                 self.access_secret, scope=rp.access_scope, ttl=rp.mint_access_ttl, subject=v.payer
             )
-            h[access.HEADER] = token
-            h["Meterkit-Access-Expires"] = mpp.rfc3339(exp)
-        await self._hook(ctx, "onSettled", receipt)
+            ctx.response_headers[access.HEADER] = token
+            ctx.response_headers["Meterkit-Access-Expires"] = mpp.rfc3339(exp)
+        await self._hook(ctx, "onSettled", rcpt)
 
     async def _release(self, state: PaymentState, why: str) -> None:
         if state.claim_key is not None and not state.settled:
@@ -492,9 +354,7 @@ class PaymentStage:
 
     # ---- after the upstream answered ---------------------------------------------------
 
-    async def on_upstream_response(
-        self, ctx: RequestContext, status: int
-    ) -> web.StreamResponse | None:
+    async def on_upstream_response(self, ctx: RequestContext, status: int) -> Answer | None:
         await self._hook(ctx, "onResponse", status)
         state: PaymentState | None = ctx.state.get("payment")
         if state is None or not state.pending:
@@ -525,13 +385,28 @@ class PaymentStage:
         ctx.response_headers[STATUS_HEADER] = f"not-charged; reason={reason}"
         log.info("settlement skipped", extra={"route": ctx.route.key, "reason": reason})
 
+    async def on_abort(self, ctx: RequestContext, record: UsageRecord) -> None:
+        """Nothing reached the client: a claim that did not settle is released."""
+        state: PaymentState | None = ctx.state.get("payment")
+        if state is None:
+            return
+        if state.pending:
+            await self._skip(ctx, state, "no-response")
+        elif state.claim_key is not None and not state.settled:
+            await self._release(state, f"request ended: {record.outcome}")
+        await self._finish(state, record)
+
     async def on_complete(self, ctx: RequestContext, record: UsageRecord) -> None:
         state: PaymentState | None = ctx.state.get("payment")
         if state is None:
             return
         if state.pending:
-            # The client left (or the stream failed) before the upstream answered.
+            # The stream ended before the upstream answered (cannot happen once delivered,
+            # but a pending claim must never outlive its request).
             await self._skip(ctx, state, "no-response")
+        await self._finish(state, record)
+
+    async def _finish(self, state: PaymentState, record: UsageRecord) -> None:
         v = state.verified
         record.payment = {
             "quote": state.quote.as_dict(),
@@ -555,29 +430,7 @@ class PaymentStage:
 
     # ---- answering ---------------------------------------------------------------------
 
-    def challenges(self, ctx: RequestContext, state: PaymentState) -> list[mpp.Challenge]:
-        expires = mpp.rfc3339(time.time() + self.pay.expires)
-        # Every challenge gets a random `opaque` nonce: two identical requests in the same second
-        # must not get the same challenge id, which would give both the same EIP-3009 nonce and
-        # make the second payment a replay of the first.
-        return [
-            mpp.make_challenge(
-                self.secret,
-                realm=self._realm(ctx),
-                method="evm",
-                intent="charge",
-                request=o.mpp_request,
-                expires=expires,
-                digest=state.digest,
-                opaque={"n": secrets.token_hex(12)},
-                description=ctx.route.payment.description,
-            )
-            for o in state.offers
-        ]
-
-    async def _refuse(
-        self, ctx: RequestContext, state: PaymentState, e: PaymentProblem
-    ) -> web.Response:
+    async def _refuse(self, ctx: RequestContext, state: PaymentState, e: PaymentProblem) -> Problem:
         if not isinstance(e, PaymentRequired):
             self.metrics.payments.labels(ctx.route.key, "rejected", e.reason).inc()
             log.info(
@@ -585,31 +438,13 @@ class PaymentStage:
                 extra={"route": ctx.route.key, "reason": e.reason, "detail": e.detail},
             )
             await self._hook(ctx, "onError", e)
-        headers: CIMultiDict[str] = CIMultiDict()
-        headers["Cache-Control"] = "no-store"
-        headers["X-Request-Id"] = ctx.request_id
-        body = e.body(ctx.request_id)
         if e.fresh_challenge:
             self.metrics.payment_required.labels(ctx.route.key).inc()
-            description = (
-                ctx.route.payment.description or f"{ctx.request.method} {ctx.request.path}"
-            )
-            offers = [o.x402 for o in state.offers]
-            timeout = int(self.pay.expires)
-            if "mpp" in self.pay.protocols:
-                for ch in self.challenges(ctx, state):
-                    headers.add("WWW-Authenticate", ch.header())
-            if "x402" in self.pay.protocols:
-                headers["PAYMENT-REQUIRED"] = x402.payment_required_v2(
-                    offers, state.resource, description, timeout, e.detail
-                )
-                body.update(
-                    x402.payment_required_v1(offers, state.resource, description, timeout, e.detail)
-                )
-            body["price"] = str(state.quote.price)
-        return web.Response(
-            status=e.status,
-            body=orjson.dumps(body),
-            headers=headers,
-            content_type="application/problem+json",
+        return refusal(
+            e,
+            state.terms,
+            state.offers,
+            state.quote.price,
+            time.time(),
+            ctx.route.payment.description,
         )

@@ -1,0 +1,133 @@
+"""What a priced request can be paid with, and the 402 that says so: pure functions of the
+route's terms, with `now` passed in."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from meterkit import _core
+from meterkit.config.payments import Accept
+from meterkit.payments import evm, mpp, x402
+from meterkit.payments.pricing import base_units
+from meterkit.payments.problems import PaymentProblem
+from meterkit.problems import Problem
+
+
+@dataclass(frozen=True)
+class Offer:
+    """One way to pay one request: an accepted asset and the amount in its base units."""
+
+    accept: Accept
+    amount: int
+
+    @property
+    def mpp_request(self) -> dict[str, Any]:
+        """The `evm/charge` request (the shape the `pympp` client expects)."""
+        a = self.accept.asset
+        return {
+            "amount": str(self.amount),
+            "currency": _core.checksum_address(a.address),
+            "recipient": _core.checksum_address(self.accept.pay_to),
+            "methodDetails": {
+                "chainId": a.chain_id,
+                "credentialTypes": [evm.CREDENTIAL_TYPE],
+                "decimals": a.decimals,
+            },
+        }
+
+    @property
+    def x402(self) -> x402.Offer:
+        return x402.Offer(self.accept.asset, self.amount, self.accept.pay_to)
+
+
+def make_offers(price: Decimal, accepts: Sequence[Accept]) -> list[Offer]:
+    return [Offer(a, base_units(price, a.asset)) for a in accepts]
+
+
+@dataclass(frozen=True)
+class ChallengeTerms:
+    """What a 402 for one request binds: who asks, for what body, until when."""
+
+    secret: bytes
+    realm: str
+    digest: str | None
+    resource: str
+    description: str
+    # Seconds a challenge stays valid.
+    expires: float
+    protocols: tuple[str, ...]
+
+
+def challenges(
+    terms: ChallengeTerms, offers: Sequence[Offer], now: float, route_description: str | None
+) -> list[mpp.Challenge]:
+    expires = mpp.rfc3339(now + terms.expires)
+    # Every challenge gets a random `opaque` nonce: two identical requests in the same second
+    # must not get the same challenge id, which would give both the same EIP-3009 nonce and
+    # make the second payment a replay of the first.
+    return [
+        mpp.make_challenge(
+            terms.secret,
+            realm=terms.realm,
+            method="evm",
+            intent="charge",
+            request=o.mpp_request,
+            expires=expires,
+            digest=terms.digest,
+            opaque={"n": secrets.token_hex(12)},
+            description=route_description,
+        )
+        for o in offers
+    ]
+
+
+def refusal(
+    e: PaymentProblem,
+    terms: ChallengeTerms,
+    offers: Sequence[Offer],
+    price: Decimal,
+    now: float,
+    route_description: str | None,
+) -> Problem:
+    """The answer to a request whose payment is missing or refused: with fresh challenges
+    (every configured protocol) when the client may pay again, without them when the money
+    may already have moved."""
+    headers: list[tuple[str, str]] = []
+    extra: dict[str, Any] = dict(e.extra)
+    if e.fresh_challenge:
+        x_offers = [o.x402 for o in offers]
+        timeout = int(terms.expires)
+        if "mpp" in terms.protocols:
+            headers += [
+                ("WWW-Authenticate", ch.header())
+                for ch in challenges(terms, offers, now, route_description)
+            ]
+        if "x402" in terms.protocols:
+            headers.append(
+                (
+                    "PAYMENT-REQUIRED",
+                    x402.payment_required_v2(
+                        x_offers, terms.resource, terms.description, timeout, e.detail
+                    ),
+                )
+            )
+            extra.update(
+                x402.payment_required_v1(
+                    x_offers, terms.resource, terms.description, timeout, e.detail
+                )
+            )
+        extra["price"] = str(price)
+    return Problem(
+        e.status,
+        e.code,
+        e.title,
+        e.detail,
+        type_base=e.type_base,
+        extra=extra,
+        headers=tuple(headers),
+        reason=e.reason,
+    )

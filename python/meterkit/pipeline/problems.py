@@ -1,0 +1,105 @@
+"""The one renderer of problem details, and the problems the gateway itself answers."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import orjson
+from aiohttp import web
+from multidict import CIMultiDict
+
+from meterkit.problems import PROBLEM_BASE, Problem, ProxyError
+
+__all__ = ["PROBLEM_BASE", "Problem", "ProxyError", "problem_response"]
+
+
+def problem_response(
+    problem: Problem | ProxyError,
+    request_id: str | None,
+    headers: Mapping[str, str] | None = None,
+) -> web.Response:
+    """`problem` as an `application/problem+json` response. `headers` (e.g. a receipt set by
+    a stage) come first; the problem's own headers are added after them."""
+    p = problem.problem() if isinstance(problem, ProxyError) else problem
+    h: CIMultiDict[str] = CIMultiDict({"Cache-Control": "no-store", **(headers or {})})
+    for name, value in p.headers:
+        if name.lower() == "www-authenticate":
+            h.add(name, value)
+        else:
+            h[name] = value
+    if request_id:
+        h["X-Request-Id"] = request_id
+    return web.Response(
+        status=p.status,
+        body=orjson.dumps(p.body(request_id)),
+        content_type="application/problem+json",
+        headers=h,
+    )
+
+
+def not_found(method: str, path: str) -> ProxyError:
+    return ProxyError(404, "no-route", "No route", f"no route for {method} {path}")
+
+
+def method_not_allowed(method: str, path: str) -> ProxyError:
+    return ProxyError(
+        405, "method-not-allowed", "Method not allowed", f"{method} is not routed for {path}"
+    )
+
+
+def body_too_large(limit: int) -> ProxyError:
+    return ProxyError(
+        413,
+        "request-too-large",
+        "Request body too large",
+        f"request bodies are limited to {limit} bytes",
+        limit=limit,
+    )
+
+
+def bad_json(detail: str) -> ProxyError:
+    return ProxyError(400, "invalid-json", "Invalid JSON body", detail)
+
+
+def invalid_field(field: str, detail: str) -> ProxyError:
+    return ProxyError(
+        400, "invalid-request", "Invalid request body", f"{field}: {detail}", field=field
+    )
+
+
+class UpstreamError(ProxyError):
+    """The upstream failed before its response headers (502, 504)."""
+
+
+def upstream_unreachable(name: str, detail: str) -> UpstreamError:
+    return UpstreamError(
+        502,
+        "upstream-unreachable",
+        "Upstream unreachable",
+        f"upstream {name!r}: {detail}",
+        upstream=name,
+    )
+
+
+def upstream_timeout(name: str, seconds: float, phase: str) -> UpstreamError:
+    return UpstreamError(
+        504,
+        "upstream-timeout",
+        "Upstream timeout",
+        f"upstream {name!r} sent no {phase} within {seconds:g} s",
+        upstream=name,
+    )
+
+
+def internal_error() -> ProxyError:
+    return ProxyError(500, "internal-error", "Internal error", "the gateway failed; see its logs")
+
+
+def usage_backlogged(pending: int) -> ProxyError:
+    return ProxyError(
+        503,
+        "usage-store-backlogged",
+        "Usage store backlogged",
+        f"{pending} usage records are waiting for the usage store; retry shortly",
+        headers={"Retry-After": "1"},
+    )

@@ -1,0 +1,124 @@
+"""The orchestration loop: admission, commit, the upstream (a callable of the HTTP layer),
+and the guarantee that every stage that entered hears how the request ended.
+
+Sockets stay out of this module: `forward` does the upstream request and the streaming, so
+the loop is tested with fake stages and a fake `forward` (tests/pipeline/).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+
+from aiohttp import web
+
+from meterkit.pipeline.context import RequestContext
+from meterkit.pipeline.problems import UpstreamError, internal_error, problem_response
+from meterkit.pipeline.stage import Answer, Stage
+from meterkit.problems import Problem, ProxyError
+from meterkit.usage import UsageRecord
+
+log = logging.getLogger("meterkit.pipeline")
+
+Forward = Callable[[RequestContext], Awaitable[web.StreamResponse]]
+
+
+class Pipeline:
+    """The stages of an app, in order, and the rules for running them."""
+
+    def __init__(self, stages: Sequence[Stage]) -> None:
+        self.stages = tuple(stages)
+
+    async def run(self, ctx: RequestContext, forward: Forward) -> web.StreamResponse:
+        """Answer one request. `ctx.result` says how it ended; the caller writes the record
+        (and calls `finish`) whatever happens, including cancellation."""
+        try:
+            answer = await self._admit(ctx)
+            if answer is not None:
+                return self._answered(ctx, answer, "rejected")
+            return await forward(ctx)
+        except UpstreamError as e:
+            for stage in ctx.entered:
+                try:
+                    await stage.on_upstream_failure(ctx, e)
+                except Exception:
+                    log.exception("stage on_upstream_failure failed", extra={"stage": stage.name})
+            ctx.result.error = e.detail
+            return self._answered(ctx, e.problem(), "upstream_error")
+        except ProxyError as e:
+            return self._answered(ctx, e.problem(), "rejected")
+        except asyncio.CancelledError:
+            if not ctx.result.delivered:
+                ctx.result.outcome = "client_cancelled"
+            raise
+        except Exception as e:
+            # A bug or an operator hook failing: log it, answer problem details, keep serving.
+            log.exception("unhandled error", extra={"path": ctx.request.path})
+            ctx.result.error = f"{type(e).__name__}: {e}"
+            return self._answered(ctx, internal_error().problem(), "failed")
+
+    async def _admit(self, ctx: RequestContext) -> Answer | None:
+        for stage in self.stages:
+            # Entered before the call: a stage that raised half-way still gets on_abort.
+            ctx.entered.append(stage)
+            answer = await stage.on_request(ctx)
+            if answer is not None:
+                ctx.result.reason = _reason(answer, stage)
+                return answer
+        # Every stage admitted the request: the moment to commit (e.g. settle a payment).
+        for stage in self.stages:
+            answer = await stage.before_upstream(ctx)
+            if answer is not None:
+                ctx.result.reason = _reason(answer, stage)
+                return answer
+        return None
+
+    async def upstream_answered(self, ctx: RequestContext, status: int) -> Answer | None:
+        """The upstream's headers arrived: a stage may still answer instead."""
+        for stage in ctx.entered:
+            answer = await stage.on_upstream_response(ctx, status)
+            if answer is not None:
+                ctx.result.reason = _reason(answer, stage)
+                return answer
+        return None
+
+    def refuse(self, ctx: RequestContext, error: ProxyError) -> web.StreamResponse:
+        """The gateway refused the request before the stages (a bad body, a full queue)."""
+        return self._answered(ctx, error.problem(), "rejected")
+
+    def render(self, ctx: RequestContext, answer: Answer) -> web.StreamResponse:
+        if isinstance(answer, Problem):
+            return problem_response(answer, ctx.echo_id, ctx.response_headers)
+        return answer
+
+    def _answered(self, ctx: RequestContext, answer: Answer, outcome: str) -> web.StreamResponse:
+        r = ctx.result
+        r.outcome = outcome  # type: ignore[assignment]
+        if isinstance(answer, Problem):
+            r.reason = r.reason or answer.reason or answer.code
+        r.status = answer.status
+        return self.render(ctx, answer)
+
+    async def finish(self, ctx: RequestContext, record: UsageRecord) -> None:
+        """Tell every stage that entered how the request ended, last entered first:
+        `on_complete` when the upstream's response reached the client, else `on_abort`."""
+        delivered = ctx.result.delivered
+        for stage in reversed(ctx.entered):
+            try:
+                if delivered:
+                    await stage.on_complete(ctx, record)
+                else:
+                    await stage.on_abort(ctx, record)
+            except Exception:
+                log.exception(
+                    "stage %s failed",
+                    "on_complete" if delivered else "on_abort",
+                    extra={"stage": stage.name},
+                )
+
+
+def _reason(answer: Answer, stage: Stage) -> str:
+    if isinstance(answer, Problem):
+        return answer.reason or answer.code
+    return f"{stage.name}-{answer.status}"

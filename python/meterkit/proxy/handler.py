@@ -1,0 +1,160 @@
+"""The request handler: route, read and check the body, then run the pipeline with the
+upstream forward, and write the one usage record on every way out.
+
+Streams are never buffered: `stream.py` feeds each upstream read to the meter (one Rust
+call). When the client goes away, aiohttp cancels this handler
+(`handler_cancellation=True`); closing the upstream response closes its connection, so the
+upstream stops generating (and billing) tokens right away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+import uuid
+
+import orjson
+from aiohttp import web
+
+from meterkit import detect_format, formats
+from meterkit.observability.logs import request_id_var
+from meterkit.pipeline import RequestContext
+from meterkit.pipeline import problems as gateway
+from meterkit.pipeline.problems import problem_response
+from meterkit.problems import ProxyError
+from meterkit.proxy import record
+from meterkit.proxy.keys import CONFIG, PIPELINE, ROUTER, SINK
+from meterkit.proxy.passthrough import pass_through
+from meterkit.proxy.routing import upstream_path
+from meterkit.proxy.stream import stream_events
+from meterkit.proxy.upstream import has_body, open_upstream
+
+_CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def _client_request_id(request: web.Request) -> str | None:
+    given = request.headers.get("X-Request-Id")
+    return given if given and _CLIENT_REQUEST_ID.match(given) else None
+
+
+async def handle(request: web.Request) -> web.StreamResponse:
+    started = (time.time(), time.monotonic())
+    rid = uuid.uuid4().hex
+    client_rid = _client_request_id(request)
+    token = request_id_var.set(rid)
+    try:
+        try:
+            ctx = _context(request, rid, client_rid, started)
+        except ProxyError as e:
+            record.finish_unrouted(request, rid, client_rid, started, e.status, "rejected", e.code)
+            return problem_response(e, client_rid or rid)
+        try:
+            return await _serve(ctx)
+        finally:
+            record.finish(ctx)
+    finally:
+        request_id_var.reset(token)
+
+
+def _context(
+    request: web.Request, rid: str, client_rid: str | None, started: tuple[float, float]
+) -> RequestContext:
+    app = request.app
+    match, path_known = app[ROUTER].match(request.method, request.raw_path)
+    if match is None:
+        if path_known:
+            raise gateway.method_not_allowed(request.method, request.path)
+        raise gateway.not_found(request.method, request.path)
+    route = match.route
+    upstream = app[CONFIG].upstreams[route.upstream]
+    path = upstream_path(
+        route, match.params, request.raw_path.split("?", 1)[0], request.query, request.query_string
+    )
+    if route.format == "none":
+        fmt = None
+    elif route.format == "auto":
+        fmt = detect_format(path) or detect_format(request.path)
+    else:
+        fmt = route.format
+    return RequestContext(
+        request=request,
+        request_id=rid,
+        client_request_id=client_rid,
+        route=route,
+        params=dict(match.params),
+        upstream=upstream,
+        upstream_path=path,
+        format=fmt,
+        started_at=started[0],
+        started=started[1],
+    )
+
+
+async def _serve(ctx: RequestContext) -> web.StreamResponse:
+    pipeline = ctx.request.app[PIPELINE]
+    try:
+        backlog = ctx.request.app[SINK].backlogged()
+        if backlog:
+            raise gateway.usage_backlogged(backlog)
+        if ctx.format is not None and has_body(ctx.request):
+            await _read_llm_body(ctx)
+    except ProxyError as e:
+        return pipeline.refuse(ctx, e)
+    except asyncio.CancelledError:
+        ctx.result.outcome = "client_cancelled"
+        raise
+    return await pipeline.run(ctx, _forward)
+
+
+async def _read_capped(request: web.Request, limit: int) -> bytes:
+    if request.content_length is not None and request.content_length > limit:
+        raise gateway.body_too_large(limit)
+    buf = bytearray()
+    async for chunk in request.content.iter_any():
+        buf += chunk
+        if len(buf) > limit:
+            raise gateway.body_too_large(limit)
+    return bytes(buf)
+
+
+async def _read_llm_body(ctx: RequestContext) -> None:
+    request = ctx.request
+    ctx.body = await _read_capped(request, request.app[CONFIG].gateway.max_request_body)
+    if not ctx.body:
+        return
+    try:
+        parsed = orjson.loads(ctx.body)
+    except orjson.JSONDecodeError as e:
+        raise gateway.bad_json(f"the request body is not valid JSON: {e}") from None
+    if not isinstance(parsed, dict):
+        raise gateway.bad_json("the request body must be a JSON object")
+    try:
+        formats.validate_body(parsed, ctx.format)
+    except formats.InvalidBody as e:
+        raise gateway.invalid_field(e.field, e.detail) from None
+    ctx.json = parsed
+    model = parsed.get("model")
+    ctx.model = model if isinstance(model, str) else None
+    accept = request.headers.get("Accept", "")
+    ctx.stream = parsed.get("stream") is True or "text/event-stream" in accept
+
+
+async def _forward(ctx: RequestContext) -> web.StreamResponse:
+    resp = await open_upstream(ctx)
+    try:
+        answer = await ctx.request.app[PIPELINE].upstream_answered(ctx, resp.status)
+        if answer is not None:
+            # Answered instead (e.g. the payment could not settle): drop the upstream.
+            ctx.result.outcome = "rejected"
+            ctx.result.status = answer.status
+            return ctx.request.app[PIPELINE].render(ctx, answer)
+        ctx.result.status = resp.status
+        ctx.result.delivered = True
+        if resp.headers.get("Content-Type", "").startswith("text/event-stream"):
+            return await stream_events(ctx, resp)
+        return await pass_through(ctx, resp)
+    finally:
+        # Closing (not releasing) an unfinished response drops its connection: this is what
+        # stops the upstream when the client left or the stream was cut.
+        resp.close()

@@ -1,0 +1,198 @@
+"""Exactly one usage record, one request metric and one access-log line per request, whoever
+answered it: upstream-reported usage wins, then the meter's exact count, then an estimate;
+each figure keeps its provenance.
+
+The record is finished in a task of its own: it may need to count the prompt (CPU, off the
+loop for big prompts) and it must complete even while the handler is being cancelled.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from aiohttp import web
+
+from meterkit import formats
+from meterkit.pipeline import RequestContext
+from meterkit.proxy.keys import METRICS, PIPELINE, SINK, TASKS
+from meterkit.usage import Outcome, UsageRecord
+
+log = logging.getLogger("meterkit.proxy")
+access_log = logging.getLogger("meterkit.access")
+
+# The route label of requests no route matched.
+UNROUTED = "-"
+
+
+async def build(ctx: RequestContext, duration: float) -> UsageRecord:
+    r = ctx.result
+    request = ctx.request
+    record = UsageRecord(
+        request_id=ctx.request_id,
+        client_request_id=ctx.client_request_id,
+        route=ctx.route.key,
+        upstream=ctx.upstream.name,
+        method=request.method,
+        path=request.path,
+        started_at=ctx.started_at,
+        model=ctx.model,
+        format=ctx.format,
+        stream=r.meter is not None,
+        status=r.status,
+        ttft_ms=_ms(r.ttft),
+        ttfb_ms=_ms(r.ttfb),
+        duration_ms=round(duration * 1000, 3),
+        request_bytes=len(ctx.body) if ctx.body is not None else (request.content_length or 0),
+        response_bytes=r.sent,
+        outcome=r.outcome,
+        reason=r.reason,
+        error=r.error,
+        truncation=r.truncation if r.outcome == "truncated" else None,
+    )
+    reported: dict[str, int] = {}
+    counted: int | None = None
+    counted_prov: str | None = None
+    meter = r.meter
+    json_usage = formats.response_usage(ctx.format, r.json_body) if r.json_body else None
+    if meter is not None:
+        record.format = meter.format or ctx.format
+        record.model = ctx.model or meter.stream_model
+        usage = meter.usage
+        if usage is not None:
+            reported = usage.as_dict()
+        if meter.format is not None:
+            counted, counted_prov = meter.completion_tokens, meter.provenance
+        record.upstream_bytes = meter.bytes_in
+        record.anomalies = [a.kind for a in meter.anomalies]
+        record.would_truncate_at = meter.would_truncate_at
+    elif json_usage is not None:
+        reported = {k: v for k, v in json_usage.items() if k != "text"}
+        counted, counted_prov = formats.completion_count(json_usage["text"], ctx.model)
+    record.upstream_usage = reported or None
+    record.counted_completion_tokens = counted
+    if "output_tokens" in reported and r.outcome == "completed":
+        # What the provider bills. Only a finished response carries the final figure: a cut,
+        # cancelled or broken stream has at most a preliminary one (Anthropic's message_start).
+        record.completion_tokens, record.completion_provenance = (
+            reported["output_tokens"],
+            "provider",
+        )
+    elif counted is not None:
+        record.completion_tokens, record.completion_provenance = counted, counted_prov  # type: ignore[assignment]
+    if "input_tokens" in reported:
+        record.prompt_tokens, record.prompt_provenance = reported["input_tokens"], "provider"
+    else:
+        record.prompt_tokens, record.prompt_provenance = await _prompt(ctx)  # type: ignore[assignment]
+    record.reasoning_tokens = reported.get("reasoning_tokens")
+    record.cached_prompt_tokens = reported.get("cached_input_tokens")
+    return record
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 3)
+
+
+async def _prompt(ctx: RequestContext) -> tuple[int | None, str | None]:
+    if ctx.prompt_tokens is not None:
+        return ctx.prompt_tokens, ctx.prompt_provenance
+    if ctx.json is None or ctx.format is None:
+        return None, None
+    try:
+        return await formats.prompt_count(ctx.json, ctx.format, ctx.model, len(ctx.body or b""))
+    except Exception:
+        # The body was validated; a shape the counter still trips on costs the estimate,
+        # never the record.
+        log.warning("could not count the prompt", exc_info=True)
+        return None, None
+
+
+def finish(ctx: RequestContext) -> None:
+    """Write the request's record once its stages heard how it ended."""
+    app = ctx.request.app
+    duration = time.monotonic() - ctx.started
+
+    async def run() -> None:
+        record = await build(ctx, duration)
+        await app[PIPELINE].finish(ctx, record)
+        _submit(app, record)
+
+    app[TASKS].spawn(run())
+
+
+def finish_unrouted(
+    request: web.Request,
+    request_id: str,
+    client_request_id: str | None,
+    started: tuple[float, float],
+    status: int,
+    outcome: Outcome,
+    reason: str | None,
+) -> None:
+    """The record of a request that never got a context (no route, or refused before)."""
+    started_at, t0 = started
+    record = UsageRecord(
+        request_id=request_id,
+        client_request_id=client_request_id,
+        route=UNROUTED,
+        upstream="",
+        method=request.method,
+        path=request.path,
+        started_at=started_at,
+        status=status,
+        duration_ms=round((time.monotonic() - t0) * 1000, 3),
+        request_bytes=request.content_length or 0,
+        outcome=outcome,
+        reason=reason,
+    )
+    _submit(request.app, record)
+
+
+def _submit(app: web.Application, record: UsageRecord) -> None:
+    observe(app, record)
+    _access(record)
+    app[SINK].submit(record)
+
+
+def observe(app: web.Application, record: UsageRecord) -> None:
+    m = app[METRICS]
+    m.requests.labels(record.route, str(record.status), record.outcome).inc()
+    if record.ttft_ms is not None:
+        m.ttft.labels(record.route).observe(record.ttft_ms / 1000)
+    if record.ttfb_ms is not None:
+        m.ttfb.labels(record.route).observe(record.ttfb_ms / 1000)
+    if record.truncation is not None:
+        m.truncations.labels(record.route, record.truncation).inc()
+    if record.outcome == "rejected":
+        m.rejections.labels(record.route, record.reason or "unknown").inc()
+    model = record.model or "unknown"
+    if record.prompt_tokens is not None:
+        m.tokens.labels(record.route, model, "prompt", record.prompt_provenance or "estimated").inc(
+            record.prompt_tokens
+        )
+    if record.completion_tokens is not None:
+        m.tokens.labels(
+            record.route, model, "completion", record.completion_provenance or "estimated"
+        ).inc(record.completion_tokens)
+    for kind in record.anomalies:
+        m.anomalies.labels(record.route, kind).inc()
+
+
+def _access(record: UsageRecord) -> None:
+    if not access_log.isEnabledFor(logging.INFO):
+        return
+    fields: dict[str, Any] = {
+        "request_id": record.request_id,
+        "client_request_id": record.client_request_id,
+        "method": record.method,
+        "path": record.path,
+        "route": record.route,
+        "status": record.status,
+        "outcome": record.outcome,
+        "reason": record.reason,
+        "prompt_tokens": record.prompt_tokens,
+        "completion_tokens": record.completion_tokens,
+        "duration_ms": record.duration_ms,
+    }
+    access_log.info("request", extra=fields)

@@ -1,0 +1,148 @@
+"""The metered SSE relay: each upstream read is fed to the Rust meter (one call) and what it
+releases is written at once. Pauses for credit, truncation, an upstream that breaks or
+stalls, and a client that leaves each end the stream with the format's proper ending, and
+each is written into `ctx.result`, which becomes the usage record."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import aiohttp
+from aiohttp import web
+
+from meterkit import FeedResult, StreamMeter
+from meterkit.pipeline import RequestContext
+from meterkit.proxy.headers import client_response_headers
+from meterkit.proxy.keys import METRICS
+from meterkit.proxy.upstream import IdleWatchdog
+
+
+class _StreamRun:
+    """Writes what the meter releases and keeps `ctx.result` up to date."""
+
+    def __init__(self, ctx: RequestContext, out: web.StreamResponse, meter: StreamMeter) -> None:
+        self.ctx = ctx
+        self.result = ctx.result
+        self.out = out
+        self.meter = meter
+
+    async def emit(self, data: bytes) -> None:
+        if not data:
+            return
+        r = self.result
+        if r.ttfb is None:
+            r.ttfb = time.monotonic() - self.ctx.started
+        # Time to first token: the first write that carries a billed token (content, tool
+        # arguments, reasoning), not the first byte (a role-only chunk, a comment).
+        if r.ttft is None and self.meter.completion_tokens > 0:
+            r.ttft = time.monotonic() - self.ctx.started
+        await self.out.write(data)
+        r.sent += len(data)
+
+    async def settle(self, fed: FeedResult) -> bool:
+        """Write what a meter result releases; while the meter waits for credit, get more
+        (or end the stream when there is none). False when the stream is over."""
+        await self.emit(fed.forward)
+        while fed.paused or self.meter.state == "paused":
+            source = self.ctx.credit_source
+            granted = await source() if source is not None else 0
+            if granted is None:
+                fed = self.meter.clear_credit()
+            elif granted > 0:
+                fed = self.meter.grant(granted)
+            else:
+                self.result.truncation = self.ctx.credit_kind
+                await self.emit(self.meter.truncate("the token budget is exhausted"))
+                self.result.outcome = "truncated"
+                return False
+            await self.emit(fed.forward)
+        if fed.truncated:
+            self.result.outcome, self.result.truncation = "truncated", "limit"
+            return False
+        if fed.state == "failed":
+            self.fail("the upstream stream broke the event size limit")
+            return False
+        return True
+
+    def fail(self, error: str) -> None:
+        self.result.outcome, self.result.error = "upstream_error", error
+
+
+async def stream_events(ctx: RequestContext, resp: aiohttp.ClientResponse) -> web.StreamResponse:
+    request = ctx.request
+    metrics = request.app[METRICS]
+    route = ctx.route.key
+    settings = ctx.meter
+    meter = StreamMeter(
+        ctx.format or "auto",
+        ctx.model,
+        path=ctx.upstream_path,
+        limit=settings.limit,
+        shadow=settings.shadow,
+        ending=settings.ending,
+        credit=settings.credit,
+        prompt_tokens=ctx.prompt_tokens,
+        strip_usage=settings.strip_usage,
+        partial_usage=settings.partial_usage,
+    )
+    result = ctx.result
+    result.meter = meter
+    out = web.StreamResponse(
+        status=resp.status,
+        headers=client_response_headers(resp.headers, event_stream=True, request_id=ctx.echo_id),
+    )
+    for k, v in ctx.response_headers.items():
+        out.headers[k] = v
+    await out.prepare(request)
+    metrics.active_streams.labels(route).inc()
+    watchdog = IdleWatchdog(ctx.upstream.timeouts.idle)
+    run = _StreamRun(ctx, out, meter)
+    try:
+        while True:
+            try:
+                chunk = await resp.content.readany()
+            except (aiohttp.ClientError, OSError) as e:
+                run.fail(f"upstream stream failed: {e or type(e).__name__}")
+                break
+            if not chunk:
+                break
+            watchdog.touch()
+            if not await run.settle(meter.feed(chunk)):
+                break
+        if result.outcome == "completed" and await run.settle(meter.close()):
+            if meter.state == "streaming" and meter.format is not None:
+                # The upstream ended without its end-of-stream marker.
+                run.fail("the upstream closed the stream before its end")
+        if result.outcome == "upstream_error":
+            metrics.upstream_errors.labels(route, "stream").inc()
+            await run.emit(meter.fail(result.error or "upstream error"))
+        await out.write_eof()
+    except asyncio.CancelledError:
+        if watchdog.fired:
+            # Idle upstream: end the client's stream properly and carry on.
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            run.fail(f"upstream idle for {ctx.upstream.timeouts.idle:g} s")
+            metrics.upstream_errors.labels(route, "idle_timeout").inc()
+            try:
+                await run.emit(meter.fail(result.error or "upstream idle"))
+                await out.write_eof()
+            except (ConnectionResetError, RuntimeError):
+                pass
+        else:
+            result.outcome = "client_cancelled"
+            metrics.cancellations.labels(route).inc()
+            raise
+    except (ConnectionResetError, RuntimeError) as e:
+        # RuntimeError: aiohttp refuses writes to a closed transport in some versions.
+        result.outcome, result.error = "client_cancelled", str(e) or type(e).__name__
+        metrics.cancellations.labels(route).inc()
+    finally:
+        watchdog.stop()
+        # Closing the response drops the upstream connection: this is the abort on
+        # truncation and on client disconnect.
+        resp.close()
+        metrics.active_streams.labels(route).dec()
+    return out

@@ -1,0 +1,7 @@
+"""The aiohttp-aware stages of the request pipeline: thin adapters from a request to the
+web-free decisions of `meterkit.budgets` and `meterkit.payments`."""
+
+from meterkit.stages.budget import BudgetStage
+from meterkit.stages.payment import PaymentStage
+
+__all__ = ["BudgetStage", "PaymentStage"]
