@@ -3,15 +3,20 @@ it with a throwaway key (what `meterkit pay` does, spelled out)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 from typing import Any
 
+from meterkit.bench.processes import Process
+from meterkit.client import PayingClient
 from meterkit.config.payments import KNOWN_ASSETS
 from meterkit.payments import evm, mpp
+from support.http import request
 
 SECRET = "payment-secret-for-tests-0123456789"
 PAY_TO = "0x" + "22" * 20
 ASSET = KNOWN_ASSETS[("USDC", "base-sepolia")]
+CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "Hello there"}]}
 
 
 def key() -> bytes:
@@ -46,3 +51,29 @@ def paid(tree: dict[str, Any], ledger_path: str) -> dict[str, Any]:
         "payments": {"secret": SECRET, "settlement": {"type": "deferred"}},
         "ledger": {"type": "sqlite", "path": ledger_path},
     }
+
+
+def pay(
+    url: str,
+    path: str,
+    body: dict[str, Any] | None = None,
+    secret_key: bytes | None = None,
+    headers: dict[str, str] | None = None,
+    **kw: Any,
+) -> Any:
+    async def go() -> Any:
+        async with PayingClient(secret_key or key(), **kw) as client:
+            return await client.request("POST", url + path, json=body or CHAT, headers=headers)
+
+    return asyncio.run(go())
+
+
+def challenge_for(
+    gateway: Process, path: str = "/v1/chat/completions", body: dict[str, Any] | None = None
+) -> mpp.Challenge:
+    from multidict import CIMultiDict
+
+    status, headers, _ = request(gateway.url, "POST", path, body or CHAT)
+    assert status == 402
+    (ch,) = mpp.parse_challenges(CIMultiDict(headers.items()).getall("WWW-Authenticate"))
+    return ch

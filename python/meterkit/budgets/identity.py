@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 from collections.abc import Iterable, Mapping
-from typing import Any
 
 from meterkit.config.budgets import KeySpec
 
@@ -91,22 +90,3 @@ def identity_of(
 
 def networks(values: Iterable[str]) -> list[Network]:
     return [ipaddress.ip_network(v, strict=False) for v in values]
-
-
-def requested_max(body: Mapping[str, Any], fmt: str | None) -> tuple[int | None, str]:
-    """The completion limit a request asks for, and the field that carries it for `fmt`."""
-    keys = {
-        "openai-chat": ("max_completion_tokens", "max_tokens"),
-        "openai-completions": ("max_tokens",),
-        "openai-responses": ("max_output_tokens",),
-        "anthropic": ("max_tokens",),
-    }.get(fmt or "", ())
-    found = [
-        (body[k], k)
-        for k in keys
-        if isinstance(body.get(k), int) and not isinstance(body.get(k), bool)
-    ]
-    if not found:
-        return None, keys[0] if keys else "max_tokens"
-    value, key = min(found)
-    return int(value), key

@@ -14,8 +14,8 @@ from decimal import Decimal
 from typing import Any
 
 from meterkit import count_request_prompt
-from meterkit.budgets.identity import requested_max
 from meterkit.config.payments import Accept, Asset, RoutePayment, TokenRates
+from meterkit.formats import requested_max
 from meterkit.payments.problems import PaymentProblem
 
 DEFAULT_QUOTE_MAX_TOKENS = 4096

@@ -13,9 +13,9 @@ import orjson
 import pytest
 import yaml
 
+from support.http import request
+from support.payments import CHAT, PAY_TO, SECRET, pay
 from support.processes import Process, running
-from test_payments_e2e import CHAT, PAY_TO, SECRET, pay
-from test_proxy_e2e import request
 
 HOOKS = """
 from aiohttp import web

@@ -9,7 +9,6 @@ import asyncio
 import base64
 import concurrent.futures
 import json
-import os
 import random
 import sqlite3
 import time
@@ -24,19 +23,10 @@ import yaml
 
 from meterkit import _core, count_chat_prompt
 from meterkit.client import PayingClient
-from meterkit.config.payments import KNOWN_ASSETS
 from meterkit.payments import evm, mpp
+from support.http import request
+from support.payments import ASSET, CHAT, PAY_TO, SECRET, challenge_for, credential, key, pay
 from support.processes import Process, running
-from test_proxy_e2e import request
-
-SECRET = "payment-secret-for-tests-0123456789"
-PAY_TO = "0x" + "22" * 20
-ASSET = KNOWN_ASSETS[("USDC", "base-sepolia")]
-CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "Hello there"}]}
-
-
-def key() -> bytes:
-    return os.urandom(31) + b"\x01"
 
 
 @pytest.fixture(scope="module")
@@ -122,46 +112,6 @@ def claims(db: Path) -> list[dict[str, Any]]:
     with sqlite3.connect(db) as c:
         c.row_factory = sqlite3.Row
         return [dict(r) for r in c.execute("SELECT * FROM payment_claims")]
-
-
-def pay(
-    url: str,
-    path: str,
-    body: dict[str, Any] | None = None,
-    secret_key: bytes | None = None,
-    headers: dict[str, str] | None = None,
-    **kw: Any,
-) -> Any:
-    async def go() -> Any:
-        async with PayingClient(secret_key or key(), **kw) as client:
-            return await client.request("POST", url + path, json=body or CHAT, headers=headers)
-
-    return asyncio.run(go())
-
-
-def challenge_for(
-    gateway: Process, path: str = "/v1/chat/completions", body: dict[str, Any] | None = None
-) -> mpp.Challenge:
-    from multidict import CIMultiDict
-
-    status, headers, _ = request(gateway.url, "POST", path, body or CHAT)
-    assert status == 402
-    (ch,) = mpp.parse_challenges(CIMultiDict(headers.items()).getall("WWW-Authenticate"))
-    return ch
-
-
-def credential(ch: mpp.Challenge, secret_key: bytes, **over: Any) -> str:
-    req = ch.request_json
-    fields, sig = evm.sign(
-        secret_key,
-        ASSET,
-        to=over.pop("to", req["recipient"]),
-        value=over.pop("value", int(req["amount"])),
-        valid_before=over.pop("valid_before", int(mpp.parse_rfc3339(ch.expires or "") or 0)),
-        nonce=over.pop("nonce", evm.challenge_nonce(ch.id, ch.realm)),
-    )
-    payload = {"type": "authorization", **fields, "signature": over.pop("signature", sig)}
-    return mpp.credential_token(ch, payload)
 
 
 # ---- the 402 ---------------------------------------------------------------------------------

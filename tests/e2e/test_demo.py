@@ -6,9 +6,9 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+from support.http import request
+from support.payments import CHAT, pay
 from support.processes import running
-from test_payments_e2e import CHAT, pay
-from test_proxy_e2e import request
 
 
 def test_demo_streams_and_sells(tmp_path: Path) -> None:

@@ -3,7 +3,6 @@ loopback, driven by plain HTTP clients and by the official SDKs."""
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import json
 import time
@@ -16,34 +15,9 @@ import pytest
 
 import meterkit
 from meterkit import SseDecoder, parse_event
+from support.http import FIXED, FORMATS, body_for, mock_stats, request, texts
 from support.processes import Process, running
 from support.usage_db import record
-
-FORMATS = {
-    "openai-chat": "/v1/chat/completions",
-    "openai-responses": "/v1/responses",
-    "openai-completions": "/v1/completions",
-    "anthropic": "/v1/messages",
-}
-
-
-def body_for(fmt: str, stream: bool, **extra: Any) -> dict[str, Any]:
-    if fmt == "openai-chat":
-        b: dict[str, Any] = {
-            "model": "gpt-4o",
-            "messages": [{"role": "user", "content": "Hello there"}],
-        }
-    elif fmt == "openai-responses":
-        b = {"model": "gpt-4o", "input": "Hello there"}
-    elif fmt == "openai-completions":
-        b = {"model": "gpt-3.5-turbo-instruct", "prompt": "Hello there"}
-    else:
-        b = {
-            "model": "claude-sonnet-4-6",
-            "max_tokens": 1000,
-            "messages": [{"role": "user", "content": "Hello there"}],
-        }
-    return {**b, "stream": stream, **extra}
 
 
 def config(mock_url: str, **gateway: Any) -> dict[str, Any]:
@@ -82,42 +56,6 @@ def proxy(mock_llm: Process, tmp_path_factory: pytest.TempPathFactory) -> Any:
     with running(["serve", "--config", str(d / "c.yaml"), "--port", "0"], cwd=d) as p:
         p.db = d / "u.sqlite3"
         yield p
-
-
-def request(
-    base: str,
-    method: str,
-    path: str,
-    body: Any = None,
-    headers: dict[str, str] | None = None,
-    raw: bytes | None = None,
-) -> tuple[int, http.client.HTTPMessage, bytes]:
-    u = urlsplit(base)
-    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=20)
-    data = raw if raw is not None else (orjson.dumps(body) if body is not None else None)
-    h = {"Content-Type": "application/json", **(headers or {})}
-    conn.request(method, path, body=data, headers=h)
-    resp = conn.getresponse()
-    out = resp.read()
-    conn.close()
-    return resp.status, resp.headers, out
-
-
-def mock_stats(mock: Process, request_id: str) -> dict[str, Any]:
-    _, _, body = request(mock.url, "GET", f"/_mock/stats?request_id={request_id}")
-    (item,) = orjson.loads(body)["requests"]
-    return dict(item)
-
-
-def texts(fmt: str, data: bytes) -> str:
-    out = ""
-    for ev in SseDecoder().feed(data):
-        with contextlib.suppress(ValueError):
-            out += "".join(d[3] for d in parse_event(fmt, ev.data, ev.event).deltas)
-    return out
-
-
-FIXED = {"x-mock-seed": "42", "x-mock-created": "1700000000"}
 
 
 @pytest.mark.parametrize("fmt", list(FORMATS))
