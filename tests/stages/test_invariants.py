@@ -264,3 +264,42 @@ def test_a_stream_cut_by_the_shared_budget_counts_one_truncation() -> None:
             ) == len(cut)
 
     asyncio.run(go())
+
+
+def test_one_access_log_line_per_request_rejections_included() -> None:
+    import logging
+
+    from meterkit.observability.logs import JsonFormatter
+
+    lines: list[dict[str, Any]] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(orjson.loads(JsonFormatter().format(record)))
+
+    logger = logging.getLogger("meterkit.access")
+    handler = Collect()
+    logger.addHandler(handler)
+    old = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+
+        async def go() -> None:
+            async with gateway() as g:
+                assert (await g.post(CHAT, chat(), {"X-Request-Id": "mine"}))[0] == 200
+                assert (await g.post("/nope", chat()))[0] == 404
+                assert (await g.post(CHAT, {"messages": "hi"}))[0] == 400
+                await g.records(3)
+
+        asyncio.run(go())
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old)
+    assert [(x["status"], x["outcome"]) for x in lines] == [
+        (200, "completed"),
+        (404, "rejected"),
+        (400, "rejected"),
+    ]
+    assert lines[0]["client_request_id"] == "mine" and lines[0]["request_id"] != "mine"
+    assert lines[0]["completion_tokens"] == 64 and lines[2]["reason"] == "invalid-request"
+    assert all(x["msg"] == "request" and x["duration_ms"] >= 0 for x in lines)

@@ -1,4 +1,4 @@
-"""The `budgets:` and `budget_store:` sections (token budgets, PROTOCOLS §4)."""
+"""The `budgets:` and `budget_store:` sections."""
 
 from __future__ import annotations
 

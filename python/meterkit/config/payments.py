@@ -1,5 +1,5 @@
 """Payment configuration: `wallets`, `accepts`, `payments`, `ledger`, and the payment keys of a
-route (`price`, `type: token-based`, `settlement`, `access`, `hooks`), PROTOCOLS §5, §6, §8.
+route (`price`, `type: token-based`, `settlement`, `access`, `hooks`). Wire rules: the MPP Payment scheme and x402 (see payments/).
 
 Prices are exact decimals ("$0.25" is a quarter of a dollar, "$1" one dollar), converted to
 the asset's base units only when a challenge is built; a price that cannot be paid in whole
