@@ -50,12 +50,16 @@ class Pipeline:
             return self._answered(ctx, e.problem(), "rejected")
         except asyncio.CancelledError:
             if not ctx.result.delivered:
-                ctx.result.outcome = "client_cancelled"
+                client_left(ctx)
             raise
         except Exception as e:
             # A bug or an operator hook failing: log it, answer problem details, keep serving.
             log.exception("unhandled error", extra={"path": ctx.request.path})
             ctx.result.error = f"{type(e).__name__}: {e}"
+            if ctx.result.delivered:
+                # The response has begun: there is no other answer to give; drop it.
+                ctx.result.outcome = "failed"
+                raise
             return self._answered(ctx, internal_error().problem(), "failed")
 
     async def _admit(self, ctx: RequestContext) -> Answer | None:
@@ -116,6 +120,14 @@ class Pipeline:
                     "on_complete" if delivered else "on_abort",
                     extra={"stage": stage.name},
                 )
+
+
+# nginx's "client closed request": the client left before any response was sent.
+CLIENT_CLOSED = 499
+
+
+def client_left(ctx: RequestContext) -> None:
+    ctx.result.outcome, ctx.result.status = "client_cancelled", CLIENT_CLOSED
 
 
 def _reason(answer: Answer, stage: Stage) -> str:

@@ -22,6 +22,7 @@ from meterkit.observability.logs import request_id_var
 from meterkit.pipeline import RequestContext
 from meterkit.pipeline import problems as gateway
 from meterkit.pipeline.problems import problem_response
+from meterkit.pipeline.run import client_left
 from meterkit.problems import ProxyError
 from meterkit.proxy import record
 from meterkit.proxy.keys import CONFIG, PIPELINE, ROUTER, SINK
@@ -102,7 +103,7 @@ async def _serve(ctx: RequestContext) -> web.StreamResponse:
     except ProxyError as e:
         return pipeline.refuse(ctx, e)
     except asyncio.CancelledError:
-        ctx.result.outcome = "client_cancelled"
+        client_left(ctx)
         raise
     return await pipeline.run(ctx, _forward)
 
