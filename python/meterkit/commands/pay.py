@@ -74,7 +74,10 @@ def pay(args: argparse.Namespace) -> int:
 
     async def run() -> int:
         async with PayingClient(
-            key, max_per_request=_money(args.max_amount), dry_run=args.dry_run
+            key,
+            max_per_request=_money(args.max_amount),
+            no_cap=bool(getattr(args, "no_cap", False)),
+            dry_run=args.dry_run,
         ) as client:
             try:
                 result = await client.request(method, args.url, data=data, headers=headers)
@@ -83,15 +86,18 @@ def pay(args: argparse.Namespace) -> int:
                 return 3
             for o in result.offers:
                 print(
-                    f"offer: {o.price} {o.asset.symbol} on {o.asset.network} to {o.pay_to}",
+                    f"offer: {o.price} {o.asset.symbol} on {o.asset.network} to {o.pay_to} "
+                    f"({o.protocol})",
                     file=sys.stderr,
                 )
             if args.dry_run:
                 print("dry run: nothing paid", file=sys.stderr)
                 return 0
+            # Shown whatever the status: a 404 after settlement was still paid for.
             if result.paid is not None:
                 print(
-                    f"paid: {result.paid.price} {result.paid.asset.symbol} from {client.address}",
+                    f"paid: {result.paid.price} {result.paid.asset.symbol} from {client.address}"
+                    f" ({result.paid.protocol}, HTTP {result.status})",
                     file=sys.stderr,
                 )
             if result.receipt is not None:
