@@ -8,6 +8,7 @@ base units is a config error, never a silent rounding.
 
 from __future__ import annotations
 
+import fnmatch
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -122,6 +123,63 @@ class RoutePayment:
         return self.type != "free"
 
 
+# ---- model keys of `price:` and `rates:` -------------------------------------------------------
+#
+# A key is a model name (`gpt-4o`), a glob over model names (`claude-*`, `gpt-4o-????-??-??`:
+# `*` any run of characters, `?` one), or `default`. A request's model takes, in order: the
+# exact key; the key of which it is a dated version (`gpt-4o-2024-08-06`, `…-20241022`,
+# `…-latest` take `gpt-4o`); the most specific glob that matches (most literal characters,
+# then the longest, then the first in alphabetical order); `default`. Before globs existed a
+# `claude-*` key validated, never matched, and silently charged the default price.
+
+_GLOB_CHARS = frozenset("*?")
+_MODEL_KEY = re.compile(r"[A-Za-z0-9._:/@+*?-]+")
+_DATED = r"-(?:\d{4}-\d{2}-\d{2}|\d{8}|latest)"
+
+
+def is_glob(key: str) -> bool:
+    return any(c in _GLOB_CHARS for c in key)
+
+
+def check_model_key(key: Any) -> str | None:
+    """Why a `price:`/`rates:` key is not a model name, glob or `default`; None if it is."""
+    if not isinstance(key, str) or not key:
+        return "a model key must be a non-empty string"
+    if not _MODEL_KEY.fullmatch(key):
+        return (
+            f"{key!r} is not a model name or glob: use letters, digits and . _ : / @ + -, "
+            "with * (any characters) and ? (one character) as wildcards"
+        )
+    if key.strip("*") == "" and key != "*":
+        return f"{key!r}: write a match-everything model key as default"
+    return None
+
+
+def _specificity(glob: str) -> tuple[int, int]:
+    return (sum(c not in _GLOB_CHARS for c in glob), len(glob))
+
+
+def match_model(table: Mapping[str, Any], model: str | None) -> Any:
+    """The value of `table` (a model-key mapping) for `model`; None when nothing matches."""
+    if model is not None:
+        if model in table:
+            return table[model]
+        dated = [
+            k
+            for k in table
+            if not is_glob(k) and k != "default" and re.fullmatch(re.escape(k) + _DATED, model)
+        ]
+        if dated:
+            return table[max(dated, key=len)]
+        globs = sorted(
+            (k for k in table if is_glob(k) and fnmatch.fnmatchcase(model, k)),
+            key=lambda k: (-_specificity(k)[0], -_specificity(k)[1], k),
+        )
+        if globs:
+            return table[globs[0]]
+    return table.get("default")
+
+
 HOOK_NAMES = ("onRequest", "onPriceResolved", "onSettled", "onResponse", "onError")
 ROUTE_PAYMENT_KEYS = ("price", "type", "rates", "settlement", "description", "access", "hooks")
 
@@ -143,6 +201,10 @@ def parse_rates(value: Any, path: KeyPath, problems: Problems) -> dict[str, Toke
         return out
     for model, spec in value.items():
         p = path / str(model)
+        why = check_model_key(model)
+        if why is not None:
+            problems.add(p, why)
+            continue
         if not isinstance(spec, dict):
             problems.add(p, 'expected {input: "$…", output: "$…", per: 1000000}')
             continue
@@ -179,6 +241,10 @@ def parse_route_payment(m: Mapping[str, Any], path: KeyPath, problems: Problems)
     elif price is not None:
         if isinstance(price, dict):
             for model, v in price.items():
+                why = check_model_key(model)
+                if why is not None:
+                    problems.add(path / "price" / str(model), why)
+                    continue
                 d = _money(v, path / "price" / str(model), problems)
                 if d is not None:
                     prices[str(model)] = d
