@@ -58,16 +58,31 @@ class Accept:
     pay_to: str
 
 
+# Deferred settlement: how long a queued authorization stays valid for batch submission, and
+# how close to its end `meterkit ledger export` flags it as expiring.
+DEFERRED_VALIDITY = 24 * 3600.0
+DEFERRED_EXPIRY_MARGIN = 3600.0
+
+
 @dataclass(frozen=True)
 class Settlement:
     """How authorizations are settled: an x402 facilitator, a deferred queue in the ledger
-    (exported for batch submission), or a Python callable `module:function`."""
+    (exported for batch submission), or a Python callable `module:function`.
+
+    Deferred settlement submits an authorization long after the payer got its receipt, so the
+    authorization must stay valid that long: `max_validity` (default 24 h). An EIP-3009
+    authorization is valid until its challenge expires (MPP clients sign `validBefore =
+    expires`; x402 clients `now + maxTimeoutSeconds`), so with deferred settlement challenges
+    and x402 offers last `max_validity` too (`Payments.expires`). `expiry_margin`: rows with
+    less time left are flagged `expiring` by `meterkit ledger export`."""
 
     type: str = "deferred"
     url: str | None = None
     timeout: float = 10.0
     callable: str | None = None
     headers: tuple[tuple[str, str], ...] = ()
+    max_validity: float = DEFERRED_VALIDITY
+    expiry_margin: float = DEFERRED_EXPIRY_MARGIN
 
 
 @dataclass(frozen=True)
@@ -445,7 +460,27 @@ def parse_payments(value: Any, path: KeyPath, problems: Problems) -> Payments:
             kw["discovery"] = value["discovery"]
     if "settlement" in value:
         kw["settlement"] = _settlement(value["settlement"], path / "settlement", problems)
+    _deferred_windows(kw, path, problems)
     return Payments(**kw)
+
+
+def _deferred_windows(kw: dict[str, Any], path: KeyPath, problems: Problems) -> None:
+    """With deferred settlement, challenges and accepted authorizations last the settlement's
+    `max_validity` (see `Settlement`): a 300 s challenge made a queued authorization expire
+    five minutes after the payer held a success receipt, long before any batch."""
+    settlement: Settlement = kw.get("settlement", Settlement())
+    if settlement.type != "deferred":
+        return
+    window = settlement.max_validity
+    for key, default in (("expires", Payments.expires), ("max_validity", Payments.max_validity)):
+        if key not in kw:
+            kw[key] = max(default, window)
+        elif kw[key] < window:
+            problems.add(
+                path / key,
+                f"with deferred settlement, {key} must be at least settlement.max_validity "
+                f"({window:g} s): an authorization is only valid as long as its challenge",
+            )
 
 
 def _settlement(value: Any, path: KeyPath, problems: Problems) -> Settlement:
@@ -455,7 +490,11 @@ def _settlement(value: Any, path: KeyPath, problems: Problems) -> Settlement:
             "expected {type: facilitator, url: …} | {type: deferred} | {type: callable, callable: …}",
         )
         return Settlement()
-    problems.unknown_keys(path, value, ("type", "url", "timeout", "callable", "headers"))
+    problems.unknown_keys(
+        path,
+        value,
+        ("type", "url", "timeout", "callable", "headers", "max_validity", "expiry_margin"),
+    )
     kind = value.get("type", "deferred")
     if kind not in ("facilitator", "deferred", "callable"):
         problems.add(path / "type", f"expected facilitator, deferred or callable, got {kind!r}")
@@ -480,12 +519,31 @@ def _settlement(value: Any, path: KeyPath, problems: Problems) -> Settlement:
     if not isinstance(headers, dict):
         problems.add(path / "headers", "expected a mapping")
         headers = {}
+    windows = {"max_validity": DEFERRED_VALIDITY, "expiry_margin": DEFERRED_EXPIRY_MARGIN}
+    for k in windows:
+        if k not in value:
+            continue
+        if kind != "deferred":
+            problems.add(path / k, "applies to type: deferred only")
+            continue
+        try:
+            windows[k] = parse_duration(value[k])
+        except ValueError as e:
+            problems.add(path / k, str(e))
+    if windows["max_validity"] <= windows["expiry_margin"]:
+        problems.add(
+            path / "max_validity",
+            f"must be longer than expiry_margin ({windows['expiry_margin']:g} s), or every "
+            "queued authorization is exported as expiring",
+        )
     return Settlement(
         type=kind,
         url=url if isinstance(url, str) else None,
         timeout=timeout,
         callable=func if isinstance(func, str) else None,
         headers=tuple((str(k), str(v)) for k, v in headers.items()),
+        max_validity=windows["max_validity"],
+        expiry_margin=windows["expiry_margin"],
     )
 
 
