@@ -107,10 +107,19 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--sample", default="openai-chat", help="format of the built-in sample")
     m.set_defaults(func=_meter)
 
-    pay = sub.add_parser("pay", help="request a URL, paying its 402 with a local key (evm/charge)")
+    pay = sub.add_parser(
+        "pay",
+        help="request a URL, paying its 402 with a local key (MPP evm/charge or x402 exact)",
+    )
     pay.add_argument("url")
-    pay.add_argument(
-        "--max-amount", help="most to pay for this request, e.g. 0.50 (in the token's units)"
+    cap = pay.add_mutually_exclusive_group()
+    cap.add_argument(
+        "--max-amount",
+        help="most to pay for this request, e.g. 0.50 (in the token's units); "
+        "required to pay, unless --no-cap",
+    )
+    cap.add_argument(
+        "--no-cap", action="store_true", help="pay whatever the server asks (no --max-amount)"
     )
     pay.add_argument(
         "--key-file", help="private key file from `meterkit keygen` (or METERKIT_PRIVATE_KEY)"

@@ -576,7 +576,7 @@ def test_identical_requests_in_one_second_are_two_payments(
     k = key()
 
     async def go() -> list[int]:
-        async with PayingClient(k) as client:
+        async with PayingClient(k, max_total=Decimal("1")) as client:
             return [
                 (
                     await client.request("POST", gateway.url + "/v1/chat/completions", json=CHAT)

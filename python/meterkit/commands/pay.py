@@ -74,7 +74,10 @@ def pay(args: argparse.Namespace) -> int:
 
     async def run() -> int:
         async with PayingClient(
-            key, max_per_request=_money(args.max_amount), dry_run=args.dry_run
+            key,
+            max_per_request=_money(args.max_amount),
+            no_cap=bool(getattr(args, "no_cap", False)),
+            dry_run=args.dry_run,
         ) as client:
             try:
                 result = await client.request(method, args.url, data=data, headers=headers)
@@ -83,15 +86,18 @@ def pay(args: argparse.Namespace) -> int:
                 return 3
             for o in result.offers:
                 print(
-                    f"offer: {o.price} {o.asset.symbol} on {o.asset.network} to {o.pay_to}",
+                    f"offer: {o.price} {o.asset.symbol} on {o.asset.network} to {o.pay_to} "
+                    f"({o.protocol})",
                     file=sys.stderr,
                 )
             if args.dry_run:
                 print("dry run: nothing paid", file=sys.stderr)
                 return 0
+            # Shown whatever the status: a 404 after settlement was still paid for.
             if result.paid is not None:
                 print(
-                    f"paid: {result.paid.price} {result.paid.asset.symbol} from {client.address}",
+                    f"paid: {result.paid.price} {result.paid.asset.symbol} from {client.address}"
+                    f" ({result.paid.protocol}, HTTP {result.status})",
                     file=sys.stderr,
                 )
             if result.receipt is not None:
@@ -106,35 +112,70 @@ def pay(args: argparse.Namespace) -> int:
     return asyncio.run(run())
 
 
+def export_rows(
+    settleable: list[dict[str, object]], now: float, margin: float
+) -> list[dict[str, object]]:
+    """The JSON lines of `ledger export`: every row settleable (its authorization still valid
+    at `now`), with `expires_in` seconds and `expiring` when less than `margin` is left."""
+    out = []
+    for r in settleable:
+        row = dict(r)
+        row["authorization"] = orjson.loads(str(row.pop("authorization_json")))
+        left = int(str(row["valid_before"])) - now
+        row["settleable"] = True
+        row["expires_in"] = int(left)
+        row["expiring"] = left < margin
+        out.append(row)
+    return out
+
+
 def ledger_export(args: argparse.Namespace) -> int:
+    """Queued authorizations for batch submission. Expired ones are never exported (they
+    cannot settle any more): they are counted on stderr, and `--mark` moves them out of the
+    queue (status `expired`, for reconciliation: the payer holds a success receipt)."""
+    import time
+
     from meterkit.payments.ledger import make_ledger
 
     config = load_config_or_report(args.config)
     if config is None:
         return 1
     lc = config.ledger
+    margin = config.payments.settlement.expiry_margin
+    now = time.time()
 
-    async def run() -> list[dict[str, object]]:
+    async def run() -> tuple[list[dict[str, object]], list[dict[str, object]]]:
         ledger = make_ledger(lc.type, lc.path, lc.url, lc.schema)
         await ledger.open()
         try:
-            return await ledger.export_queued(mark=args.mark)
+            expired = await ledger.expire_queued(now, mark=args.mark)
+            return await ledger.export_queued(mark=args.mark, now=now), expired
         finally:
             await ledger.close()
 
-    rows = asyncio.run(run())
+    settleable, expired = asyncio.run(run())
+    rows = export_rows(settleable, now, margin)
     out = sys.stdout if not args.out else open(args.out, "w")  # noqa: SIM115
     try:
         for r in rows:
-            r["authorization"] = orjson.loads(str(r.pop("authorization_json")))
             out.write(orjson.dumps(r).decode() + "\n")
     finally:
         if out is not sys.stdout:
             out.close()
+    expiring = sum(1 for r in rows if r["expiring"])
     print(
-        f"{len(rows)} queued authorization(s){' marked exported' if args.mark else ''}",
+        f"{len(rows)} queued authorization(s){' marked exported' if args.mark else ''}"
+        + (f", {expiring} expiring within {margin:g} s: submit them first" if expiring else ""),
         file=sys.stderr,
     )
+    if expired:
+        print(
+            f"{len(expired)} queued authorization(s) expired before export and cannot be "
+            f"settled{' (marked expired)' if args.mark else ''}: "
+            + ", ".join(str(r["claim_key"]) for r in expired[:5])
+            + (" …" if len(expired) > 5 else ""),
+            file=sys.stderr,
+        )
     return 0
 
 

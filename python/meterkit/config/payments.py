@@ -8,6 +8,7 @@ base units is a config error, never a silent rounding.
 
 from __future__ import annotations
 
+import fnmatch
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -57,16 +58,31 @@ class Accept:
     pay_to: str
 
 
+# Deferred settlement: how long a queued authorization stays valid for batch submission, and
+# how close to its end `meterkit ledger export` flags it as expiring.
+DEFERRED_VALIDITY = 24 * 3600.0
+DEFERRED_EXPIRY_MARGIN = 3600.0
+
+
 @dataclass(frozen=True)
 class Settlement:
     """How authorizations are settled: an x402 facilitator, a deferred queue in the ledger
-    (exported for batch submission), or a Python callable `module:function`."""
+    (exported for batch submission), or a Python callable `module:function`.
+
+    Deferred settlement submits an authorization long after the payer got its receipt, so the
+    authorization must stay valid that long: `max_validity` (default 24 h). An EIP-3009
+    authorization is valid until its challenge expires (MPP clients sign `validBefore =
+    expires`; x402 clients `now + maxTimeoutSeconds`), so with deferred settlement challenges
+    and x402 offers last `max_validity` too (`Payments.expires`). `expiry_margin`: rows with
+    less time left are flagged `expiring` by `meterkit ledger export`."""
 
     type: str = "deferred"
     url: str | None = None
     timeout: float = 10.0
     callable: str | None = None
     headers: tuple[tuple[str, str], ...] = ()
+    max_validity: float = DEFERRED_VALIDITY
+    expiry_margin: float = DEFERRED_EXPIRY_MARGIN
 
 
 @dataclass(frozen=True)
@@ -122,6 +138,63 @@ class RoutePayment:
         return self.type != "free"
 
 
+# ---- model keys of `price:` and `rates:` -------------------------------------------------------
+#
+# A key is a model name (`gpt-4o`), a glob over model names (`claude-*`, `gpt-4o-????-??-??`:
+# `*` any run of characters, `?` one), or `default`. A request's model takes, in order: the
+# exact key; the key of which it is a dated version (`gpt-4o-2024-08-06`, `…-20241022`,
+# `…-latest` take `gpt-4o`); the most specific glob that matches (most literal characters,
+# then the longest, then the first in alphabetical order); `default`. Before globs existed a
+# `claude-*` key validated, never matched, and silently charged the default price.
+
+_GLOB_CHARS = frozenset("*?")
+_MODEL_KEY = re.compile(r"[A-Za-z0-9._:/@+*?-]+")
+_DATED = r"-(?:\d{4}-\d{2}-\d{2}|\d{8}|latest)"
+
+
+def is_glob(key: str) -> bool:
+    return any(c in _GLOB_CHARS for c in key)
+
+
+def check_model_key(key: Any) -> str | None:
+    """Why a `price:`/`rates:` key is not a model name, glob or `default`; None if it is."""
+    if not isinstance(key, str) or not key:
+        return "a model key must be a non-empty string"
+    if not _MODEL_KEY.fullmatch(key):
+        return (
+            f"{key!r} is not a model name or glob: use letters, digits and . _ : / @ + -, "
+            "with * (any characters) and ? (one character) as wildcards"
+        )
+    if key.strip("*") == "" and key != "*":
+        return f"{key!r}: write a match-everything model key as default"
+    return None
+
+
+def _specificity(glob: str) -> tuple[int, int]:
+    return (sum(c not in _GLOB_CHARS for c in glob), len(glob))
+
+
+def match_model(table: Mapping[str, Any], model: str | None) -> Any:
+    """The value of `table` (a model-key mapping) for `model`; None when nothing matches."""
+    if model is not None:
+        if model in table:
+            return table[model]
+        dated = [
+            k
+            for k in table
+            if not is_glob(k) and k != "default" and re.fullmatch(re.escape(k) + _DATED, model)
+        ]
+        if dated:
+            return table[max(dated, key=len)]
+        globs = sorted(
+            (k for k in table if is_glob(k) and fnmatch.fnmatchcase(model, k)),
+            key=lambda k: (-_specificity(k)[0], -_specificity(k)[1], k),
+        )
+        if globs:
+            return table[globs[0]]
+    return table.get("default")
+
+
 HOOK_NAMES = ("onRequest", "onPriceResolved", "onSettled", "onResponse", "onError")
 ROUTE_PAYMENT_KEYS = ("price", "type", "rates", "settlement", "description", "access", "hooks")
 
@@ -143,6 +216,10 @@ def parse_rates(value: Any, path: KeyPath, problems: Problems) -> dict[str, Toke
         return out
     for model, spec in value.items():
         p = path / str(model)
+        why = check_model_key(model)
+        if why is not None:
+            problems.add(p, why)
+            continue
         if not isinstance(spec, dict):
             problems.add(p, 'expected {input: "$…", output: "$…", per: 1000000}')
             continue
@@ -179,6 +256,10 @@ def parse_route_payment(m: Mapping[str, Any], path: KeyPath, problems: Problems)
     elif price is not None:
         if isinstance(price, dict):
             for model, v in price.items():
+                why = check_model_key(model)
+                if why is not None:
+                    problems.add(path / "price" / str(model), why)
+                    continue
                 d = _money(v, path / "price" / str(model), problems)
                 if d is not None:
                     prices[str(model)] = d
@@ -379,7 +460,27 @@ def parse_payments(value: Any, path: KeyPath, problems: Problems) -> Payments:
             kw["discovery"] = value["discovery"]
     if "settlement" in value:
         kw["settlement"] = _settlement(value["settlement"], path / "settlement", problems)
+    _deferred_windows(kw, path, problems)
     return Payments(**kw)
+
+
+def _deferred_windows(kw: dict[str, Any], path: KeyPath, problems: Problems) -> None:
+    """With deferred settlement, challenges and accepted authorizations last the settlement's
+    `max_validity` (see `Settlement`): a 300 s challenge made a queued authorization expire
+    five minutes after the payer held a success receipt, long before any batch."""
+    settlement: Settlement = kw.get("settlement", Settlement())
+    if settlement.type != "deferred":
+        return
+    window = settlement.max_validity
+    for key, default in (("expires", Payments.expires), ("max_validity", Payments.max_validity)):
+        if key not in kw:
+            kw[key] = max(default, window)
+        elif kw[key] < window:
+            problems.add(
+                path / key,
+                f"with deferred settlement, {key} must be at least settlement.max_validity "
+                f"({window:g} s): an authorization is only valid as long as its challenge",
+            )
 
 
 def _settlement(value: Any, path: KeyPath, problems: Problems) -> Settlement:
@@ -389,7 +490,11 @@ def _settlement(value: Any, path: KeyPath, problems: Problems) -> Settlement:
             "expected {type: facilitator, url: …} | {type: deferred} | {type: callable, callable: …}",
         )
         return Settlement()
-    problems.unknown_keys(path, value, ("type", "url", "timeout", "callable", "headers"))
+    problems.unknown_keys(
+        path,
+        value,
+        ("type", "url", "timeout", "callable", "headers", "max_validity", "expiry_margin"),
+    )
     kind = value.get("type", "deferred")
     if kind not in ("facilitator", "deferred", "callable"):
         problems.add(path / "type", f"expected facilitator, deferred or callable, got {kind!r}")
@@ -414,12 +519,31 @@ def _settlement(value: Any, path: KeyPath, problems: Problems) -> Settlement:
     if not isinstance(headers, dict):
         problems.add(path / "headers", "expected a mapping")
         headers = {}
+    windows = {"max_validity": DEFERRED_VALIDITY, "expiry_margin": DEFERRED_EXPIRY_MARGIN}
+    for k in windows:
+        if k not in value:
+            continue
+        if kind != "deferred":
+            problems.add(path / k, "applies to type: deferred only")
+            continue
+        try:
+            windows[k] = parse_duration(value[k])
+        except ValueError as e:
+            problems.add(path / k, str(e))
+    if windows["max_validity"] <= windows["expiry_margin"]:
+        problems.add(
+            path / "max_validity",
+            f"must be longer than expiry_margin ({windows['expiry_margin']:g} s), or every "
+            "queued authorization is exported as expiring",
+        )
     return Settlement(
         type=kind,
         url=url if isinstance(url, str) else None,
         timeout=timeout,
         callable=func if isinstance(func, str) else None,
         headers=tuple((str(k), str(v)) for k, v in headers.items()),
+        max_validity=windows["max_validity"],
+        expiry_margin=windows["expiry_margin"],
     )
 
 

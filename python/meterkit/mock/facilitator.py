@@ -13,6 +13,7 @@ this machine; everything up to the chain is real.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from typing import Any
 
@@ -93,7 +94,10 @@ async def _settle(request: web.Request) -> web.Response:
     state = request.app[STATE]
     mode = state["mode"]
     if mode == "timeout":
-        await asyncio.sleep(3600)
+        # Never answer, but let a shutdown end the wait (else the runner's cleanup waits
+        # its full shutdown timeout for this handler).
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(state["closing"].wait(), 3600)
     if mode == "http500":
         return web.json_response({"error": "injected"}, status=500)
     body = await request.json()
@@ -147,7 +151,12 @@ async def _mode(request: web.Request) -> web.Response:
 
 def build_facilitator_app() -> web.Application:
     app = web.Application()
-    app[STATE] = {"used": set(), "settlements": [], "mode": "ok"}
+    app[STATE] = {"used": set(), "settlements": [], "mode": "ok", "closing": asyncio.Event()}
+
+    async def closing(app: web.Application) -> None:
+        app[STATE]["closing"].set()
+
+    app.on_shutdown.append(closing)
     app.router.add_post("/verify", _verify)
     app.router.add_post("/settle", _settle)
     app.router.add_get("/supported", _supported)

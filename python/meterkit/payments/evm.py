@@ -18,10 +18,10 @@ from meterkit.config.payments import Asset
 from meterkit.payments.problems import MalformedCredential, PaymentInsufficient, VerificationFailed
 
 CREDENTIAL_TYPE = "authorization"
-_ADDRESS = re.compile(r"^0x[0-9a-fA-F]{40}$")
-_HASH = re.compile(r"^0x[0-9a-fA-F]{64}$")
-_SIG = re.compile(r"^0x(?:[0-9a-fA-F]{128}|[0-9a-fA-F]{130})$")
-_UINT = re.compile(r"^[0-9]{1,78}$")
+_ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
+_HASH = re.compile(r"0x[0-9a-fA-F]{64}")
+_SIG = re.compile(r"0x(?:[0-9a-fA-F]{128}|[0-9a-fA-F]{130})")
+_UINT = re.compile(r"[0-9]{1,78}")
 UINT256_MAX = 2**256 - 1
 
 
@@ -80,9 +80,17 @@ class Terms:
     pay_to: str
 
 
-def parse_authorization(fields: Any, signature: Any) -> Authorization:
+def parse_authorization(
+    fields: Any,
+    signature: Any,
+    *,
+    problem: type[MalformedCredential] = MalformedCredential,
+) -> Authorization:
+    """Check the shape of an authorization (any JSON value in, an `Authorization` or a
+    `problem` out): addresses, 32-byte nonce, decimal strings within uint256, a hex signature.
+    x402 callers pass `problem=MalformedPayment` (400 on that transport)."""
     if not isinstance(fields, dict):
-        raise MalformedCredential("authorization must be an object", reason="shape")
+        raise problem("authorization must be an object", reason="shape")
     for key, pattern in (
         ("from", _ADDRESS),
         ("to", _ADDRESS),
@@ -92,15 +100,14 @@ def parse_authorization(fields: Any, signature: Any) -> Authorization:
         ("validBefore", _UINT),
     ):
         v = fields.get(key)
-        if not isinstance(v, str) or not pattern.match(v):
-            raise MalformedCredential(f"authorization.{key} is malformed", reason="shape")
-    if not isinstance(signature, str) or not _SIG.match(signature):
-        raise MalformedCredential(
-            "the signature must be 0x + 64 or 65 bytes of hex", reason="shape"
-        )
+        # fullmatch: `$` accepts a trailing newline, which the core then refuses (a 500).
+        if not isinstance(v, str) or not pattern.fullmatch(v):
+            raise problem(f"authorization.{key} is malformed", reason="shape")
+    if not isinstance(signature, str) or not _SIG.fullmatch(signature):
+        raise problem("the signature must be 0x + 64 or 65 bytes of hex", reason="shape")
     values = [int(fields[k]) for k in ("value", "validAfter", "validBefore")]
     if any(v > UINT256_MAX for v in values):
-        raise MalformedCredential("authorization value out of range", reason="shape")
+        raise problem("authorization value out of range", reason="shape")
     return Authorization(
         fields["from"],
         fields["to"],

@@ -80,7 +80,7 @@ _MIGRATIONS: list[tuple[int, list[str]]] = [
 @dataclass
 class Claim:
     claim_key: str
-    status: str  # pending | settled | queued | unknown
+    status: str  # pending | settled | queued | unknown | expired (queued, never exported in time)
     protocol: str
     network: str
     asset: str
@@ -101,6 +101,12 @@ class Claim:
 
 
 _CLAIM_COLUMNS = [f for f in Claim.__dataclass_fields__]
+_EXPIRED = "the authorization expired before it was exported for settlement"
+
+
+def _valid_after(now: float | None) -> int:
+    """The `valid_before` bound of settleable rows (-1: every row)."""
+    return -1 if now is None else int(now)
 
 
 # Column order of the receipts and usage_records tables, shared by both ledgers.
@@ -138,7 +144,14 @@ class Ledger(Protocol):
     ) -> None: ...
     async def save_receipt(self, request_id: str, key: str, receipt: dict[str, Any]) -> None: ...
     async def save_usage(self, record: dict[str, Any]) -> None: ...
-    async def export_queued(self, mark: bool) -> list[dict[str, Any]]: ...
+    async def export_queued(self, mark: bool, now: float | None = None) -> list[dict[str, Any]]:
+        """Queued (deferred) claims not yet exported, oldest first; with `now`, only those
+        still valid then (`valid_before > now`: settleable). `mark` records the export."""
+
+    async def expire_queued(self, now: float, mark: bool) -> list[dict[str, Any]]:
+        """Queued claims whose authorization expired by `now` (never settleable any more);
+        `mark` moves them to status `expired`, out of the queue."""
+
     async def receipts(self) -> list[dict[str, Any]]: ...
     async def schema_version(self) -> int: ...
 
@@ -284,18 +297,40 @@ class SqliteLedger:
             )
         )
 
-    async def export_queued(self, mark: bool) -> list[dict[str, Any]]:
+    async def export_queued(self, mark: bool, now: float | None = None) -> list[dict[str, Any]]:
         def go(c: sqlite3.Connection) -> list[dict[str, Any]]:
             c.execute("BEGIN IMMEDIATE")
             rows = c.execute(
                 f"SELECT {', '.join(_CLAIM_COLUMNS)} FROM payment_claims "
-                "WHERE status = 'queued' AND exported_at IS NULL ORDER BY created_at"
+                "WHERE status = 'queued' AND exported_at IS NULL AND valid_before > ? "
+                "ORDER BY created_at",
+                (_valid_after(now),),
             ).fetchall()
             out = [dict(zip(_CLAIM_COLUMNS, r, strict=True)) for r in rows]
             if mark and out:
                 c.executemany(
                     "UPDATE payment_claims SET exported_at = ? WHERE claim_key = ?",
                     [(time.time(), r["claim_key"]) for r in out],
+                )
+            c.execute("COMMIT")
+            return out
+
+        return await self._run(go)
+
+    async def expire_queued(self, now: float, mark: bool) -> list[dict[str, Any]]:
+        def go(c: sqlite3.Connection) -> list[dict[str, Any]]:
+            c.execute("BEGIN IMMEDIATE")
+            rows = c.execute(
+                f"SELECT {', '.join(_CLAIM_COLUMNS)} FROM payment_claims "
+                "WHERE status = 'queued' AND valid_before <= ? ORDER BY created_at",
+                (int(now),),
+            ).fetchall()
+            out = [dict(zip(_CLAIM_COLUMNS, r, strict=True)) for r in rows]
+            if mark and out:
+                c.executemany(
+                    "UPDATE payment_claims SET status = 'expired', error = ?, updated_at = ? "
+                    "WHERE claim_key = ? AND status = 'queued'",
+                    [(_EXPIRED, time.time(), r["claim_key"]) for r in out],
                 )
             c.execute("COMMIT")
             return out
@@ -430,17 +465,35 @@ class PostgresLedger:
             *_usage_row(record),
         )
 
-    async def export_queued(self, mark: bool) -> list[dict[str, Any]]:
+    async def export_queued(self, mark: bool, now: float | None = None) -> list[dict[str, Any]]:
         async with self._pool.acquire() as c, c.transaction():
             rows = await c.fetch(
                 f"SELECT {', '.join(_CLAIM_COLUMNS)} FROM payment_claims "
-                "WHERE status = 'queued' AND exported_at IS NULL ORDER BY created_at FOR UPDATE"
+                "WHERE status = 'queued' AND exported_at IS NULL AND valid_before > $1 "
+                "ORDER BY created_at FOR UPDATE",
+                _valid_after(now),
             )
             out = [dict(r) for r in rows]
             if mark and out:
                 await c.executemany(
                     "UPDATE payment_claims SET exported_at = $1 WHERE claim_key = $2",
                     [(time.time(), r["claim_key"]) for r in out],
+                )
+            return out
+
+    async def expire_queued(self, now: float, mark: bool) -> list[dict[str, Any]]:
+        async with self._pool.acquire() as c, c.transaction():
+            rows = await c.fetch(
+                f"SELECT {', '.join(_CLAIM_COLUMNS)} FROM payment_claims "
+                "WHERE status = 'queued' AND valid_before <= $1 ORDER BY created_at FOR UPDATE",
+                int(now),
+            )
+            out = [dict(r) for r in rows]
+            if mark and out:
+                await c.executemany(
+                    "UPDATE payment_claims SET status = 'expired', error = $1, updated_at = $2 "
+                    "WHERE claim_key = $3 AND status = 'queued'",
+                    [(_EXPIRED, time.time(), r["claim_key"]) for r in out],
                 )
             return out
 

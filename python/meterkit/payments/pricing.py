@@ -9,16 +9,18 @@ post-hoc per-token billing needs pay-as-you-go sessions, which this is not.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 from meterkit import count_request_prompt
-from meterkit.config.payments import Accept, Asset, RoutePayment, TokenRates
+from meterkit.config.payments import Accept, Asset, RoutePayment, TokenRates, match_model
 from meterkit.formats import requested_max
 from meterkit.payments.problems import PaymentProblem
 
 DEFAULT_QUOTE_MAX_TOKENS = 4096
+T = TypeVar("T")
 
 
 class Unpriceable(PaymentProblem):
@@ -52,15 +54,10 @@ def base_units(price: Decimal, asset: Asset) -> int:
     return math.ceil(scaled)
 
 
-def _by_model(table: dict[str, Any] | Any, model: str | None) -> Any:
-    if model is not None and model in table:
-        return table[model]
-    if model is not None:
-        # Versioned names (gpt-4o-2024-08-06) fall back to their family (gpt-4o).
-        for name in sorted(table, key=len, reverse=True):
-            if name != "default" and model.startswith(name):
-                return table[name]
-    return table.get("default")
+def _by_model(table: Mapping[str, T], model: str | None) -> T | None:
+    # Exact, dated version, most specific glob, default: see `config.payments.match_model`.
+    value: T | None = match_model(table, model)
+    return value
 
 
 def quote(
@@ -68,7 +65,7 @@ def quote(
 ) -> Quote:
     if payment.type == "fixed":
         if payment.prices_by_model:
-            p = _by_model(dict(payment.prices_by_model), model)
+            p = _by_model(payment.prices_by_model, model)
             if p is None:
                 raise Unpriceable(
                     f"this route has no price for model {model!r}", reason="no_model_price"
@@ -77,7 +74,7 @@ def quote(
         assert payment.price is not None
         return Quote(payment.price, "fixed")
     if payment.type == "token-based":
-        rates: TokenRates | None = _by_model(dict(payment.rates_by_model), model)
+        rates: TokenRates | None = _by_model(payment.rates_by_model, model)
         if rates is None:
             raise Unpriceable(
                 f"this route has no token rates for model {model!r}", reason="no_model_rate"

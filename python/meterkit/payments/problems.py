@@ -52,6 +52,15 @@ class MalformedCredential(PaymentProblem):
     code, title = "malformed-credential", "Malformed Credential"
 
 
+class MalformedPayment(MalformedCredential):
+    """A malformed x402 payment header (`PAYMENT-SIGNATURE` / `X-PAYMENT`). The x402 HTTP
+    transport answers "Invalid Payment: malformed payment payload or requirements" with 400,
+    not 402: resending the same bytes cannot succeed, so no fresh offer is attached. A
+    subclass of `MalformedCredential`, so code catching that keeps catching this."""
+
+    status, fresh_challenge = 400, False
+
+
 class InvalidChallenge(PaymentProblem):
     code, title = "invalid-challenge", "Invalid Challenge"
 

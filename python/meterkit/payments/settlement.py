@@ -5,11 +5,14 @@ an operator's callable.
 Outcomes are three-valued on purpose. `settle` returns a reference when the money moved (or
 was queued); raises `SettlementFailed` when it certainly did not (the claim is released and
 the client may pay again); raises `SettlementUnknown` when it may have (the claim is kept and
-the client is not invited to pay twice).
+the client is not invited to pay twice). A facilitator that cannot be reached at all (the
+connection refused or never established, so no request left) is `FacilitatorUnreachable`,
+a `SettlementFailed`: nothing was settled.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -25,7 +28,52 @@ from meterkit.payments.problems import SettlementUnknown, VerificationFailed
 
 
 class SettlementFailed(VerificationFailed):
-    """Nothing was settled (e.g. the facilitator said `success: false`)."""
+    """Nothing was settled (e.g. the facilitator said `success: false`). `error_reason` is
+    the facilitator's `errorReason` when it gave one (for an x402 `PAYMENT-RESPONSE` with
+    `success: false`)."""
+
+    error_reason: str | None = None
+
+
+class FacilitatorUnreachable(SettlementFailed):
+    """The facilitator could not be reached: the connection was refused, failed or timed out
+    before any request was sent, so nothing was settled. Not a 402: paying again cannot help
+    while it is down; the claim is released and the same credential can be retried."""
+
+    status, code, title, fresh_challenge = (
+        503,
+        "facilitator-unavailable",
+        "Payment Facilitator Unavailable",
+        False,
+    )
+
+
+# Errors raised before a request reaches the facilitator: nothing can have been settled.
+# (`ConnectionTimeoutError` is aiohttp >= 3.10; a plain `ClientConnectorError` before that.)
+_NOT_SENT: tuple[type[BaseException], ...] = (
+    aiohttp.ClientConnectorError,
+    *((aiohttp.ConnectionTimeoutError,) if hasattr(aiohttp, "ConnectionTimeoutError") else ()),
+)
+
+
+@dataclass(frozen=True)
+class SupportCheck:
+    """What a facilitator's `GET /supported` says about the configured assets."""
+
+    supported: tuple[str, ...] = ()  # CAIP-2 networks it settles with the scheme
+    unsupported: tuple[str, ...] = ()
+    error: str | None = None  # /supported could not be read
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and not self.unsupported
+
+    def describe(self) -> str:
+        if self.error is not None:
+            return f"the facilitator's /supported could not be read: {self.error}"
+        if self.unsupported:
+            return "the facilitator does not support " + ", ".join(self.unsupported)
+        return "the facilitator supports " + ", ".join(self.supported)
 
 
 @dataclass(frozen=True)
@@ -131,7 +179,10 @@ class FacilitatorSettler:
 
     def __init__(self, url: str, timeout: float, headers: tuple[tuple[str, str], ...] = ()) -> None:
         self.url = url.rstrip("/")
-        self.timeout = aiohttp.ClientTimeout(total=timeout)
+        # A connect timeout of its own: running out of time before the request is sent means
+        # nothing was settled (`FacilitatorUnreachable`), unlike a timeout while waiting for
+        # the answer (outcome unknown).
+        self.timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=min(timeout / 2, 5.0))
         self.headers = dict(headers)
         self._session: aiohttp.ClientSession | None = None
 
@@ -162,6 +213,11 @@ class FacilitatorSettler:
     async def verify(self, req: SettlementRequest) -> None:
         try:
             data = await self._post("/verify", req)
+        except _NOT_SENT as e:
+            raise FacilitatorUnreachable(
+                f"the facilitator is unreachable ({e}): nothing was verified or settled",
+                reason="facilitator_unreachable",
+            ) from e
         except (aiohttp.ClientError, TimeoutError, RuntimeError, ValueError) as e:
             raise SettlementUnknown(
                 f"the facilitator could not verify the payment: {e}",
@@ -176,6 +232,12 @@ class FacilitatorSettler:
     async def settle(self, req: SettlementRequest) -> tuple[str, str]:
         try:
             data = await self._post("/settle", req)
+        except _NOT_SENT as e:
+            # The request never left: the transfer cannot have been broadcast.
+            raise FacilitatorUnreachable(
+                f"the facilitator is unreachable ({e}): nothing was settled",
+                reason="facilitator_unreachable",
+            ) from e
         except (TimeoutError, aiohttp.ClientError, RuntimeError, ValueError) as e:
             # The transfer may have been broadcast before the failure.
             raise SettlementUnknown(
@@ -188,9 +250,11 @@ class FacilitatorSettler:
                 raise SettlementUnknown(
                     "the facilitator says the settlement is pending", reason="pending"
                 )
-            raise SettlementFailed(
+            failed = SettlementFailed(
                 f"the facilitator did not settle: {reason}", reason="facilitator_failed"
             )
+            failed.error_reason = reason
+            raise failed
         tx = data.get("transaction")
         if not isinstance(tx, str) or not tx:
             raise SettlementUnknown(
@@ -198,10 +262,32 @@ class FacilitatorSettler:
             )
         return "settled", tx
 
-    async def supported(self) -> dict[str, Any]:
-        async with self._s().get(self.url + "/supported") as resp:
-            data = await resp.json()
-            return dict(data)
+    async def supported(self, assets: Iterable[Asset], scheme: str = "exact") -> SupportCheck:
+        """Does the facilitator settle `scheme` on each asset's network? Reads `GET
+        /supported` (`{kinds: [{x402Version, scheme, network}]}`); settlement speaks x402 v2,
+        so a kind counts when its version is 2 (or absent) and its network is the CAIP-2 id.
+        Never raises: an unreadable answer is `SupportCheck.error`. Meant for startup, to
+        refuse or warn before the first payment fails."""
+        networks = list(dict.fromkeys(a.caip2 for a in assets))
+        try:
+            async with self._s().get(self.url + "/supported") as resp:
+                if resp.status != 200:
+                    return SupportCheck(error=f"HTTP {resp.status}")
+                data = orjson.loads(await resp.read())
+        except (aiohttp.ClientError, TimeoutError, ValueError) as e:
+            return SupportCheck(error=str(e) or type(e).__name__)
+        kinds = data.get("kinds") if isinstance(data, dict) else None
+        if not isinstance(kinds, list):
+            return SupportCheck(error="the answer has no kinds list")
+        offered = {
+            k.get("network")
+            for k in kinds
+            if isinstance(k, dict) and k.get("scheme") == scheme and k.get("x402Version", 2) == 2
+        }
+        return SupportCheck(
+            supported=tuple(n for n in networks if n in offered),
+            unsupported=tuple(n for n in networks if n not in offered),
+        )
 
     async def close(self) -> None:
         if self._session is not None:

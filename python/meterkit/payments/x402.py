@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 from meterkit.config.payments import Asset
-from meterkit.payments.problems import MalformedCredential
+from meterkit.payments import evm, wirejson
+from meterkit.payments.problems import MalformedPayment
 
 MAX_HEADER = 64 * 1024
 
@@ -101,7 +101,7 @@ class X402Payment:
 
 def _b64json(value: str) -> dict[str, Any]:
     if len(value) > MAX_HEADER:
-        raise MalformedCredential("the payment header is larger than 64 KiB", reason="too_large")
+        raise MalformedPayment("the payment header is larger than 64 KiB", reason="too_large")
     text = value.strip()
     try:
         raw = base64.b64decode(
@@ -110,36 +110,45 @@ def _b64json(value: str) -> dict[str, Any]:
             validate=True,
         )
     except (ValueError, binascii.Error):
-        raise MalformedCredential("the payment header is not base64", reason="base64") from None
+        raise MalformedPayment("the payment header is not base64", reason="base64") from None
     try:
-        obj = json.loads(raw)
-        orjson.dumps(obj)
-    except (ValueError, TypeError, orjson.JSONEncodeError):
-        raise MalformedCredential("the payment header is not valid JSON", reason="json") from None
+        obj = wirejson.loads(raw)
+    except ValueError as e:
+        raise MalformedPayment(
+            f"the payment header is not valid JSON: {e}", reason="json"
+        ) from None
     if not isinstance(obj, dict):
-        raise MalformedCredential("the payment header must hold a JSON object", reason="shape")
+        raise MalformedPayment("the payment header must hold a JSON object", reason="shape")
     return obj
 
 
 def decode_payment(value: str, header: str) -> X402Payment:
+    """Decode an `X-PAYMENT` (v1) or `PAYMENT-SIGNATURE` (v2) header. Every defect is a
+    `MalformedPayment` (400, per the x402 HTTP transport); for the `exact` scheme that
+    includes an authorization whose fields are not well-formed, so nothing malformed reaches
+    verification."""
     obj = _b64json(value)
     version = obj.get("x402Version")
     payload = obj.get("payload")
-    if version not in (1, 2) or isinstance(version, bool):
-        raise MalformedCredential("x402Version must be 1 or 2", reason="version")
-    if (header == "X-PAYMENT") != (version == 1):
-        raise MalformedCredential(f"{header} carries x402 version {version}", reason="version")
+    if type(version) is not int or version not in (1, 2):
+        raise MalformedPayment("x402Version must be 1 or 2", reason="version")
+    if (header.upper() == "X-PAYMENT") != (version == 1):
+        raise MalformedPayment(f"{header} carries x402 version {version}", reason="version")
     if not isinstance(payload, dict):
-        raise MalformedCredential("payload must be an object", reason="shape")
+        raise MalformedPayment("payload must be an object", reason="shape")
     if version == 1:
         scheme, network, accepted = obj.get("scheme"), obj.get("network"), None
     else:
         accepted = obj.get("accepted")
         if not isinstance(accepted, dict):
-            raise MalformedCredential("accepted must be an object", reason="shape")
+            raise MalformedPayment("accepted must be an object", reason="shape")
         scheme, network = accepted.get("scheme"), accepted.get("network")
     if not isinstance(scheme, str) or not isinstance(network, str):
-        raise MalformedCredential("scheme and network must be strings", reason="shape")
+        raise MalformedPayment("scheme and network must be strings", reason="shape")
+    if scheme == "exact":
+        evm.parse_authorization(
+            payload.get("authorization"), payload.get("signature"), problem=MalformedPayment
+        )
     return X402Payment(
         version,
         scheme,
