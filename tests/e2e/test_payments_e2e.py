@@ -127,6 +127,12 @@ def test_one_402_offers_every_way_to_pay(gateway: Process) -> None:
         "currency": ASSET.address,
         "recipient": _core.checksum_address(PAY_TO),
         "methodDetails": {"chainId": 84532, "credentialTypes": ["authorization"], "decimals": 6},
+        # The request it is for, bound by the challenge id (the member pympp servers use).
+        "_mppx_scope": {
+            "http_method": "POST",
+            "route": "/v1/chat/completions",
+            "resource": "/v1/chat/completions",
+        },
     }
     assert ch.bound(SECRET.encode()) and ch.digest == mpp.body_digest(orjson.dumps(CHAT))
     v2 = orjson.loads(base64.b64decode(headers["PAYMENT-REQUIRED"]))

@@ -132,6 +132,10 @@ class RoutePayment:
     access_scope: str = "default"
     require_access: bool = False
     hooks: Mapping[str, str] = field(default_factory=dict)
+    # Where clients send the MPP credential: `Authorization`, or `Payment-Authorization` for
+    # routes whose clients keep `Authorization` for their own bearer key (it then reaches
+    # the upstream; the Payment credential never does).
+    credential_header: str = "Authorization"
 
     @property
     def priced(self) -> bool:
@@ -196,7 +200,16 @@ def match_model(table: Mapping[str, Any], model: str | None) -> Any:
 
 
 HOOK_NAMES = ("onRequest", "onPriceResolved", "onSettled", "onResponse", "onError")
-ROUTE_PAYMENT_KEYS = ("price", "type", "rates", "settlement", "description", "access", "hooks")
+ROUTE_PAYMENT_KEYS = (
+    "price",
+    "type",
+    "rates",
+    "settlement",
+    "description",
+    "access",
+    "hooks",
+    "credential_header",
+)
 
 
 def _money(value: Any, path: KeyPath, problems: Problems) -> Decimal | None:
@@ -329,6 +342,13 @@ def parse_route_payment(m: Mapping[str, Any], path: KeyPath, problems: Problems)
                         )
                     else:
                         hooks[name] = ref
+    credential_header = m.get("credential_header", "Authorization")
+    if credential_header not in ("Authorization", "Payment-Authorization"):
+        problems.add(
+            path / "credential_header",
+            f"expected Authorization or Payment-Authorization, got {credential_header!r}",
+        )
+        credential_header = "Authorization"
     return RoutePayment(
         type=typ,
         price=fixed,
@@ -340,6 +360,7 @@ def parse_route_payment(m: Mapping[str, Any], path: KeyPath, problems: Problems)
         access_scope=scope,
         require_access=require,
         hooks=hooks,
+        credential_header=credential_header,
     )
 
 

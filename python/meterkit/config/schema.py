@@ -67,6 +67,11 @@ class Route:
     def params(self) -> tuple[str, ...]:
         return tuple(s[1:] for s in self.segments if s.startswith(":"))
 
+    @property
+    def pattern(self) -> str:
+        """The path pattern of the route (`/tenant/:id/chat`)."""
+        return self.key.partition(" ")[2]
+
 
 @dataclass(frozen=True)
 class Gateway:

@@ -23,11 +23,16 @@ class Offer:
 
     accept: Accept
     amount: int
+    # The request this offer is for (HTTP method, route, path, query), bound into the MPP
+    # challenge as `_mppx_scope` (the member `pympp` servers use): a credential paid for one
+    # resource cannot be spent on another at the same price.
+    scope: tuple[tuple[str, str], ...] = ()
 
     @property
     def mpp_request(self) -> dict[str, Any]:
         """The `evm/charge` request (the shape the `pympp` client expects)."""
         a = self.accept.asset
+        scope = {"_mppx_scope": dict(self.scope)} if self.scope else {}
         return {
             "amount": str(self.amount),
             "currency": _core.checksum_address(a.address),
@@ -37,6 +42,7 @@ class Offer:
                 "credentialTypes": [evm.CREDENTIAL_TYPE],
                 "decimals": a.decimals,
             },
+            **scope,
         }
 
     @property
@@ -44,8 +50,19 @@ class Offer:
         return x402.Offer(self.accept.asset, self.amount, self.accept.pay_to)
 
 
-def make_offers(price: Decimal, accepts: Sequence[Accept]) -> list[Offer]:
-    return [Offer(a, base_units(price, a.asset)) for a in accepts]
+def request_scope(method: str, route: str, path: str, query: str) -> tuple[tuple[str, str], ...]:
+    """The scope of one request: what `pympp` binds (`http_method`, `route`, `resource`, and
+    `query` when there is one)."""
+    scope = [("http_method", method), ("route", route), ("resource", path)]
+    if query:
+        scope.append(("query", query))
+    return tuple(scope)
+
+
+def make_offers(
+    price: Decimal, accepts: Sequence[Accept], scope: tuple[tuple[str, str], ...] = ()
+) -> list[Offer]:
+    return [Offer(a, base_units(price, a.asset), scope) for a in accepts]
 
 
 @dataclass(frozen=True)
@@ -60,6 +77,8 @@ class ChallengeTerms:
     # Seconds a challenge stays valid.
     expires: float
     protocols: tuple[str, ...]
+    # The header the client must send its MPP credential in (None: Authorization).
+    header: str | None = None
 
 
 def challenges(
@@ -80,6 +99,7 @@ def challenges(
             digest=terms.digest,
             opaque={"n": secrets.token_hex(12)},
             description=route_description,
+            header=terms.header,
         )
         for o in offers
     ]

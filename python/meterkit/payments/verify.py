@@ -12,6 +12,7 @@ from meterkit.payments.offers import Offer
 from meterkit.payments.problems import (
     InvalidChallenge,
     MalformedCredential,
+    MalformedPayment,
     MethodUnsupported,
     PaymentExpired,
     VerificationFailed,
@@ -31,6 +32,7 @@ def verify_mpp(
     token: str,
     offers: Sequence[Offer],
     *,
+    field: str = mpp.AUTHORIZATION,
     secret: bytes,
     realm: str,
     digest: str | None,
@@ -53,6 +55,17 @@ def verify_mpp(
     if ch.realm != realm:
         raise InvalidChallenge("the challenge was issued for another realm", reason="realm")
     wanted = ch.request_json
+    scope = dict(offers[0].scope) if offers else {}
+    if wanted.get("_mppx_scope", {}) != scope:
+        raise InvalidChallenge(
+            "the challenge was issued for another resource (method, route, path or query)",
+            reason="scope",
+        )
+    if field.lower() != ch.credential_header.lower():
+        raise InvalidChallenge(
+            f"the challenge asked for the credential in {ch.credential_header}, not {field}",
+            reason="header",
+        )
     offer = next((o for o in offers if o.mpp_request == wanted), None)
     if offer is None:
         raise InvalidChallenge(
@@ -113,8 +126,8 @@ def verify_x402(
                     f"the accepted terms differ from today's ({k})", reason="terms"
                 )
     if not isinstance(pay.authorization, dict):
-        raise MalformedCredential("payload.authorization must be an object", reason="shape")
-    auth = evm.parse_authorization(pay.authorization, pay.signature)
+        raise MalformedPayment("payload.authorization must be an object", reason="shape")
+    auth = evm.parse_authorization(pay.authorization, pay.signature, problem=MalformedPayment)
     payer = evm.verify(
         auth,
         evm.Terms(offer.accept.asset, offer.amount, offer.accept.pay_to),

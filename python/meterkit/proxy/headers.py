@@ -22,6 +22,16 @@ HOP_BY_HOP = frozenset(
 )
 # Set by the client library for the new connection.
 _REQUEST_DROP = frozenset({"host", "content-length"})
+# What a payer hands the gateway: signed authorizations and access tokens. A third-party
+# upstream never needs them, and must never receive them.
+CREDENTIAL_HEADERS = frozenset(
+    {"payment-authorization", "payment-signature", "x-payment", "meterkit-access-token"}
+)
+
+
+def _payment_scheme(value: str) -> bool:
+    """An Authorization value that holds a `Payment` credential (alone or beside others)."""
+    return any(part.strip().lower().startswith("payment ") for part in value.split(","))
 
 
 def _connection_tokens(headers: Mapping[str, str] | CIMultiDictProxy[str]) -> set[str]:
@@ -45,9 +55,11 @@ def upstream_request_headers(
     request_id: str,
     metered: bool,
 ) -> CIMultiDict[str]:
-    drop = HOP_BY_HOP | _REQUEST_DROP | _connection_tokens(incoming)
+    drop = HOP_BY_HOP | _REQUEST_DROP | CREDENTIAL_HEADERS | _connection_tokens(incoming)
     out: CIMultiDict[str] = CIMultiDict(
-        (k, v) for k, v in incoming.items() if k.lower() not in drop
+        (k, v)
+        for k, v in incoming.items()
+        if k.lower() not in drop and not (k.lower() == "authorization" and _payment_scheme(v))
     )
     if metered:
         # The meter reads the body: ask for it uncompressed.

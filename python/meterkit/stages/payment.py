@@ -34,7 +34,13 @@ from meterkit.observability.metrics import ProxyMetrics
 from meterkit.payments import access, evm, mpp, receipts, x402
 from meterkit.payments.callables import call, load_callable
 from meterkit.payments.ledger import Claim, Ledger
-from meterkit.payments.offers import ChallengeTerms, Offer, make_offers, refusal
+from meterkit.payments.offers import (
+    ChallengeTerms,
+    Offer,
+    make_offers,
+    refusal,
+    request_scope,
+)
 from meterkit.payments.pricing import Quote, quote
 from meterkit.payments.problems import (
     PaymentProblem,
@@ -171,9 +177,10 @@ class PaymentStage(Stage):
                 ctx.json[key] = q.max_completion_tokens
                 ctx.body_changed = True
         req = ctx.request
+        scope = request_scope(req.method, ctx.route.pattern, req.path, req.query_string)
         state = PaymentState(
             q,
-            make_offers(q.price, self.config.accepts),
+            make_offers(q.price, self.config.accepts, scope),
             ChallengeTerms(
                 secret=self.secret,
                 realm=self._realm(ctx),
@@ -182,6 +189,7 @@ class PaymentStage(Stage):
                 description=rp.description or f"{req.method} {req.path}",
                 expires=self.pay.expires,
                 protocols=tuple(self.pay.protocols),
+                header=mpp.advertised_header(rp.credential_header),
             ),
         )
         ctx.state["payment"] = state
@@ -199,11 +207,13 @@ class PaymentStage(Stage):
         headers = ctx.request.headers
         protocols = self.pay.protocols
         now = time.time()
-        token = mpp.payment_token(headers.get("Authorization"))
-        if token is not None and "mpp" in protocols:
+        found = mpp.request_credential(headers) if "mpp" in protocols else None
+        if found is not None:
+            field, token = found
             return verify_mpp(
                 token,
                 state.offers,
+                field=field,
                 secret=self.secret,
                 realm=state.terms.realm,
                 digest=state.terms.digest,
