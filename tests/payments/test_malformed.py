@@ -24,7 +24,17 @@ from meterkit.payments.problems import (
     MalformedPayment,
     PaymentProblem,
 )
-from support.payment_values import b64, b64url, mpp_credential_obj, x402_obj
+from support.payment_values import (
+    DEEP,
+    WRONG_VALUES,
+    b64,
+    b64url,
+    corpus,
+    mpp_credential_obj,
+    paths,
+    replace,
+    x402_obj,
+)
 
 MPP_PROBLEMS = (MalformedCredential, InvalidChallenge)
 
@@ -70,24 +80,6 @@ def check_all(value: str) -> None:
 # ---- fixed corpus: the values that got 500 --------------------------------------------------
 
 
-def nested(depth: int, opener: str = "[", closer: str = "]") -> bytes:
-    return (opener * depth + closer * depth).encode()
-
-
-DEEP = [
-    nested(1100),
-    nested(5000),
-    b'{"a":' * 1100 + b"1" + b"}" * 1100,
-    b'{"challenge":' + nested(1100) + b',"payload":{}}',
-    b'{"x402Version":2,"accepted":' + nested(1100) + b',"payload":{}}',
-    b'{"x402Version":1,"scheme":"exact","network":"base","payload":{"authorization":'
-    + nested(3000)
-    + b"}}",
-    nested(40),  # beyond MAX_DEPTH, within the stdlib's recursion limit
-    b"[" * 1100,  # unterminated
-]
-
-
 @pytest.mark.parametrize("raw", DEEP, ids=lambda r: f"{len(r)}B")
 @pytest.mark.parametrize("encode", [b64url, b64])
 def test_deep_nesting_is_malformed_not_recursion_error(raw: bytes, encode: Any) -> None:
@@ -98,56 +90,6 @@ def test_deep_nesting_is_malformed_not_recursion_error(raw: bytes, encode: Any) 
         with pytest.raises(MalformedPayment):
             x402.decode_payment(value, name)
     check_all(value)
-
-
-def replace(obj: Any, path: tuple[Any, ...], value: Any) -> Any:
-    if not path:
-        return value
-    out = dict(obj) if isinstance(obj, dict) else list(obj)
-    out[path[0]] = replace(out[path[0]], path[1:], value)
-    return out
-
-
-def paths(obj: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    out = [prefix]
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            out += paths(v, (*prefix, k))
-    return out
-
-
-WRONG_VALUES: list[Any] = [
-    None,
-    True,
-    0,
-    -1,
-    1.5,
-    10**80,
-    [],
-    [1, 2],
-    {},
-    "",
-    "x" * 70_000,
-    "é",
-    "0x" + "1" * 40 + "\n",
-    "0x" + "a" * 64 + "\n",
-    "１２３",
-    "1" * 5000,
-]
-
-
-def corpus() -> list[tuple[str, bytes]]:
-    bases = {
-        "mpp": mpp_credential_obj(),
-        "x402v1": x402_obj(1),
-        "x402v2": x402_obj(2),
-    }
-    out = []
-    for name, base in bases.items():
-        for p in paths(base)[1:]:
-            for v in WRONG_VALUES:
-                out.append((f"{name}:{'.'.join(map(str, p))}={str(v)[:12]!r}", replace(base, p, v)))
-    return [(n, json.dumps(o).encode()) for n, o in out]
 
 
 CORPUS = corpus()
