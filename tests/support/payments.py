@@ -82,3 +82,10 @@ def challenge_for(
     assert status == 402
     (ch,) = mpp.parse_challenges(CIMultiDict(headers.items()).getall("WWW-Authenticate"))
     return ch
+
+
+def claim_key(token: str) -> str:
+    """The ledger key of the authorization inside an MPP credential."""
+    cred = mpp.decode_credential(token)
+    auth = evm.parse_authorization(cred.payload, cred.payload.get("signature"))
+    return evm.claim_key(auth, ASSET)

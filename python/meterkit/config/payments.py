@@ -106,6 +106,8 @@ class Ledger:
     url: str | None = None
     # PostgreSQL schema to keep the tables in (created when missing).
     schema: str | None = None
+    # Seconds a ledger call may take on the request path before the client gets a 503.
+    timeout: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -574,7 +576,7 @@ def parse_ledger(value: Any, path: KeyPath, problems: Problems) -> Ledger:
     if not isinstance(value, dict):
         problems.add(path, "expected {type: sqlite, path: …} or {type: postgres, url: …}")
         return Ledger()
-    problems.unknown_keys(path, value, ("type", "path", "url", "schema"))
+    problems.unknown_keys(path, value, ("type", "path", "url", "schema", "timeout"))
     kind = value.get("type", "sqlite")
     if kind not in ("sqlite", "postgres"):
         problems.add(path / "type", f"expected sqlite or postgres, got {kind!r}")
@@ -594,4 +596,16 @@ def parse_ledger(value: Any, path: KeyPath, problems: Problems) -> Ledger:
     ):
         problems.add(path / "schema", "expected a lowercase SQL identifier")
         schema = None
-    return Ledger(type=kind, path=p, url=url if isinstance(url, str) else None, schema=schema)
+    timeout = Ledger.timeout
+    if "timeout" in value:
+        try:
+            timeout = parse_duration(value["timeout"])
+        except ValueError as e:
+            problems.add(path / "timeout", str(e))
+    return Ledger(
+        type=kind,
+        path=p,
+        url=url if isinstance(url, str) else None,
+        schema=schema,
+        timeout=timeout,
+    )

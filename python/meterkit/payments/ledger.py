@@ -6,6 +6,14 @@ success response never leaves ahead of the money state behind it.
 A claim is the durable, atomic "this authorization is mine to settle": a unique key
 (chain, token, payer, nonce) inserted before settlement. Whoever inserts it settles; anyone
 else sees the row and its outcome. Claims are kept (a restart never forgets a used nonce).
+
+A claim's life: `pending` (claimed, nothing sent to the settler) → `settling` (sent; the
+outcome is not known yet) → `settled` / `queued` (paid), `unknown` (the settler's answer
+was lost) or released (deleted: nothing was settled). A paid claim also says whether its
+response reached the client (`delivery`: NULL while the request runs, `delivered`, or
+`undelivered`); an undelivered one may be taken over once by a retry with the same
+credential, which is served without a second charge. `recover` resolves claims whose
+request died with its process.
 """
 
 from __future__ import annotations
@@ -74,6 +82,13 @@ _MIGRATIONS: list[tuple[int, list[str]]] = [
         )""",
         ],
     ),
+    (
+        2,
+        [
+            # NULL while the paying request runs; delivered | undelivered once it ended.
+            "ALTER TABLE payment_claims ADD COLUMN delivery TEXT",
+        ],
+    ),
 ]
 
 
@@ -98,10 +113,12 @@ class Claim:
     created_at: float = 0.0
     updated_at: float = 0.0
     exported_at: float | None = None
+    delivery: str | None = None
 
 
 _CLAIM_COLUMNS = [f for f in Claim.__dataclass_fields__]
 _EXPIRED = "the authorization expired before it was exported for settlement"
+_LOST = "the gateway stopped while settling: reconcile against the chain"
 
 
 def _valid_after(now: float | None) -> int:
@@ -154,6 +171,21 @@ class Ledger(Protocol):
 
     async def receipts(self) -> list[dict[str, Any]]: ...
     async def schema_version(self) -> int: ...
+
+    async def set_delivery(self, key: str, request_id: str, delivery: str) -> None:
+        """Whether the paid response of `request_id` reached its client (`delivered`) or
+        not (`undelivered`, so a retry may be served without a second charge)."""
+
+    async def take_redelivery(self, key: str, request_id: str, now: float) -> bool:
+        """Take over an undelivered paid claim for `request_id`, once, while its
+        authorization is still valid at `now`. True when this request won it."""
+
+    async def recover(self, older_than: float | None, local: bool) -> dict[str, int]:
+        """Resolve claims whose request died with its process, last touched before
+        `older_than` (None: all of them; only safe with one process on the ledger):
+        pending ones are released, settling ones released when settlement is `local` (it
+        never left this machine) or marked `unknown`, paid ones without a delivery outcome
+        marked `undelivered`. Returns the counts by what was done."""
 
 
 class SqliteLedger:
@@ -265,11 +297,66 @@ class SqliteLedger:
                 (key, "-", "released", None, error, time.time()),
             )
             c.execute(
-                "DELETE FROM payment_claims WHERE claim_key = ? AND status = 'pending'", (key,)
+                "DELETE FROM payment_claims WHERE claim_key = ? AND status IN ('pending', 'settling')",
+                (key,),
             )
             c.execute("COMMIT")
 
         await self._run(go)
+
+    async def set_delivery(self, key: str, request_id: str, delivery: str) -> None:
+        await self._run(
+            lambda c: c.execute(
+                "UPDATE payment_claims SET delivery = ?, updated_at = ? "
+                "WHERE claim_key = ? AND request_id = ?",
+                (delivery, time.time(), key, request_id),
+            )
+        )
+
+    async def take_redelivery(self, key: str, request_id: str, now: float) -> bool:
+        cur = await self._run(
+            lambda c: c.execute(
+                "UPDATE payment_claims SET delivery = NULL, request_id = ?, updated_at = ? "
+                "WHERE claim_key = ? AND delivery = 'undelivered' "
+                "AND status IN ('settled', 'queued') AND valid_before > ?",
+                (request_id, time.time(), key, int(now)),
+            )
+        )
+        return bool(cur.rowcount == 1)
+
+    async def recover(self, older_than: float | None, local: bool) -> dict[str, int]:
+        cutoff = float("inf") if older_than is None else older_than
+
+        def go(c: sqlite3.Connection) -> dict[str, int]:
+            c.execute("BEGIN IMMEDIATE")
+            now = time.time()
+            gone = ("pending", "settling") if local else ("pending",)
+            released = c.execute(
+                "SELECT claim_key FROM payment_claims "
+                f"WHERE status IN ({', '.join('?' * len(gone))}) AND updated_at < ?",
+                (*gone, cutoff),
+            ).fetchall()
+            c.executemany(
+                "INSERT INTO settlements VALUES (?, '-', 'released', NULL, ?, ?)",
+                [(k, "released after a restart: never settled", now) for (k,) in released],
+            )
+            c.executemany("DELETE FROM payment_claims WHERE claim_key = ?", released)
+            unknown = 0
+            if not local:
+                unknown = c.execute(
+                    "UPDATE payment_claims SET status = 'unknown', error = ?, updated_at = ? "
+                    "WHERE status = 'settling' AND updated_at < ?",
+                    (_LOST, now, cutoff),
+                ).rowcount
+            undelivered = c.execute(
+                "UPDATE payment_claims SET delivery = 'undelivered', updated_at = ? "
+                "WHERE status IN ('settled', 'queued') AND delivery IS NULL AND updated_at < ?",
+                (now, cutoff),
+            ).rowcount
+            c.execute("COMMIT")
+            return {"released": len(released), "unknown": unknown, "undelivered": undelivered}
+
+        return await self._run(go)
 
     async def record_settlement(
         self, key: str, settler: str, outcome: str, reference: str | None, error: str | None
@@ -359,9 +446,12 @@ class PostgresLedger:
 
     name = "postgres"
 
-    def __init__(self, url: str, schema: str | None = None) -> None:
+    def __init__(self, url: str, schema: str | None = None, timeout: float = 5.0) -> None:
         self.url = url
         self.schema = schema
+        # Bounds every statement and every wait for a connection: a frozen server costs
+        # a request this long, not forever.
+        self.timeout = timeout
         self._pool: Any = None
 
     async def open(self) -> None:
@@ -375,7 +465,12 @@ class PostgresLedger:
             finally:
                 await conn.close()
         self._pool = await asyncpg.create_pool(
-            self.url, min_size=1, max_size=10, server_settings=settings
+            self.url,
+            min_size=1,
+            max_size=10,
+            server_settings=settings,
+            timeout=self.timeout,
+            command_timeout=self.timeout,
         )
         async with self._pool.acquire() as c, c.transaction():
             # One instance migrates at a time.
@@ -437,8 +532,69 @@ class PostgresLedger:
                 time.time(),
             )
             await c.execute(
-                "DELETE FROM payment_claims WHERE claim_key = $1 AND status = 'pending'", key
+                "DELETE FROM payment_claims WHERE claim_key = $1 "
+                "AND status IN ('pending', 'settling')",
+                key,
             )
+
+    async def set_delivery(self, key: str, request_id: str, delivery: str) -> None:
+        await self._pool.execute(
+            "UPDATE payment_claims SET delivery = $1, updated_at = $2 "
+            "WHERE claim_key = $3 AND request_id = $4",
+            delivery,
+            time.time(),
+            key,
+            request_id,
+        )
+
+    async def take_redelivery(self, key: str, request_id: str, now: float) -> bool:
+        got = await self._pool.fetchval(
+            "UPDATE payment_claims SET delivery = NULL, request_id = $1, updated_at = $2 "
+            "WHERE claim_key = $3 AND delivery = 'undelivered' "
+            "AND status IN ('settled', 'queued') AND valid_before > $4 RETURNING claim_key",
+            request_id,
+            time.time(),
+            key,
+            int(now),
+        )
+        return got is not None
+
+    async def recover(self, older_than: float | None, local: bool) -> dict[str, int]:
+        cutoff = float("inf") if older_than is None else older_than
+        gone = ["pending", "settling"] if local else ["pending"]
+        now = time.time()
+        async with self._pool.acquire() as c, c.transaction():
+            released = await c.fetch(
+                "DELETE FROM payment_claims WHERE status = ANY($1::text[]) AND updated_at < $2 "
+                "RETURNING claim_key",
+                gone,
+                cutoff,
+            )
+            await c.executemany(
+                "INSERT INTO settlements VALUES ($1, '-', 'released', NULL, $2, $3)",
+                [(r[0], "released after a restart: never settled", now) for r in released],
+            )
+            unknown = 0
+            if not local:
+                unknown = _count(
+                    await c.execute(
+                        "UPDATE payment_claims SET status = 'unknown', error = $1, updated_at = $2 "
+                        "WHERE status = 'settling' AND updated_at < $3",
+                        _LOST,
+                        now,
+                        cutoff,
+                    )
+                )
+            undelivered = _count(
+                await c.execute(
+                    "UPDATE payment_claims SET delivery = 'undelivered', updated_at = $1 "
+                    "WHERE status IN ('settled', 'queued') AND delivery IS NULL "
+                    "AND updated_at < $2",
+                    now,
+                    cutoff,
+                )
+            )
+        return {"released": len(released), "unknown": unknown, "undelivered": undelivered}
 
     async def record_settlement(
         self, key: str, settler: str, outcome: str, reference: str | None, error: str | None
@@ -512,8 +668,15 @@ class PostgresLedger:
         ]
 
 
-def make_ledger(kind: str, path: str, url: str | None, schema: str | None = None) -> Ledger:
+def _count(status: str) -> int:
+    """Rows touched, from an asyncpg command status such as "UPDATE 3"."""
+    return int(status.rsplit(" ", 1)[-1])
+
+
+def make_ledger(
+    kind: str, path: str, url: str | None, schema: str | None = None, timeout: float = 5.0
+) -> Ledger:
     if kind == "postgres":
         assert url is not None
-        return PostgresLedger(url, schema)
+        return PostgresLedger(url, schema, timeout)
     return SqliteLedger(path)

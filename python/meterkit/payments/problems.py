@@ -19,6 +19,8 @@ class PaymentProblem(Exception):
     # Answer with a fresh challenge (402) so the client can pay again.
     fresh_challenge = True
     type_base = PROBLEM_BASE
+    # Seconds a client should wait before trying again (a `Retry-After` header), if any.
+    retry_after: int | None = None
 
     def __init__(self, detail: str, *, reason: str | None = None, **extra: Any) -> None:
         super().__init__(detail)
@@ -100,3 +102,16 @@ class SettlementUnknown(PaymentProblem):
 
 class PaidButForbidden(PaymentProblem):
     status, code, title, fresh_challenge = 403, "forbidden", "Forbidden", False
+
+
+class LedgerUnavailable(PaymentProblem):
+    """The ledger did not answer in time (or is down): nothing was charged that the ledger
+    does not know of; the same credential can be retried."""
+
+    status, code, title, fresh_challenge, retry_after = (
+        503,
+        "ledger-unavailable",
+        "Payment Ledger Unavailable",
+        False,
+        2,
+    )

@@ -40,11 +40,12 @@ class FacilitatorUnreachable(SettlementFailed):
     before any request was sent, so nothing was settled. Not a 402: paying again cannot help
     while it is down; the claim is released and the same credential can be retried."""
 
-    status, code, title, fresh_challenge = (
+    status, code, title, fresh_challenge, retry_after = (
         503,
         "facilitator-unavailable",
         "Payment Facilitator Unavailable",
         False,
+        5,
     )
 
 

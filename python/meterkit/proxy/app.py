@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
@@ -16,8 +17,8 @@ from meterkit.budgets import BudgetBackend, make_backend
 from meterkit.config import Config
 from meterkit.observability.metrics import CONTENT_TYPE_LATEST, ProxyMetrics
 from meterkit.payments import discovery
-from meterkit.payments.ledger import Ledger, make_ledger
-from meterkit.payments.settlement import Settler, make_settler
+from meterkit.payments.ledger import Ledger, SqliteLedger, make_ledger
+from meterkit.payments.settlement import FacilitatorSettler, Settler, make_settler
 from meterkit.pipeline import Pipeline, Stage
 from meterkit.proxy.handler import handle
 from meterkit.proxy.keys import (
@@ -35,6 +36,7 @@ from meterkit.proxy.keys import (
 from meterkit.proxy.routing import Router
 from meterkit.runtime import BackgroundTasks, bound_port
 from meterkit.stages import BudgetStage, PaymentStage
+from meterkit.stages.payment import STALE_CLAIM
 from meterkit.usage import PostgresSink, UsageSink, make_sink
 
 log = logging.getLogger("meterkit.proxy")
@@ -67,7 +69,17 @@ async def _tasks(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _payments(app: web.Application) -> AsyncIterator[None]:
-    await app[LEDGER].open()
+    ledger, settler = app[LEDGER], app[SETTLER]
+    await ledger.open()
+    stage = next(s for s in app[PIPELINE].stages if isinstance(s, PaymentStage))
+    # A SQLite ledger has one process: whatever is in flight at start was left by a crash.
+    # Instances sharing PostgreSQL resolve only what nobody touched for a while.
+    local = isinstance(ledger, SqliteLedger)
+    await stage.recover(None if local else time.time() - STALE_CLAIM)
+    if isinstance(settler, FacilitatorSettler):
+        check = await settler.supported([a.asset for a in app[CONFIG].accepts])
+        if not check.ok:
+            log.error("payment facilitator check: %s", check.describe())
     yield
     await app[SETTLER].close()
     await app[LEDGER].close()
@@ -115,7 +127,11 @@ def build_app(
     if any(PaymentStage.applies(r.payment) for r in config.routes):
         base = Path(config.source).parent if Path(config.source).is_file() else None
         app[LEDGER] = ledger or make_ledger(
-            config.ledger.type, config.ledger.path, config.ledger.url, config.ledger.schema
+            config.ledger.type,
+            config.ledger.path,
+            config.ledger.url,
+            config.ledger.schema,
+            config.ledger.timeout,
         )
         app[SETTLER] = settler or make_settler(config.payments.settlement, base)
         configured.append(PaymentStage(config, app[LEDGER], app[SETTLER], app[METRICS], base))

@@ -18,12 +18,15 @@ Exceptions raised by the last three are logged and do not change the response.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import sqlite3
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from aiohttp import web
@@ -43,6 +46,7 @@ from meterkit.payments.offers import (
 )
 from meterkit.payments.pricing import Quote, quote
 from meterkit.payments.problems import (
+    LedgerUnavailable,
     PaymentProblem,
     PaymentRequired,
     Replayed,
@@ -59,6 +63,30 @@ log = logging.getLogger("meterkit.payments")
 STATUS_HEADER = "X-Payment-Status"
 # How long a duplicate request waits for the first one's settlement outcome.
 _CLAIM_WAIT = 15.0
+# A claim still in flight (pending, settling, or paid with no delivery outcome) that nobody
+# touched for this long belongs to a request whose process died: it is resolved as at
+# startup. Long enough for any settlement timeout and any stream that is still running.
+STALE_CLAIM = 600.0
+
+T = TypeVar("T")
+
+
+class _Outage:
+    """Logs a backend outage once when it starts and once when it ends, not per request."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.down = False
+
+    def failed(self, e: BaseException) -> None:
+        if not self.down:
+            self.down = True
+            log.error("%s unavailable: %s", self.what, e or type(e).__name__)
+
+    def ok(self) -> None:
+        if self.down:
+            self.down = False
+            log.warning("%s available again", self.what)
 
 
 @dataclass
@@ -73,6 +101,8 @@ class PaymentState:
     reference: str | None = None
     receipt: dict[str, Any] | None = None
     skipped: str | None = None
+    # Serving again a request that was paid for and never delivered (no new charge).
+    redelivery: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -94,6 +124,7 @@ class PaymentStage(Stage):
         self.metrics = metrics
         self.secret = (self.pay.secret or "").encode()
         self.access_secret = (self.pay.access_secret or self.pay.secret or "").encode()
+        self.ledger_outage = _Outage("payment ledger")
         self.hooks: dict[str, dict[str, Any]] = {}
         for r in config.routes:
             if r.payment.hooks:
@@ -112,6 +143,25 @@ class PaymentStage(Stage):
 
     def _realm(self, ctx: RequestContext) -> str:
         return self.pay.realm or ctx.request.host.split(":")[0]
+
+    async def _ledger(self, call: Awaitable[T]) -> T:
+        """A ledger call on the request path: bounded, and a 503 (logged once per outage)
+        when the ledger is slow or down, never a hang or a 500."""
+        try:
+            async with asyncio.timeout(self.config.ledger.timeout):
+                out = await call
+        except (TimeoutError, OSError, sqlite3.Error) as e:
+            self.ledger_outage.failed(e)
+            raise LedgerUnavailable("the payment ledger is not answering; retry shortly") from e
+        except Exception as e:
+            # asyncpg's errors (connection lost, server shutting down) share no base class
+            # with the stdlib's: anything the driver raises is an outage, not a bug.
+            if type(e).__module__.startswith("asyncpg"):
+                self.ledger_outage.failed(e)
+                raise LedgerUnavailable("the payment ledger is not answering; retry shortly") from e
+            raise
+        self.ledger_outage.ok()
+        return out
 
     async def _hook(self, ctx: RequestContext, name: str, *args: Any) -> Any:
         fn = self.hooks.get(ctx.route.key, {}).get(name)
@@ -239,6 +289,8 @@ class PaymentStage(Stage):
             return None
         try:
             await self._claim(ctx, state, state.verified)
+            if state.settled:
+                return None  # a redelivery: paid already
             if ctx.route.payment.settlement == "after-response":
                 await self.settler.verify(self._settlement_request(state))
                 state.pending = True
@@ -276,29 +328,60 @@ class PaymentStage(Stage):
                 }
             ).decode(),
         )
-        for _ in range(2):
-            won, existing = await self.ledger.claim(claim)
+        for _ in range(3):
+            won, existing = await self._ledger(self.ledger.claim(claim))
             if won:
                 state.claim_key = key
                 self.metrics.payments.labels(ctx.route.key, "verified", v.protocol).inc()
                 return
             existing = await self._outcome(existing)
-            if existing is not None:
-                raise Replayed(
-                    "this authorization has already paid for a request",
-                    reason="replay",
-                    reference=existing.reference,
-                )
-        raise Replayed("this authorization is being used by another request", reason="replay")
+            if existing is None:
+                continue  # released meanwhile: nothing was settled; claim it again
+            if existing.status in ("settled", "queued") and existing.delivery == "undelivered":
+                if await self._ledger(
+                    self.ledger.take_redelivery(key, ctx.request_id, time.time())
+                ):
+                    # Paid before, never delivered: serve it now, without a second charge.
+                    state.claim_key, state.redelivery = key, True
+                    self._paid(ctx, state, existing.status, existing.reference)
+                    return
+            raise Replayed(
+                _replay_detail(existing, time.time()), reason="replay", reference=existing.reference
+            )
+        raise Replayed("this authorization is being settled by another request", reason="replay")
 
     async def _outcome(self, existing: Claim | None) -> Claim | None:
         """Wait while another request settles the same authorization; None if it released
-        the claim (nothing was settled), else the finished claim."""
+        the claim (nothing was settled), else the finished claim. A claim in flight that
+        nobody touched for `STALE_CLAIM` seconds is resolved first (its process died)."""
         deadline = time.monotonic() + _CLAIM_WAIT
-        while existing is not None and existing.status == "pending" and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-            existing = await self.ledger.get_claim(existing.claim_key)
+        while existing is not None and existing.status in ("pending", "settling"):
+            if existing.updated_at < time.time() - STALE_CLAIM:
+                await self._recover(time.time() - STALE_CLAIM)
+            elif time.monotonic() >= deadline:
+                break
+            else:
+                await asyncio.sleep(0.05)
+            existing = await self._ledger(self.ledger.get_claim(existing.claim_key))
+        if (
+            existing is not None
+            and existing.delivery is None
+            and existing.status in ("settled", "queued")
+            and existing.updated_at < time.time() - STALE_CLAIM
+        ):
+            await self._recover(time.time() - STALE_CLAIM)
+            existing = await self._ledger(self.ledger.get_claim(existing.claim_key))
         return existing
+
+    async def recover(self, older_than: float | None) -> dict[str, int]:
+        """Resolve claims left by requests whose process died (see `Ledger.recover`)."""
+        counts = await self.ledger.recover(older_than, local=self.settler.name == "deferred")
+        if any(counts.values()):
+            log.warning("payment claims left by a stopped gateway resolved", extra=counts)
+        return counts
+
+    async def _recover(self, older_than: float) -> None:
+        await self._ledger(self.recover(older_than))
 
     def _settlement_request(self, state: PaymentState) -> SettlementRequest:
         v = state.verified
@@ -317,35 +400,45 @@ class PaymentStage(Stage):
     async def _settle(self, ctx: RequestContext, state: PaymentState) -> None:
         v = state.verified
         assert v is not None and state.claim_key is not None
+        key = state.claim_key
+        # Durable before the settler hears of it: after a crash, `settling` says the outcome
+        # must be reconciled, `pending` that nothing was sent.
+        await self._ledger(self.ledger.finish_claim(key, "settling", None, None))
         try:
             status, reference = await self.settler.settle(self._settlement_request(state))
         except SettlementFailed as e:
-            await self.ledger.record_settlement(
-                state.claim_key, self.settler.name, "failed", None, str(e)
+            await self._ledger(
+                self.ledger.record_settlement(key, self.settler.name, "failed", None, str(e))
             )
             self.metrics.settlements.labels(ctx.route.key, "failed").inc()
             raise
         except SettlementUnknown as e:
-            await self.ledger.finish_claim(state.claim_key, "unknown", None, str(e))
-            await self.ledger.record_settlement(
-                state.claim_key, self.settler.name, "unknown", None, str(e)
+            await self._ledger(self.ledger.finish_claim(key, "unknown", None, str(e)))
+            await self._ledger(
+                self.ledger.record_settlement(key, self.settler.name, "unknown", None, str(e))
             )
             self.metrics.settlements.labels(ctx.route.key, "unknown").inc()
             raise
-        await self.ledger.finish_claim(state.claim_key, status, reference, None)
-        await self.ledger.record_settlement(
-            state.claim_key, self.settler.name, status, reference, None
+        await self._ledger(self.ledger.finish_claim(key, status, reference, None))
+        await self._ledger(
+            self.ledger.record_settlement(key, self.settler.name, status, reference, None)
         )
         self.metrics.settlements.labels(ctx.route.key, status).inc()
-        rcpt = receipts.receipt(v, reference, status, time.time())
+        rcpt = self._paid(ctx, state, status, reference)
         # Durable before any success byte leaves.
-        await self.ledger.save_receipt(ctx.request_id, state.claim_key, rcpt)
-        state.settled, state.pending, state.reference, state.receipt = (
-            True,
-            False,
-            reference,
-            rcpt,
-        )
+        await self._ledger(self.ledger.save_receipt(ctx.request_id, key, rcpt))
+        await self._hook(ctx, "onSettled", rcpt)
+
+    def _paid(
+        self, ctx: RequestContext, state: PaymentState, status: str, reference: str | None
+    ) -> dict[str, Any]:
+        """The request is paid for: its receipt and the headers that carry it."""
+        v = state.verified
+        assert v is not None
+        rcpt = receipts.receipt(v, reference, status, time.time())
+        if state.redelivery:
+            rcpt["redelivery"] = True
+        state.settled, state.pending, state.reference, state.receipt = True, False, reference, rcpt
         ctx.response_headers.update(receipts.response_headers(v, rcpt))
         rp = ctx.route.payment
         if rp.mint_access_ttl:
@@ -354,11 +447,11 @@ class PaymentStage(Stage):
             )
             ctx.response_headers[access.HEADER] = token
             ctx.response_headers["Meterkit-Access-Expires"] = mpp.rfc3339(exp)
-        await self._hook(ctx, "onSettled", rcpt)
+        return rcpt
 
     async def _release(self, state: PaymentState, why: str) -> None:
         if state.claim_key is not None and not state.settled:
-            await self.ledger.release_claim(state.claim_key, why)
+            await self._ledger(self.ledger.release_claim(state.claim_key, why))
             state.claim_key = None
             state.pending = False
 
@@ -396,27 +489,43 @@ class PaymentStage(Stage):
         log.info("settlement skipped", extra={"route": ctx.route.key, "reason": reason})
 
     async def on_abort(self, ctx: RequestContext, record: UsageRecord) -> None:
-        """Nothing reached the client: a claim that did not settle is released."""
+        """Nothing reached the client: a claim that did not settle is released; one that
+        was paid is marked undelivered, so the same credential is served once more."""
         state: PaymentState | None = ctx.state.get("payment")
         if state is None:
             return
-        if state.pending:
-            await self._skip(ctx, state, "no-response")
-        elif state.claim_key is not None and not state.settled:
-            await self._release(state, f"request ended: {record.outcome}")
-        await self._finish(state, record)
+        try:
+            if state.pending:
+                await self._skip(ctx, state, "no-response")
+            elif state.claim_key is not None and not state.settled:
+                await self._release(state, f"request ended: {record.outcome}")
+            await self._delivery(ctx, state, delivered=False)
+        except LedgerUnavailable:
+            # A pending claim is resolved when it goes stale (or at the next start).
+            log.warning("payment claim left for recovery", extra={"claim": state.claim_key})
+        await self._finish(ctx, state, record)
 
     async def on_complete(self, ctx: RequestContext, record: UsageRecord) -> None:
         state: PaymentState | None = ctx.state.get("payment")
         if state is None:
             return
-        if state.pending:
-            # The stream ended before the upstream answered (cannot happen once delivered,
-            # but a pending claim must never outlive its request).
-            await self._skip(ctx, state, "no-response")
-        await self._finish(state, record)
+        try:
+            if state.pending:
+                # A pending claim must never outlive its request.
+                await self._skip(ctx, state, "no-response")
+            # A 5xx from the upstream is no answer to have paid for: the retry is served.
+            await self._delivery(ctx, state, delivered=ctx.result.status < 500)
+        except LedgerUnavailable:
+            log.warning("payment delivery not recorded", extra={"claim": state.claim_key})
+        await self._finish(ctx, state, record)
 
-    async def _finish(self, state: PaymentState, record: UsageRecord) -> None:
+    async def _delivery(self, ctx: RequestContext, state: PaymentState, delivered: bool) -> None:
+        if state.settled and state.claim_key is not None:
+            what = "delivered" if delivered else "undelivered"
+            await self._ledger(self.ledger.set_delivery(state.claim_key, ctx.request_id, what))
+            state.extra["delivery"] = what
+
+    async def _finish(self, ctx: RequestContext, state: PaymentState, record: UsageRecord) -> None:
         v = state.verified
         record.payment = {
             "quote": state.quote.as_dict(),
@@ -427,16 +536,17 @@ class PaymentStage(Stage):
             "reference": state.reference,
             "settled": state.settled,
             "skipped": state.skipped,
+            "redelivery": state.redelivery,
+            "delivery": state.extra.get("delivery"),
             "actual": {
                 "prompt_tokens": record.prompt_tokens,
                 "completion_tokens": record.completion_tokens,
             },
         }
         if v is not None:
-            try:
-                await self.ledger.save_usage(record.as_dict())
-            except Exception:
-                log.exception("could not write the usage record to the ledger")
+            # On an outage (logged once) the usage sink still gets the record.
+            with contextlib.suppress(LedgerUnavailable):
+                await self._ledger(self.ledger.save_usage(record.as_dict()))
 
     # ---- answering ---------------------------------------------------------------------
 
@@ -450,6 +560,15 @@ class PaymentStage(Stage):
             await self._hook(ctx, "onError", e)
         if e.fresh_challenge:
             self.metrics.payment_required.labels(ctx.route.key).inc()
+        v = state.verified
+        if isinstance(e, SettlementFailed) and v is not None and v.protocol != "mpp":
+            # x402: the settlement answer says `success: false`, and why.
+            asset = v.offer.accept.asset
+            name = "X-PAYMENT-RESPONSE" if v.protocol == "x402-v1" else "PAYMENT-RESPONSE"
+            network = asset.network if v.protocol == "x402-v1" else asset.caip2
+            ctx.response_headers[name] = x402.payment_response(
+                False, "", network, v.payer, e.error_reason or e.reason
+            )
         return refusal(
             e,
             state.terms,
@@ -458,3 +577,26 @@ class PaymentStage(Stage):
             time.time(),
             ctx.route.payment.description,
         )
+
+
+def _replay_detail(claim: Claim, now: float) -> str:
+    """Why an authorization that another request claimed cannot pay for this one, truly."""
+    if claim.status in ("settled", "queued"):
+        if claim.delivery == "delivered":
+            return "this authorization has already paid for a request, which was delivered"
+        if claim.delivery == "undelivered":
+            return (
+                "this authorization paid for a request that was never delivered, but it is no "
+                "longer valid, so that request cannot be served again"
+                if claim.valid_before <= now
+                else "this authorization's undelivered request is being served again"
+            )
+        return "this authorization has paid for a request that is still being answered"
+    if claim.status == "unknown":
+        return (
+            "the settlement of this authorization has an unknown outcome; it is never "
+            "charged twice, and it pays for nothing more until that is reconciled"
+        )
+    if claim.status == "expired":
+        return "this authorization expired in the settlement queue; nothing was charged"
+    return "this authorization is being settled by another request"
