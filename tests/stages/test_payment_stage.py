@@ -170,3 +170,36 @@ def test_malformed_is_402_for_mpp_and_400_for_x402(tmp_path: Path, header: str) 
     status, problem = asyncio.run(go())
     assert problem["type"].endswith("/malformed-credential")
     assert status == (402 if header == "Authorization" else 400)
+
+
+def test_an_x402_settlement_refusal_says_success_false(tmp_path: Path) -> None:
+    import base64
+
+    from meterkit.mock.facilitator import start_facilitator
+
+    async def go() -> None:
+        runner, port = await start_facilitator("127.0.0.1", 0)
+        try:
+            t = tree(tmp_path)
+            t["payments"]["settlement"] = {
+                "type": "facilitator",
+                "url": f"http://127.0.0.1:{port}",
+                "timeout": 2,
+            }
+            async with gateway(t) as g:
+                async with g.session.post(
+                    f"http://127.0.0.1:{port}/_facilitator/mode", json={"settle": "fail"}
+                ) as r:
+                    assert r.status == 200
+                body = chat(stream=False)
+                status, headers, _ = await g.post(
+                    "/a", body, {"PAYMENT-SIGNATURE": b64(x402_obj(2))}
+                )
+                assert status == 402
+                answer = orjson.loads(base64.b64decode(headers["PAYMENT-RESPONSE"]))
+                assert answer["success"] is False and answer["errorReason"]
+                assert await upstream_headers(g) == []
+        finally:
+            await runner.cleanup()
+
+    asyncio.run(go())
