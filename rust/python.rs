@@ -964,17 +964,22 @@ fn eip3009_digest<'py>(
     Ok(PyBytes::new(py, &d))
 }
 
-/// EIP-712 digest of a payment-channel Voucher(bytes32 channelId,uint96 cumulativeAmount).
+/// EIP-712 digest of a payment-channel voucher, `Voucher(bytes32 channelId, uintN
+/// cumulativeAmount)` in the dialect of `profile`: "tip20" (uint96, domain "TIP20 Channel
+/// Reserve"), "evm" (uint128, "EVM Payment Channel") or "tempo-v1" (uint128, "Tempo Stream
+/// Channel"); domain version "1", verifying contract the escrow.
 #[pyfunction]
-#[pyo3(signature = (*, chain_id, escrow, channel_id, cumulative_amount))]
+#[pyo3(signature = (*, chain_id, escrow, channel_id, cumulative_amount, profile = "tip20"))]
 fn voucher_digest<'py>(
     py: Python<'py>,
     chain_id: &Bound<'_, PyInt>,
     escrow: &str,
     channel_id: &str,
     cumulative_amount: &str,
+    profile: &str,
 ) -> PyResult<Bound<'py, PyBytes>> {
-    let d = crypto::voucher_digest(
+    let d = crypto::profile_voucher_digest(
+        crypto::ChannelProfile::parse(profile).map_err(value_err)?,
         chain_id_u64(chain_id)?,
         escrow,
         channel_id,
@@ -982,6 +987,32 @@ fn voucher_digest<'py>(
     )
     .map_err(value_err)?;
     Ok(PyBytes::new(py, &d))
+}
+
+/// An `evm` session channel's id ("0x" + 64 hex digits): keccak256(abi.encode(payer, payee,
+/// token, salt, authorizedSigner, escrow, chainId)).
+#[pyfunction]
+#[pyo3(signature = (*, payer, payee, token, salt, authorized_signer, escrow, chain_id))]
+fn evm_channel_id(
+    payer: &str,
+    payee: &str,
+    token: &str,
+    salt: &str,
+    authorized_signer: &str,
+    escrow: &str,
+    chain_id: &Bound<'_, PyInt>,
+) -> PyResult<String> {
+    let id = crypto::evm_channel_id(
+        payer,
+        payee,
+        token,
+        salt,
+        authorized_signer,
+        escrow,
+        chain_id_u64(chain_id)?,
+    )
+    .map_err(value_err)?;
+    Ok(crypto::to_hex_prefixed(&id))
 }
 
 /// A payment channel's id ("0x" + 64 hex digits), as the escrow contract computes it.
@@ -1098,6 +1129,7 @@ fn meterkit_core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(eip3009_digest, m)?)?;
     m.add_function(wrap_pyfunction!(voucher_digest, m)?)?;
     m.add_function(wrap_pyfunction!(channel_id, m)?)?;
+    m.add_function(wrap_pyfunction!(evm_channel_id, m)?)?;
     m.add_function(wrap_pyfunction!(recover_address, m)?)?;
     m.add_function(wrap_pyfunction!(sign_digest, m)?)?;
     m.add_function(wrap_pyfunction!(address_of, m)?)?;

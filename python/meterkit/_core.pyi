@@ -1,6 +1,6 @@
 """Type stub for the Rust extension (hand-written; checked by `mypy.stubtest` in `make lint`)."""
 
-from typing import Final, final
+from typing import Final, Literal, final
 
 __all__ = [
     "BUILD_PROFILE",
@@ -31,6 +31,7 @@ __all__ = [
     "encode_comment",
     "encode_event",
     "encoding_name_for_model",
+    "evm_channel_id",
     "frame_and_extract",
     "keccak256",
     "parse_event",
@@ -283,8 +284,23 @@ def eip3009_digest(
     nonce: str,
 ) -> bytes: ...
 def voucher_digest(
-    *, chain_id: int, escrow: str, channel_id: str, cumulative_amount: str
+    *,
+    chain_id: int,
+    escrow: str,
+    channel_id: str,
+    cumulative_amount: str,
+    profile: Literal["tip20", "evm", "tempo-v1"] = "tip20",
 ) -> bytes: ...
+def evm_channel_id(
+    *,
+    payer: str,
+    payee: str,
+    token: str,
+    salt: str,
+    authorized_signer: str,
+    escrow: str,
+    chain_id: int,
+) -> str: ...
 def channel_id(
     *,
     payer: str,

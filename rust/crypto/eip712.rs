@@ -18,6 +18,54 @@ pub const CHANNEL_DOMAIN_NAME: &str = "TIP20 Channel Reserve";
 /// Its domain version.
 pub const CHANNEL_DOMAIN_VERSION: &str = "1";
 
+/// The voucher dialects of the payment-channel escrows: each has its own EIP-712 domain name
+/// and amount width; the struct is otherwise the same `Voucher(bytes32 channelId, uintN
+/// cumulativeAmount)`, domain version "1".
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChannelProfile {
+    /// Tempo's TIP-20 reserve (sessions v2): uint96.
+    Tip20,
+    /// The MPP `evm` session method, on any EVM chain: uint128.
+    Evm,
+    /// Tempo's v1 stream channel (the profile `mppx`'s legacy session client speaks): uint128.
+    TempoV1,
+}
+
+impl ChannelProfile {
+    pub fn parse(name: &str) -> Result<Self, String> {
+        match name {
+            "tip20" => Ok(Self::Tip20),
+            "evm" => Ok(Self::Evm),
+            "tempo-v1" => Ok(Self::TempoV1),
+            _ => Err(format!(
+                "profile must be 'tip20', 'evm' or 'tempo-v1', got {name:?}"
+            )),
+        }
+    }
+
+    fn domain_name(self) -> &'static str {
+        match self {
+            Self::Tip20 => CHANNEL_DOMAIN_NAME,
+            Self::Evm => "EVM Payment Channel",
+            Self::TempoV1 => "Tempo Stream Channel",
+        }
+    }
+
+    fn voucher_type(self) -> &'static str {
+        match self {
+            Self::Tip20 => VOUCHER_TYPE,
+            Self::Evm | Self::TempoV1 => "Voucher(bytes32 channelId,uint128 cumulativeAmount)",
+        }
+    }
+
+    fn amount(self, s: &str) -> Result<[u8; 32], String> {
+        match self {
+            Self::Tip20 => parse_uint96(s, "cumulative_amount"),
+            Self::Evm | Self::TempoV1 => parse_uint128(s, "cumulative_amount"),
+        }
+    }
+}
+
 /// Largest decimal string accepted for a uint256 (2^256 - 1 has 78 digits).
 const MAX_UINT256_DIGITS: usize = 78;
 
@@ -88,6 +136,14 @@ fn parse_uint96(s: &str, what: &str) -> Result<[u8; 32], String> {
     Ok(w)
 }
 
+fn parse_uint128(s: &str, what: &str) -> Result<[u8; 32], String> {
+    let w = parse_uint256(s, what)?;
+    if w[..16].iter().any(|&b| b != 0) {
+        return Err(format!("{what} does not fit in 128 bits (uint128): {s}"));
+    }
+    Ok(w)
+}
+
 /// The EIP-712 domain separator of {name, version, chainId, verifyingContract}.
 pub fn domain_separator(
     name: &str,
@@ -153,21 +209,61 @@ pub fn voucher_digest(
     channel_id: &str,
     cumulative_amount: &str,
 ) -> Result<[u8; 32], String> {
+    profile_voucher_digest(
+        ChannelProfile::Tip20,
+        chain_id,
+        escrow,
+        channel_id,
+        cumulative_amount,
+    )
+}
+
+/// The EIP-712 digest of a voucher in `profile`'s dialect, under the escrow's domain
+/// {profile name, "1", chainId, escrow}.
+pub fn profile_voucher_digest(
+    profile: ChannelProfile,
+    chain_id: u64,
+    escrow: &str,
+    channel_id: &str,
+    cumulative_amount: &str,
+) -> Result<[u8; 32], String> {
     let escrow = parse_address(escrow, "escrow")?;
     let struct_hash = hash_words(&[
-        keccak256(VOUCHER_TYPE.as_bytes()),
+        keccak256(profile.voucher_type().as_bytes()),
         parse_bytes32(channel_id, "channel_id")?,
-        parse_uint96(cumulative_amount, "cumulative_amount")?,
+        profile.amount(cumulative_amount)?,
     ]);
     Ok(typed_data_digest(
         &domain_separator(
-            CHANNEL_DOMAIN_NAME,
+            profile.domain_name(),
             CHANNEL_DOMAIN_VERSION,
             chain_id,
             &escrow,
         ),
         &struct_hash,
     ))
+}
+
+/// An `evm` session channel's id: keccak256(abi.encode(payer, payee, token, salt,
+/// authorizedSigner, escrow, chainId)), what the escrow computes in `open`.
+pub fn evm_channel_id(
+    payer: &str,
+    payee: &str,
+    token: &str,
+    salt: &str,
+    authorized_signer: &str,
+    escrow: &str,
+    chain_id: u64,
+) -> Result<[u8; 32], String> {
+    Ok(hash_words(&[
+        address_word(&parse_address(payer, "payer")?),
+        address_word(&parse_address(payee, "payee")?),
+        address_word(&parse_address(token, "token")?),
+        parse_bytes32(salt, "salt")?,
+        address_word(&parse_address(authorized_signer, "authorized_signer")?),
+        address_word(&parse_address(escrow, "escrow")?),
+        u64_word(chain_id),
+    ]))
 }
 
 /// A payment channel's id: keccak256(abi.encode(payer, payee, operator, token, salt,
@@ -208,6 +304,27 @@ mod tests {
 
     fn addr(byte: u8) -> String {
         to_hex_prefixed(&[byte; 20])
+    }
+
+    #[test]
+    fn profiles_differ_by_domain_and_width() {
+        let ch = &to_hex_prefixed(&[0xab; 32]);
+        let e = &addr(0x4d);
+        let tip20 = voucher_digest(1, e, ch, "250").unwrap();
+        assert_eq!(
+            profile_voucher_digest(ChannelProfile::Tip20, 1, e, ch, "250").unwrap(),
+            tip20
+        );
+        let evm = profile_voucher_digest(ChannelProfile::Evm, 1, e, ch, "250").unwrap();
+        let tempo = profile_voucher_digest(ChannelProfile::TempoV1, 1, e, ch, "250").unwrap();
+        assert!(evm != tip20 && tempo != evm && tempo != tip20);
+        // 2^100 fits uint128, not uint96.
+        let big = "1267650600228229401496703205376";
+        assert!(profile_voucher_digest(ChannelProfile::Tip20, 1, e, ch, big).is_err());
+        assert!(profile_voucher_digest(ChannelProfile::Evm, 1, e, ch, big).is_ok());
+        let too_big = "340282366920938463463374607431768211456"; // 2^128
+        assert!(profile_voucher_digest(ChannelProfile::Evm, 1, e, ch, too_big).is_err());
+        assert!(ChannelProfile::parse("nope").is_err());
     }
 
     #[test]

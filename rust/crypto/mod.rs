@@ -14,7 +14,8 @@ pub mod hmac_id;
 pub mod secp;
 
 pub use eip712::{
-    channel_id, domain_separator, eip3009_digest, parse_uint256, typed_data_digest, voucher_digest,
+    channel_id, domain_separator, eip3009_digest, evm_channel_id, parse_uint256,
+    profile_voucher_digest, typed_data_digest, voucher_digest, ChannelProfile,
 };
 pub use hmac_id::{challenge_id, verify_challenge_id};
 pub use secp::{address_of, recover_signer, sign_digest, InvalidSecretKey, RecoverError};

@@ -119,6 +119,19 @@ class TokenRates:
 
 
 @dataclass(frozen=True)
+class SessionTerms:
+    """A route paid per token over a payment channel (MPP `intent="session"`)."""
+
+    # Per completion token and per prompt token, in currency units (e.g. Decimal("0.00001")).
+    price: Decimal
+    prompt_price: Decimal = Decimal(0)
+    suggested_deposit: Decimal | None = None
+    min_voucher_delta: Decimal = Decimal(0)
+    # Seconds a paused stream waits for a voucher before it ends.
+    voucher_timeout: float = 30.0
+
+
+@dataclass(frozen=True)
 class RoutePayment:
     """The payment terms of a route."""
 
@@ -138,6 +151,7 @@ class RoutePayment:
     # routes whose clients keep `Authorization` for their own bearer key (it then reaches
     # the upstream; the Payment credential never does).
     credential_header: str = "Authorization"
+    session: SessionTerms | None = None
 
     @property
     def priced(self) -> bool:
@@ -211,7 +225,42 @@ ROUTE_PAYMENT_KEYS = (
     "access",
     "hooks",
     "credential_header",
+    "session",
 )
+
+
+def parse_session(value: Any, path: KeyPath, problems: Problems) -> SessionTerms | None:
+    if not isinstance(value, dict):
+        problems.add(path, 'expected {price: "$0.00001", prompt_price: …, voucher_timeout: 30s}')
+        return None
+    problems.unknown_keys(
+        path,
+        value,
+        ("price", "prompt_price", "suggested_deposit", "min_voucher_delta", "voucher_timeout"),
+    )
+    if "price" not in value:
+        problems.add(path / "price", "required: the price of one completion token")
+        return None
+    price = _money(value["price"], path / "price", problems)
+    prompt = _money(value.get("prompt_price", "$0"), path / "prompt_price", problems)
+    deposit = (
+        _money(value["suggested_deposit"], path / "suggested_deposit", problems)
+        if "suggested_deposit" in value
+        else None
+    )
+    delta = _money(value.get("min_voucher_delta", "$0"), path / "min_voucher_delta", problems)
+    timeout = 30.0
+    if "voucher_timeout" in value:
+        try:
+            timeout = parse_duration(value["voucher_timeout"])
+        except ValueError as e:
+            problems.add(path / "voucher_timeout", str(e))
+    if price is None or prompt is None or delta is None:
+        return None
+    if price <= 0:
+        problems.add(path / "price", "a session price per token must be above zero")
+        return None
+    return SessionTerms(price, prompt, deposit, delta, timeout)
 
 
 def _money(value: Any, path: KeyPath, problems: Problems) -> Decimal | None:
@@ -351,6 +400,7 @@ def parse_route_payment(m: Mapping[str, Any], path: KeyPath, problems: Problems)
             f"expected Authorization or Payment-Authorization, got {credential_header!r}",
         )
         credential_header = "Authorization"
+    session = parse_session(m["session"], path / "session", problems) if "session" in m else None
     return RoutePayment(
         type=typ,
         price=fixed,
@@ -363,6 +413,7 @@ def parse_route_payment(m: Mapping[str, Any], path: KeyPath, problems: Problems)
         require_access=require,
         hooks=hooks,
         credential_header=credential_header,
+        session=session,
     )
 
 

@@ -1,0 +1,18 @@
+"""Per-token streamed payments: MPP sessions (`intent="session"`, the `evm` method and the
+Tempo v1 profile) over payment channels — wire, channels, the voucher rule, durable state.
+Web-free; the proxy's session stage is `meterkit.stages.session`."""
+
+from meterkit.sessions.channels import PREPAID_ESCROW, Channel, accept
+from meterkit.sessions.store import SessionStore
+from meterkit.sessions.wire import SessionPayload, parse_payload, recover_signer, sign_voucher
+
+__all__ = [
+    "PREPAID_ESCROW",
+    "Channel",
+    "SessionPayload",
+    "SessionStore",
+    "accept",
+    "parse_payload",
+    "recover_signer",
+    "sign_voucher",
+]
