@@ -33,6 +33,12 @@ from meterkit.proxy.keys import (
     TASKS,
 )
 from meterkit.proxy.routing import Router
+from meterkit.proxy.server import (
+    GatewayRunner,
+    ServerLimits,
+    connection_cap,
+    quiet_accept_errors,
+)
 from meterkit.runtime import BackgroundTasks, bound_port
 from meterkit.stages import BudgetStage, PaymentStage
 from meterkit.usage import PostgresSink, UsageSink, make_sink
@@ -138,11 +144,29 @@ def build_app(
     return app
 
 
+def server_limits(config: Config) -> ServerLimits:
+    gw = config.gateway
+    cap = connection_cap(gw.max_connections)
+    if gw.max_connections is not None and cap < gw.max_connections:
+        log.warning(
+            "gateway.max_connections lowered to what the descriptor limit allows",
+            extra={"configured": gw.max_connections, "max_connections": cap},
+        )
+    return ServerLimits(
+        header_timeout=gw.header_timeout,
+        keepalive_timeout=gw.keepalive_timeout,
+        max_connections=cap,
+    )
+
+
 async def start(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
     """Start serving `app`; returns the runner and the bound port (useful with port 0)."""
+    quiet_accept_errors(asyncio.get_running_loop())
     # handler_cancellation: aiohttp cancels a handler when its client disconnects, which is
     # how the upstream request gets aborted the moment the client leaves.
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+    runner = GatewayRunner(
+        app, server_limits(app[CONFIG]), handler_cancellation=True, access_log=None
+    )
     await runner.setup()
     site = web.TCPSite(runner, host, port, backlog=4096)
     await site.start()
