@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 
 import aiohttp
@@ -35,7 +35,10 @@ from meterkit.proxy.keys import (
 from meterkit.proxy.routing import Router
 from meterkit.proxy.server import (
     GatewayRunner,
+    ListenError,
+    RateLimitedWarning,
     ServerLimits,
+    StartupError,
     connection_cap,
     quiet_accept_errors,
 )
@@ -64,7 +67,10 @@ async def _session(app: web.Application) -> AsyncIterator[None]:
 async def _tasks(app: web.Application) -> AsyncIterator[None]:
     sink = app[SINK]
     if isinstance(sink, PostgresSink):
-        await sink.open()
+        try:
+            await sink.open()
+        except Exception as e:
+            raise StartupError(e, "usage store (PostgreSQL)") from e
     yield
     await app[TASKS].wait(timeout=10)
     await app[SINK].close()
@@ -73,7 +79,10 @@ async def _tasks(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _payments(app: web.Application) -> AsyncIterator[None]:
-    await app[LEDGER].open()
+    try:
+        await app[LEDGER].open()
+    except Exception as e:
+        raise StartupError(e, f"ledger ({app[CONFIG].ledger.type})") from e
     yield
     await app[SETTLER].close()
     await app[LEDGER].close()
@@ -93,6 +102,48 @@ async def _openapi(request: web.Request) -> web.Response:
 
 async def _health(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
+
+
+_READY_TIMEOUT = 2.0
+_ready_warning = RateLimitedWarning(log)
+
+
+async def _ready(request: web.Request) -> web.Response:
+    """Readiness: 200 when every backend this app uses answers (the budget store, the usage
+    store, the ledger), else 503 naming the ones that do not. `/healthz` stays liveness."""
+    app = request.app
+    probes: dict[str, Callable[[], Awaitable[object]]] = {}
+    for name, key in (("budget_store", BUDGET_BACKEND), ("usage", SINK)):
+        ping = getattr(app.get(key), "ping", None)
+        if ping is not None:
+            probes[name] = ping
+    if LEDGER in app:
+        probes["ledger"] = app[LEDGER].schema_version
+    if app[SINK].backlogged():
+        probes["usage_backlog"] = _backlogged
+
+    async def check(probe: Callable[[], Awaitable[object]]) -> str:
+        try:
+            async with asyncio.timeout(_READY_TIMEOUT):
+                await probe()
+        except Exception as e:  # any driver error means not ready
+            return f"unavailable ({type(e).__name__})"
+        return "ok"
+
+    answers = await asyncio.gather(*(check(p) for p in probes.values()))
+    results = dict(zip(probes, answers, strict=True))
+    ready = all(v == "ok" for v in results.values())
+    if not ready:
+        _ready_warning.warn("not ready", checks=results)
+    return web.json_response(
+        {"status": "ready" if ready else "unavailable", "checks": results},
+        status=200 if ready else 503,
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+async def _backlogged() -> None:
+    raise RuntimeError("usage records are waiting for the usage store")
 
 
 async def _metrics(request: web.Request) -> web.Response:
@@ -138,6 +189,7 @@ def build_app(
     app.cleanup_ctx.append(_session)
     app.cleanup_ctx.append(_tasks)
     app.router.add_get("/healthz", _health)
+    app.router.add_get("/readyz", _ready)
     if config.metrics.enabled:
         app.router.add_get(config.metrics.path, _metrics)
     app.router.add_route("*", "/{tail:.*}", handle)
@@ -160,21 +212,56 @@ def server_limits(config: Config) -> ServerLimits:
 
 
 async def start(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
-    """Start serving `app`; returns the runner and the bound port (useful with port 0)."""
+    """Start serving `app`; returns the runner and the bound port (useful with port 0).
+    Raises `StartupError` when a resource does not open (a store, a data path) and
+    `ListenError` when the address cannot be bound."""
     quiet_accept_errors(asyncio.get_running_loop())
     # handler_cancellation: aiohttp cancels a handler when its client disconnects, which is
     # how the upstream request gets aborted the moment the client leaves.
     runner = GatewayRunner(
         app, server_limits(app[CONFIG]), handler_cancellation=True, access_log=None
     )
-    await runner.setup()
+    try:
+        await runner.setup()
+    except StartupError:
+        raise
+    except Exception as e:
+        raise StartupError(e) from e
     site = web.TCPSite(runner, host, port, backlog=4096)
-    await site.start()
+    try:
+        await site.start()
+    except OSError as e:
+        await runner.cleanup()
+        raise ListenError(e.errno or 0, f"cannot listen on {host}:{port}: {e.strerror or e}") from e
     return runner, bound_port(site)
 
 
+def _reread(source: str) -> None:
+    """SIGHUP: a running proxy does not swap its config (in-memory budgets, open streams and
+    stores would not survive it). It checks the file again and says whether a restart would
+    start, so an operator's reload never kills the process."""
+    from meterkit.config import ConfigError, load_config
+
+    if not Path(source).is_file():
+        log.warning("SIGHUP ignored: no config file to re-read", extra={"source": source})
+        return
+    try:
+        load_config(source)
+    except ConfigError as e:
+        log.error(
+            "SIGHUP: the config file is invalid; still running the loaded config",
+            extra={"source": source, "problems": [str(p) for p in e.problems]},
+        )
+        return
+    log.warning(
+        "SIGHUP: the config file is valid; restart to apply it (still running the loaded one)",
+        extra={"source": source},
+    )
+
+
 def serve(config: Config, host: str | None = None, port: int | None = None) -> None:
-    """Run the proxy until SIGINT/SIGTERM."""
+    """Run the proxy until SIGINT/SIGTERM. SIGHUP re-validates the config file and logs the
+    result; it never stops the proxy."""
     from meterkit.observability.logs import configure_logging
     from meterkit.runtime import event_loop_name, run_forever
 
@@ -183,7 +270,11 @@ def serve(config: Config, host: str | None = None, port: int | None = None) -> N
     port = config.gateway.port if port is None else port
 
     async def main() -> None:
-        runner, bound = await start(build_app(config), host, port)
+        try:
+            app = build_app(config)
+        except Exception as e:
+            raise StartupError(e) from e
+        runner, bound = await start(app, host, port)
         log.info(
             "listening",
             extra={
@@ -198,4 +289,4 @@ def serve(config: Config, host: str | None = None, port: int | None = None) -> N
         finally:
             await runner.cleanup()
 
-    run_forever(main())
+    run_forever(main(), on_hangup=lambda: _reread(config.source))

@@ -55,6 +55,21 @@ _BUSY = (
 )
 
 
+class ListenError(OSError):
+    """The listening address cannot be bound (taken, not an address of this machine)."""
+
+
+class StartupError(Exception):
+    """A resource the proxy needs did not open (a store, a data path, an operator hook);
+    `cause` is the original exception."""
+
+    def __init__(self, cause: BaseException, what: str | None = None) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+        # Which resource, for the one-line message ("usage store (PostgreSQL)").
+        self.what = what
+
+
 class RateLimitedWarning:
     """At most one warning per `interval` seconds; the next one says how many were dropped."""
 
