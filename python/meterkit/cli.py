@@ -28,6 +28,12 @@ def _validate(args: argparse.Namespace) -> int:
     return validate(args)
 
 
+def _hash_key(args: argparse.Namespace) -> int:
+    from meterkit.commands.serve import hash_key
+
+    return hash_key(args)
+
+
 def _mock_llm(args: argparse.Namespace) -> int:
     from meterkit.commands.serve import mock_llm
 
@@ -96,6 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="also connect to every service the config names (Redis, PostgreSQL, facilitator)",
     )
     v.set_defaults(func=_validate)
+
+    hk = sub.add_parser(
+        "hash-key",
+        help="print the sha256 the key registry (keys:) stores for a key read from stdin",
+    )
+    hk.set_defaults(func=_hash_key)
 
     mk = sub.add_parser(
         "mock-llm", help="run the built-in OpenAI/Anthropic-compatible mock upstream"

@@ -87,6 +87,23 @@ def data_paths(config: Config) -> list[Check]:
     return [Check(f"{where} {p}", writable_path(p)) for where, p in paths]
 
 
+def key_file(config: Config) -> list[Check]:
+    """The key registry file reads and every entry in it is valid."""
+    if config.keys is None or config.keys.file is None:
+        return []
+    from meterkit.budgets.keys import load_key_file
+    from meterkit.config import ConfigError
+
+    what = f"keys.file {config.keys.file}"
+    try:
+        load_key_file(config.keys.file)
+    except OSError as e:
+        return [Check(what, f"cannot read: {e.strerror or e}")]
+    except ConfigError as e:
+        return [Check(what, "; ".join(str(p) for p in e.problems) or "invalid")]
+    return [Check(what)]
+
+
 async def _redis(url: str) -> None:
     import redis.asyncio as redis
 
@@ -135,6 +152,8 @@ async def services(config: Config) -> list[Check]:
     payments = _payments_used(config)
     if payments and config.ledger.type == "postgres" and config.ledger.url:
         probes.append(("ledger (PostgreSQL)", _postgres(config.ledger.url)))
+    if config.keys is not None and config.keys.postgres_url:
+        probes.append(("keys (PostgreSQL)", _postgres(config.keys.postgres_url)))
     settlement = config.payments.settlement
     if payments and settlement.type == "facilitator" and settlement.url:
         probes.append((f"facilitator {settlement.url}", _http(settlement.url)))

@@ -70,7 +70,8 @@ def validate(args: argparse.Namespace) -> int:
     config = load_config_or_report(args.config)
     if config is None:
         return EXIT_FAILED
-    failed = [c for c in (*checks.callables(config), *checks.data_paths(config)) if not c.ok]
+    found = (*checks.callables(config), *checks.data_paths(config), *checks.key_file(config))
+    failed = [c for c in found if not c.ok]
     if failed:
         print(f"meterkit: invalid configuration {args.config}:", file=sys.stderr)
         for c in failed:
@@ -189,3 +190,15 @@ def mock_llm(args: argparse.Namespace) -> int:
         ),
     )
     return 0
+
+
+def hash_key(args: argparse.Namespace) -> int:
+    """Print the SHA-256 the key registry stores for a key read from stdin (one line), so
+    the raw key never lands in a config file or a shell history."""
+    from meterkit.budgets.keys import key_sha256
+
+    raw = sys.stdin.readline().strip()
+    if not raw:
+        raise CommandError(EXIT_USAGE, "hash-key: give the key on stdin")
+    print(key_sha256(raw))
+    return EXIT_OK

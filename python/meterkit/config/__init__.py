@@ -80,10 +80,14 @@ def resolve_paths(config: Config, base: Path) -> Config:
     def rebase(p: str) -> str:
         return p if Path(p).is_absolute() else str(base / p)
 
+    keys = config.keys
+    if keys is not None and keys.file is not None:
+        keys = dataclasses.replace(keys, file=rebase(keys.file))
     return dataclasses.replace(
         config,
         usage=dataclasses.replace(config.usage, path=rebase(config.usage.path)),
         ledger=dataclasses.replace(config.ledger, path=rebase(config.ledger.path)),
+        keys=keys,
     )
 
 

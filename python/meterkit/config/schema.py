@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 
 from meterkit import FORMATS
 from meterkit.config.budgets import BudgetPolicy, BudgetStore, parse_policy, parse_store
+from meterkit.config.keys import Keys, parse_keys
 from meterkit.config.payments import (
     ROUTE_PAYMENT_KEYS,
     Accept,
@@ -124,6 +125,8 @@ class Config:
     accepts: tuple[Accept, ...] = ()
     payments: Payments = field(default_factory=Payments)
     ledger: Ledger = field(default_factory=Ledger)
+    # The API key registry; None: `key: api_key` budgets hash whatever key arrives.
+    keys: Keys | None = None
     source: str = "config"
 
 
@@ -419,6 +422,7 @@ def build_config(tree: Any, problems: Problems, source: str = "config") -> Confi
             "accepts",
             "payments",
             "ledger",
+            "keys",
         ),
     )
     wallets = parse_wallets(top.get("wallets"), root / "wallets", problems)
@@ -432,6 +436,7 @@ def build_config(tree: Any, problems: Problems, source: str = "config") -> Confi
         if pol is not None:
             budgets[str(name)] = pol
     store = parse_store(top.get("budget_store"), root / "budget_store", problems)
+    keys = parse_keys(top.get("keys"), root / "keys", problems)
     gateway = _gateway(top.get("gateway"), root / "gateway", problems)
 
     upstreams: dict[str, Upstream] = {}
@@ -515,5 +520,6 @@ def build_config(tree: Any, problems: Problems, source: str = "config") -> Confi
         accepts=tuple(accepts),
         payments=payments,
         ledger=ledger,
+        keys=keys,
         source=source,
     )

@@ -13,6 +13,7 @@ import aiohttp
 from aiohttp import web
 
 from meterkit.budgets import BudgetBackend, make_backend
+from meterkit.budgets.keys import KeyRegistry, make_registry
 from meterkit.config import Config
 from meterkit.observability.metrics import CONTENT_TYPE_LATEST, ProxyMetrics
 from meterkit.payments import discovery
@@ -23,6 +24,7 @@ from meterkit.proxy.handler import handle
 from meterkit.proxy.keys import (
     BUDGET_BACKEND,
     CONFIG,
+    KEY_REGISTRY,
     LEDGER,
     METRICS,
     PIPELINE,
@@ -43,7 +45,7 @@ from meterkit.proxy.server import (
     quiet_accept_errors,
 )
 from meterkit.runtime import BackgroundTasks, bound_port
-from meterkit.stages import BudgetStage, PaymentStage
+from meterkit.stages import BudgetStage, KeyStage, PaymentStage
 from meterkit.usage import PostgresSink, UsageSink, make_sink
 
 log = logging.getLogger("meterkit.proxy")
@@ -76,6 +78,16 @@ async def _tasks(app: web.Application) -> AsyncIterator[None]:
     await app[SINK].close()
     if BUDGET_BACKEND in app:
         await app[BUDGET_BACKEND].close()
+
+
+async def _key_registry(app: web.Application) -> AsyncIterator[None]:
+    registry = app[KEY_REGISTRY]
+    try:
+        await registry.open()
+    except Exception as e:
+        raise StartupError(e, f"key registry ({registry.name})") from e
+    yield
+    await registry.close()
 
 
 async def _payments(app: web.Application) -> AsyncIterator[None]:
@@ -113,7 +125,11 @@ async def _ready(request: web.Request) -> web.Response:
     store, the ledger), else 503 naming the ones that do not. `/healthz` stays liveness."""
     app = request.app
     probes: dict[str, Callable[[], Awaitable[object]]] = {}
-    for name, key in (("budget_store", BUDGET_BACKEND), ("usage", SINK)):
+    for name, key in (
+        ("budget_store", BUDGET_BACKEND),
+        ("usage", SINK),
+        ("key_registry", KEY_REGISTRY),
+    ):
         ping = getattr(app.get(key), "ping", None)
         if ping is not None:
             probes[name] = ping
@@ -159,6 +175,7 @@ def build_app(
     budget_backend: BudgetBackend | None = None,
     ledger: Ledger | None = None,
     settler: Settler | None = None,
+    key_registry: KeyRegistry | None = None,
 ) -> web.Application:
     """The proxy app for `config`. The stages the config asks for run first (payments, then
     budgets, which may be keyed by the verified payer), then `stages` in order. A payment
@@ -169,6 +186,11 @@ def build_app(
     app[METRICS] = ProxyMetrics()
     app[SINK] = sink if sink is not None else make_sink(config.usage, app[METRICS])
     configured: list[Stage] = []
+    if config.keys is not None:
+        # First: a 401 for an unknown key costs nothing and precedes any 402 or 429.
+        app[KEY_REGISTRY] = key_registry or make_registry(config.keys)
+        configured.append(KeyStage(config, app[KEY_REGISTRY]))
+        app.cleanup_ctx.append(_key_registry)
     if any(PaymentStage.applies(r.payment) for r in config.routes):
         base = Path(config.source).parent if Path(config.source).is_file() else None
         app[LEDGER] = ledger or make_ledger(
