@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 
@@ -254,7 +256,13 @@ async def start(app: web.Application, host: str, port: int) -> tuple[web.AppRunn
         await site.start()
     except OSError as e:
         await runner.cleanup()
-        raise ListenError(e.errno or 0, f"cannot listen on {host}:{port}: {e.strerror or e}") from e
+        # asyncio's text repeats the address; the errno's own words are enough.
+        reason = (
+            os.strerror(e.errno)
+            if e.errno and e.errno > 0 and not isinstance(e, socket.gaierror)
+            else (e.strerror or str(e))
+        )
+        raise ListenError(e.errno or 0, f"cannot listen on {host}:{port}: {reason}") from e
     return runner, bound_port(site)
 
 
