@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 from collections.abc import Sequence
 
 __all__ = ["main"]
@@ -27,6 +28,12 @@ def _validate(args: argparse.Namespace) -> int:
     return validate(args)
 
 
+def _hash_key(args: argparse.Namespace) -> int:
+    from meterkit.commands.serve import hash_key
+
+    return hash_key(args)
+
+
 def _mock_llm(args: argparse.Namespace) -> int:
     from meterkit.commands.serve import mock_llm
 
@@ -48,11 +55,25 @@ def _bench(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def port_number(text: str) -> int:
+    """An argparse type: a TCP port, 0-65535 (0: any free port)."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port {port} is out of range 0-65535")
+    return port
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from meterkit import __version__
+
     p = argparse.ArgumentParser(
         prog="meterkit",
         description="Streaming metering for paid and budgeted LLM APIs.",
     )
+    p.add_argument("--version", action="version", version=f"meterkit {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     s = sub.add_parser("serve", help="run the proxy", description="Run the metering proxy.")
@@ -64,7 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--host", help="listen address (default: gateway.host, or 127.0.0.1 for --demo)")
     s.add_argument(
-        "--port", type=int, help="listen port (default: gateway.port, or 8080 for --demo; 0 = any)"
+        "--port",
+        type=port_number,
+        help="listen port (default: gateway.port, or 8080 for --demo; 0 = any)",
     )
     s.add_argument(
         "--data-dir", default="meterkit-data", help="where --demo keeps its SQLite files"
@@ -73,13 +96,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     v = sub.add_parser("validate", help="check a config file and list every problem")
     v.add_argument("--config", required=True, help="YAML config file")
+    v.add_argument(
+        "--connect",
+        action="store_true",
+        help="also connect to every service the config names (Redis, PostgreSQL, facilitator)",
+    )
     v.set_defaults(func=_validate)
+
+    hk = sub.add_parser(
+        "hash-key",
+        help="print the sha256 the key registry (keys:) stores for a key read from stdin",
+    )
+    hk.set_defaults(func=_hash_key)
 
     mk = sub.add_parser(
         "mock-llm", help="run the built-in OpenAI/Anthropic-compatible mock upstream"
     )
     mk.add_argument("--host", default="127.0.0.1")
-    mk.add_argument("--port", type=int, default=8000, help="0 picks a free port (printed on start)")
+    mk.add_argument(
+        "--port", type=port_number, default=8000, help="0 picks a free port (printed on start)"
+    )
     mk.add_argument("--tokens-per-second", type=float, default=50.0, help="0: as fast as possible")
     mk.add_argument("--ttft", type=float, default=0.05, help="seconds before the first token")
     mk.add_argument("--length", type=int, default=64, help="tokens per choice")
@@ -152,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     mf = sub.add_parser("mock-facilitator", help="run a local x402 facilitator (simulated chain)")
     mf.add_argument("--host", default="127.0.0.1")
-    mf.add_argument("--port", type=int, default=8402)
+    mf.add_argument("--port", type=port_number, default=8402)
     mf.set_defaults(func=_pay_cmd("mock_facilitator"))
 
     b = sub.add_parser("bench", help="run the benchmarks (release build) with baselines")
@@ -170,17 +206,53 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run a command. The one error boundary: an ordinary mistake (a busy port, a missing
+    file, a service that does not answer) is one line on stderr and a documented exit code
+    (`meterkit.commands.EXIT_*`); only a bug prints a traceback."""
+    from meterkit import commands as c
+
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
-        return 2
+        return c.EXIT_USAGE
     try:
         return int(args.func(args))
+    except c.CommandError as e:
+        return _fail(e.message, e.code)
     except BrokenPipeError:
-        return 0
+        return c.EXIT_OK
     except KeyboardInterrupt:
-        return 130
+        return c.EXIT_INTERRUPTED
+    except Exception as e:
+        code = _outside_world(e)
+        if code is not None:
+            return _fail(c.describe(e), code)
+        traceback.print_exc()
+        return _fail("internal error (a bug): please report the traceback above", c.EXIT_BUG)
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"meterkit: {message}", file=sys.stderr)
+    return code
+
+
+def _outside_world(e: Exception) -> int | None:
+    """The exit code of an error that comes from outside the program, or None for a bug."""
+    import aiohttp
+
+    from meterkit import commands as c
+    from meterkit.config import ConfigError
+
+    if isinstance(e, ConfigError):
+        return c.EXIT_FAILED
+    if isinstance(e, aiohttp.InvalidURL):
+        return c.EXIT_USAGE
+    if isinstance(e, aiohttp.ClientError | TimeoutError):
+        return c.EXIT_UNREACHABLE
+    if isinstance(e, OSError):
+        return c.classify(e)
+    return None
 
 
 if __name__ == "__main__":

@@ -4,9 +4,14 @@ installed, clean shutdown on SIGINT/SIGTERM."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
+
+
+def _hangup_ignored() -> None:
+    logging.getLogger("meterkit").warning("SIGHUP ignored (restart to change settings)")
 
 
 class BackgroundTasks:
@@ -53,13 +58,18 @@ def bound_port(site: object) -> int:
     return int(sockets[0].getsockname()[1])
 
 
-def run_forever(main: Coroutine[Any, Any, None]) -> None:
-    """Run `main` until it returns or the process gets SIGINT/SIGTERM (then cancel it)."""
+def run_forever(
+    main: Coroutine[Any, Any, None], on_hangup: Callable[[], None] | None = None
+) -> None:
+    """Run `main` until it returns or the process gets SIGINT/SIGTERM (then cancel it).
+    SIGHUP (whose default action would kill the process) calls `on_hangup`, or is logged
+    and ignored."""
     loop = new_event_loop()
     asyncio.set_event_loop(loop)
     task = loop.create_task(main)
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, task.cancel)
+    loop.add_signal_handler(signal.SIGHUP, on_hangup or _hangup_ignored)
     try:
         loop.run_until_complete(task)
     except asyncio.CancelledError:

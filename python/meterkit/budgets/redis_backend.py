@@ -147,6 +147,10 @@ class RedisBackend:
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as e:
             raise BackendUnavailable(f"redis: {e}") from e
 
+    async def ping(self) -> None:
+        """Readiness: raises when Redis does not answer."""
+        await self.client.ping()
+
     async def admit(
         self,
         who: Identity,

@@ -5,9 +5,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
-from meterkit.commands import load_config_or_report
+from meterkit.commands import (
+    EXIT_FAILED,
+    EXIT_LISTEN,
+    EXIT_OK,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+    CommandError,
+    classify,
+    describe,
+    load_config_or_report,
+)
 from meterkit.config import Config, config_from_dict
 
 DEMO_PORT = 8080
@@ -52,11 +63,49 @@ def demo_config(upstream_url: str, host: str, port: int, data_dir: str = "meterk
 
 
 def validate(args: argparse.Namespace) -> int:
+    """The schema, then what `serve` would die on (hooks, data paths), then with `--connect`
+    every service. Exit 0, 1 (config problems, every one listed) or 6 (a service down)."""
+    from meterkit.commands import checks
+
     config = load_config_or_report(args.config)
     if config is None:
-        return 1
-    print(f"{args.config}: ok ({len(config.upstreams)} upstream(s), {len(config.routes)} route(s))")
-    return 0
+        return EXIT_FAILED
+    found = (*checks.callables(config), *checks.data_paths(config), *checks.key_file(config))
+    failed = [c for c in found if not c.ok]
+    if failed:
+        print(f"meterkit: invalid configuration {args.config}:", file=sys.stderr)
+        for c in failed:
+            print(f"  {c.what}: {c.problem}", file=sys.stderr)
+        return EXIT_FAILED
+    summary = f"{len(config.upstreams)} upstream(s), {len(config.routes)} route(s)"
+    if getattr(args, "connect", False):
+        results = asyncio.run(checks.services(config))
+        for c in results:
+            print(f"  {c.what}: {'ok' if c.ok else c.problem}")
+        if not all(c.ok for c in results):
+            print(f"{args.config}: a service is unreachable", file=sys.stderr)
+            return EXIT_UNREACHABLE
+        summary += f", {len(results)} service(s) reachable"
+    print(f"{args.config}: ok ({summary})")
+    return EXIT_OK
+
+
+def _started(run: Callable[[], None]) -> None:
+    """Run a server, turning the ordinary ways a start fails into one-line errors."""
+    from meterkit.proxy.server import ListenError, StartupError
+
+    try:
+        run()
+    except ListenError as e:
+        raise CommandError(EXIT_LISTEN, str(e.strerror or e)) from None
+    except StartupError as e:
+        cause = e.cause
+        if isinstance(cause, ValueError) and not isinstance(cause, OSError):
+            code = EXIT_FAILED  # an operator hook or callable that does not load
+        else:
+            code = classify(cause)
+        what = f"{e.what}: " if e.what else ""
+        raise CommandError(code, f"cannot start: {what}{describe(cause)}") from None
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -69,18 +118,19 @@ def serve(args: argparse.Namespace) -> int:
             "meterkit serve: pass --config PATH, or --demo for the embedded default",
             file=sys.stderr,
         )
-        return 2
+        return EXIT_USAGE
     config = load_config_or_report(args.config)
     if config is None:
-        return 1
-    serve_proxy(config, args.host, args.port)
-    return 0
+        return EXIT_FAILED
+    _started(lambda: serve_proxy(config, args.host, args.port))
+    return EXIT_OK
 
 
 def _serve_demo(args: argparse.Namespace) -> int:
     from meterkit.mock.server import MockOptions, start_mock
     from meterkit.observability.logs import configure_logging
     from meterkit.proxy.app import build_app, start
+    from meterkit.proxy.server import StartupError
     from meterkit.runtime import run_forever
 
     host = args.host or "127.0.0.1"
@@ -92,7 +142,15 @@ def _serve_demo(args: argparse.Namespace) -> int:
         )
         config = demo_config(f"http://127.0.0.1:{mock_port}", host, port, args.data_dir)
         configure_logging(config.logging.level, config.logging.format)
-        runner, bound = await start(build_app(config), host, port)
+        try:
+            app = build_app(config)
+        except Exception as e:
+            raise StartupError(e) from e
+        try:
+            runner, bound = await start(app, host, port)
+        except BaseException:
+            await mock_runner.cleanup()
+            raise
         url = f"http://{host}:{bound}"
         print(
             f"meterkit demo: proxy on {url}, built-in mock LLM on http://127.0.0.1:{mock_port}\n"
@@ -114,8 +172,8 @@ def _serve_demo(args: argparse.Namespace) -> int:
             await runner.cleanup()
             await mock_runner.cleanup()
 
-    run_forever(main())
-    return 0
+    _started(lambda: run_forever(main()))
+    return EXIT_OK
 
 
 def mock_llm(args: argparse.Namespace) -> int:
@@ -132,3 +190,15 @@ def mock_llm(args: argparse.Namespace) -> int:
         ),
     )
     return 0
+
+
+def hash_key(args: argparse.Namespace) -> int:
+    """Print the SHA-256 the key registry stores for a key read from stdin (one line), so
+    the raw key never lands in a config file or a shell history."""
+    from meterkit.budgets.keys import key_sha256
+
+    raw = sys.stdin.readline().strip()
+    if not raw:
+        raise CommandError(EXIT_USAGE, "hash-key: give the key on stdin")
+    print(key_sha256(raw))
+    return EXIT_OK

@@ -6,6 +6,7 @@ with its key path.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -47,6 +48,7 @@ __all__ = [
     "parse_money",
     "parse_route_key",
     "parse_size",
+    "resolve_paths",
 ]
 
 
@@ -71,7 +73,26 @@ def config_from_text(
     return config_from_dict(tree, source, env)
 
 
+def resolve_paths(config: Config, base: Path) -> Config:
+    """The one path rule: a relative path in a config file (data files, key files, hooks,
+    callables) is relative to the folder of that file, never to the working directory."""
+
+    def rebase(p: str) -> str:
+        return p if Path(p).is_absolute() else str(base / p)
+
+    keys = config.keys
+    if keys is not None and keys.file is not None:
+        keys = dataclasses.replace(keys, file=rebase(keys.file))
+    return dataclasses.replace(
+        config,
+        usage=dataclasses.replace(config.usage, path=rebase(config.usage.path)),
+        ledger=dataclasses.replace(config.ledger, path=rebase(config.ledger.path)),
+        keys=keys,
+    )
+
+
 def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:
+    """The config file at `path`; relative paths in it are resolved against its folder."""
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
@@ -79,4 +100,4 @@ def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = No
         raise ConfigError([Problem("(file)", f"cannot read {p}: {e.strerror}")], str(p)) from None
     except UnicodeDecodeError as e:
         raise ConfigError([Problem("(file)", f"not UTF-8: {e}")], str(p)) from None
-    return config_from_text(text, str(p), env)
+    return resolve_paths(config_from_text(text, str(p), env), p.absolute().parent)

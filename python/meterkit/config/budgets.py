@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from meterkit.config.problems import KeyPath, Problems
-from meterkit.config.units import parse_duration
+from meterkit.config.units import as_number, parse_duration
 
 KEY_KINDS = ("api_key", "ip", "payer")
 
@@ -74,7 +74,7 @@ _STREAMING_KEYS = (
 def _positive_int(m: Mapping[str, Any], key: str, path: KeyPath, problems: Problems) -> int | None:
     if key not in m or m[key] is None:
         return None
-    v = m[key]
+    v = as_number(m[key])
     if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
         problems.add(path / key, f"expected a positive integer, got {v!r}")
         return None

@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 
 from meterkit import FORMATS
 from meterkit.config.budgets import BudgetPolicy, BudgetStore, parse_policy, parse_store
+from meterkit.config.keys import Keys, parse_keys
 from meterkit.config.payments import (
     ROUTE_PAYMENT_KEYS,
     Accept,
@@ -25,7 +26,7 @@ from meterkit.config.payments import (
     parse_wallets,
 )
 from meterkit.config.problems import KeyPath, Problems
-from meterkit.config.units import parse_duration, parse_size
+from meterkit.config.units import as_number, parse_duration, parse_size
 
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "*")
 ROUTE_FORMATS = ("auto", "none", *FORMATS)
@@ -80,6 +81,12 @@ class Gateway:
     max_request_body: int = 4 * 1024 * 1024
     # Addresses whose X-Forwarded-For is believed when deciding the client IP.
     trusted_proxies: tuple[str, ...] = ()
+    # Seconds a request head may take from its first byte (nginx: client_header_timeout).
+    header_timeout: float = 60.0
+    # Seconds a connection may wait for its next request (nginx: keepalive_timeout).
+    keepalive_timeout: float = 60.0
+    # Open client connections; None: what the descriptor limit allows (see proxy/server.py).
+    max_connections: int | None = None
 
 
 @dataclass(frozen=True)
@@ -123,6 +130,8 @@ class Config:
     accepts: tuple[Accept, ...] = ()
     payments: Payments = field(default_factory=Payments)
     ledger: Ledger = field(default_factory=Ledger)
+    # The API key registry; None: `key: api_key` budgets hash whatever key arrives.
+    keys: Keys | None = None
     source: str = "config"
 
 
@@ -146,6 +155,7 @@ def _str(value: Any, path: KeyPath, problems: Problems) -> str | None:
 
 
 def _port(value: Any, path: KeyPath, problems: Problems) -> int | None:
+    value = as_number(value)
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
         problems.add(path, f"expected a port number 0-65535, got {value!r}")
         return None
@@ -301,7 +311,19 @@ def _gateway(value: Any, path: KeyPath, problems: Problems) -> Gateway:
     m = _mapping(value, path, problems)
     if m is None:
         return Gateway()
-    problems.unknown_keys(path, m, ("host", "port", "max_request_body", "trusted_proxies"))
+    problems.unknown_keys(
+        path,
+        m,
+        (
+            "host",
+            "port",
+            "max_request_body",
+            "trusted_proxies",
+            "header_timeout",
+            "keepalive_timeout",
+            "max_connections",
+        ),
+    )
     kw: dict[str, Any] = {}
     if "host" in m and (h := _str(m["host"], path / "host", problems)) is not None:
         kw["host"] = h
@@ -325,6 +347,20 @@ def _gateway(value: Any, path: KeyPath, problems: Problems) -> Gateway:
                 except ValueError:
                     problems.add(path / "trusted_proxies" / i, f"not an address or network: {x!r}")
             kw["trusted_proxies"] = tuple(tp)
+    for key in ("header_timeout", "keepalive_timeout"):
+        if key in m:
+            try:
+                kw[key] = parse_duration(m[key])
+                if kw[key] <= 0:
+                    problems.add(path / key, "must be positive")
+            except ValueError as e:
+                problems.add(path / key, str(e))
+    if "max_connections" in m and m["max_connections"] is not None:
+        mc = as_number(m["max_connections"])
+        if isinstance(mc, bool) or not isinstance(mc, int) or mc < 1:
+            problems.add(path / "max_connections", f"expected a positive integer, got {mc!r}")
+        else:
+            kw["max_connections"] = mc
     return Gateway(**kw)
 
 
@@ -357,7 +393,7 @@ def _usage(value: Any, path: KeyPath, problems: Problems) -> UsageSinkConfig:
     ):
         problems.add(path / "schema", "expected a lowercase SQL identifier")
         schema = None
-    max_pending = m.get("max_pending", d.max_pending)
+    max_pending = as_number(m.get("max_pending", d.max_pending))
     if isinstance(max_pending, bool) or not isinstance(max_pending, int) or max_pending < 1:
         problems.add(path / "max_pending", f"expected a positive integer, got {max_pending!r}")
         max_pending = d.max_pending
@@ -391,6 +427,7 @@ def build_config(tree: Any, problems: Problems, source: str = "config") -> Confi
             "accepts",
             "payments",
             "ledger",
+            "keys",
         ),
     )
     wallets = parse_wallets(top.get("wallets"), root / "wallets", problems)
@@ -404,6 +441,7 @@ def build_config(tree: Any, problems: Problems, source: str = "config") -> Confi
         if pol is not None:
             budgets[str(name)] = pol
     store = parse_store(top.get("budget_store"), root / "budget_store", problems)
+    keys = parse_keys(top.get("keys"), root / "keys", problems)
     gateway = _gateway(top.get("gateway"), root / "gateway", problems)
 
     upstreams: dict[str, Upstream] = {}
@@ -487,5 +525,6 @@ def build_config(tree: Any, problems: Problems, source: str = "config") -> Confi
         accepts=tuple(accepts),
         payments=payments,
         ledger=ledger,
+        keys=keys,
         source=source,
     )

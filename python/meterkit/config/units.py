@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from decimal import Decimal, InvalidOperation
 
-__all__ = ["parse_duration", "parse_money", "parse_size"]
+__all__ = ["as_number", "parse_duration", "parse_money", "parse_size"]
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _DURATION_UNITS = {
@@ -32,6 +32,16 @@ _SIZE_UNITS = {
     "GiB": 2**30,
 }
 _MONEY = re.compile(r"^\s*\$\s*(\d+(?:\.\d+)?)\s*$")
+_INT = re.compile(r"^\s*[-+]?\d+\s*$")
+
+
+def as_number(value: object) -> object:
+    """An integer written as a string (`"8080"`, what `${PORT}` gives) as an int; anything
+    else unchanged. Every integer setting goes through this, so any number can come from the
+    environment."""
+    if isinstance(value, str) and _INT.match(value):
+        return int(value)
+    return value
 
 
 def parse_duration(value: object) -> float:

@@ -68,15 +68,32 @@ def invalid_field(field: str, detail: str) -> ProxyError:
 
 
 class UpstreamError(ProxyError):
-    """The upstream failed before its response headers (502, 504)."""
+    """The upstream failed before its response headers (502, 504). `detail` is what the
+    client reads and names the upstream only; `internal` is the cause (the exception text,
+    which may hold internal addresses or bytes the upstream sent), for logs and records."""
+
+    internal: str | None = None
 
 
-def upstream_unreachable(name: str, detail: str) -> UpstreamError:
-    return UpstreamError(
+def upstream_unreachable(name: str, cause: str | None = None) -> UpstreamError:
+    """`cause` (the exception text) goes to logs and records, never to the client."""
+    error = UpstreamError(
         502,
         "upstream-unreachable",
         "Upstream unreachable",
-        f"upstream {name!r}: {detail}",
+        f"upstream {name!r} could not be reached or sent an invalid response",
+        upstream=name,
+    )
+    error.internal = cause
+    return error
+
+
+def upstream_bad_encoding(name: str) -> UpstreamError:
+    return UpstreamError(
+        502,
+        "upstream-unsupported-encoding",
+        "Upstream response not meterable",
+        f"upstream {name!r} answered in a content coding the gateway cannot meter",
         upstream=name,
     )
 

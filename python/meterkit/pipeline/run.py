@@ -44,7 +44,7 @@ class Pipeline:
                     await stage.on_upstream_failure(ctx, e)
                 except Exception:
                     log.exception("stage on_upstream_failure failed", extra={"stage": stage.name})
-            ctx.result.error = e.detail
+            ctx.result.error = e.internal or e.detail
             return self._answered(ctx, e.problem(), "upstream_error")
         except ProxyError as e:
             return self._answered(ctx, e.problem(), "rejected")

@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 
 import aiohttp
 from aiohttp import web
 
 from meterkit.budgets import BudgetBackend, make_backend
+from meterkit.budgets.keys import KeyRegistry, make_registry
 from meterkit.config import Config
 from meterkit.observability.metrics import CONTENT_TYPE_LATEST, ProxyMetrics
 from meterkit.payments import discovery
@@ -24,6 +27,7 @@ from meterkit.proxy.handler import handle
 from meterkit.proxy.keys import (
     BUDGET_BACKEND,
     CONFIG,
+    KEY_REGISTRY,
     LEDGER,
     METRICS,
     PIPELINE,
@@ -34,8 +38,17 @@ from meterkit.proxy.keys import (
     TASKS,
 )
 from meterkit.proxy.routing import Router
+from meterkit.proxy.server import (
+    GatewayRunner,
+    ListenError,
+    RateLimitedWarning,
+    ServerLimits,
+    StartupError,
+    connection_cap,
+    quiet_accept_errors,
+)
 from meterkit.runtime import BackgroundTasks, bound_port
-from meterkit.stages import BudgetStage, PaymentStage
+from meterkit.stages import BudgetStage, KeyStage, PaymentStage
 from meterkit.stages.payment import STALE_CLAIM
 from meterkit.usage import PostgresSink, UsageSink, make_sink
 
@@ -60,7 +73,10 @@ async def _session(app: web.Application) -> AsyncIterator[None]:
 async def _tasks(app: web.Application) -> AsyncIterator[None]:
     sink = app[SINK]
     if isinstance(sink, PostgresSink):
-        await sink.open()
+        try:
+            await sink.open()
+        except Exception as e:
+            raise StartupError(e, "usage store (PostgreSQL)") from e
     yield
     await app[TASKS].wait(timeout=10)
     await app[SINK].close()
@@ -68,9 +84,22 @@ async def _tasks(app: web.Application) -> AsyncIterator[None]:
         await app[BUDGET_BACKEND].close()
 
 
+async def _key_registry(app: web.Application) -> AsyncIterator[None]:
+    registry = app[KEY_REGISTRY]
+    try:
+        await registry.open()
+    except Exception as e:
+        raise StartupError(e, f"key registry ({registry.name})") from e
+    yield
+    await registry.close()
+
+
 async def _payments(app: web.Application) -> AsyncIterator[None]:
     ledger, settler = app[LEDGER], app[SETTLER]
-    await ledger.open()
+    try:
+        await ledger.open()
+    except Exception as e:
+        raise StartupError(e, f"ledger ({app[CONFIG].ledger.type})") from e
     stage = next(s for s in app[PIPELINE].stages if isinstance(s, PaymentStage))
     # A SQLite ledger has one process: whatever is in flight at start was left by a crash.
     # Instances sharing PostgreSQL resolve only what nobody touched for a while.
@@ -101,6 +130,52 @@ async def _health(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
+_READY_TIMEOUT = 2.0
+_ready_warning = RateLimitedWarning(log)
+
+
+async def _ready(request: web.Request) -> web.Response:
+    """Readiness: 200 when every backend this app uses answers (the budget store, the usage
+    store, the ledger), else 503 naming the ones that do not. `/healthz` stays liveness."""
+    app = request.app
+    probes: dict[str, Callable[[], Awaitable[object]]] = {}
+    for name, key in (
+        ("budget_store", BUDGET_BACKEND),
+        ("usage", SINK),
+        ("key_registry", KEY_REGISTRY),
+    ):
+        ping = getattr(app.get(key), "ping", None)
+        if ping is not None:
+            probes[name] = ping
+    if LEDGER in app:
+        probes["ledger"] = app[LEDGER].schema_version
+    if app[SINK].backlogged():
+        probes["usage_backlog"] = _backlogged
+
+    async def check(probe: Callable[[], Awaitable[object]]) -> str:
+        try:
+            async with asyncio.timeout(_READY_TIMEOUT):
+                await probe()
+        except Exception as e:  # any driver error means not ready
+            return f"unavailable ({type(e).__name__})"
+        return "ok"
+
+    answers = await asyncio.gather(*(check(p) for p in probes.values()))
+    results = dict(zip(probes, answers, strict=True))
+    ready = all(v == "ok" for v in results.values())
+    if not ready:
+        _ready_warning.warn("not ready", checks=results)
+    return web.json_response(
+        {"status": "ready" if ready else "unavailable", "checks": results},
+        status=200 if ready else 503,
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+async def _backlogged() -> None:
+    raise RuntimeError("usage records are waiting for the usage store")
+
+
 async def _metrics(request: web.Request) -> web.Response:
     body = request.app[METRICS].exposition()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
@@ -114,6 +189,7 @@ def build_app(
     budget_backend: BudgetBackend | None = None,
     ledger: Ledger | None = None,
     settler: Settler | None = None,
+    key_registry: KeyRegistry | None = None,
 ) -> web.Application:
     """The proxy app for `config`. The stages the config asks for run first (payments, then
     budgets, which may be keyed by the verified payer), then `stages` in order. A payment
@@ -124,6 +200,11 @@ def build_app(
     app[METRICS] = ProxyMetrics()
     app[SINK] = sink if sink is not None else make_sink(config.usage, app[METRICS])
     configured: list[Stage] = []
+    if config.keys is not None:
+        # First: a 401 for an unknown key costs nothing and precedes any 402 or 429.
+        app[KEY_REGISTRY] = key_registry or make_registry(config.keys)
+        configured.append(KeyStage(config, app[KEY_REGISTRY]))
+        app.cleanup_ctx.append(_key_registry)
     if any(PaymentStage.applies(r.payment) for r in config.routes):
         base = Path(config.source).parent if Path(config.source).is_file() else None
         app[LEDGER] = ledger or make_ledger(
@@ -148,25 +229,85 @@ def build_app(
     app.cleanup_ctx.append(_session)
     app.cleanup_ctx.append(_tasks)
     app.router.add_get("/healthz", _health)
+    app.router.add_get("/readyz", _ready)
     if config.metrics.enabled:
         app.router.add_get(config.metrics.path, _metrics)
     app.router.add_route("*", "/{tail:.*}", handle)
     return app
 
 
+def server_limits(config: Config) -> ServerLimits:
+    gw = config.gateway
+    cap = connection_cap(gw.max_connections)
+    if gw.max_connections is not None and cap < gw.max_connections:
+        log.warning(
+            "gateway.max_connections lowered to what the descriptor limit allows",
+            extra={"configured": gw.max_connections, "max_connections": cap},
+        )
+    return ServerLimits(
+        header_timeout=gw.header_timeout,
+        keepalive_timeout=gw.keepalive_timeout,
+        max_connections=cap,
+    )
+
+
 async def start(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
-    """Start serving `app`; returns the runner and the bound port (useful with port 0)."""
+    """Start serving `app`; returns the runner and the bound port (useful with port 0).
+    Raises `StartupError` when a resource does not open (a store, a data path) and
+    `ListenError` when the address cannot be bound."""
+    quiet_accept_errors(asyncio.get_running_loop())
     # handler_cancellation: aiohttp cancels a handler when its client disconnects, which is
     # how the upstream request gets aborted the moment the client leaves.
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
-    await runner.setup()
+    runner = GatewayRunner(
+        app, server_limits(app[CONFIG]), handler_cancellation=True, access_log=None
+    )
+    try:
+        await runner.setup()
+    except StartupError:
+        raise
+    except Exception as e:
+        raise StartupError(e) from e
     site = web.TCPSite(runner, host, port, backlog=4096)
-    await site.start()
+    try:
+        await site.start()
+    except OSError as e:
+        await runner.cleanup()
+        # asyncio's text repeats the address; the errno's own words are enough.
+        reason = (
+            os.strerror(e.errno)
+            if e.errno and e.errno > 0 and not isinstance(e, socket.gaierror)
+            else (e.strerror or str(e))
+        )
+        raise ListenError(e.errno or 0, f"cannot listen on {host}:{port}: {reason}") from e
     return runner, bound_port(site)
 
 
+def _reread(source: str) -> None:
+    """SIGHUP: a running proxy does not swap its config (in-memory budgets, open streams and
+    stores would not survive it). It checks the file again and says whether a restart would
+    start, so an operator's reload never kills the process."""
+    from meterkit.config import ConfigError, load_config
+
+    if not Path(source).is_file():
+        log.warning("SIGHUP ignored: no config file to re-read", extra={"source": source})
+        return
+    try:
+        load_config(source)
+    except ConfigError as e:
+        log.error(
+            "SIGHUP: the config file is invalid; still running the loaded config",
+            extra={"source": source, "problems": [str(p) for p in e.problems]},
+        )
+        return
+    log.warning(
+        "SIGHUP: the config file is valid; restart to apply it (still running the loaded one)",
+        extra={"source": source},
+    )
+
+
 def serve(config: Config, host: str | None = None, port: int | None = None) -> None:
-    """Run the proxy until SIGINT/SIGTERM."""
+    """Run the proxy until SIGINT/SIGTERM. SIGHUP re-validates the config file and logs the
+    result; it never stops the proxy."""
     from meterkit.observability.logs import configure_logging
     from meterkit.runtime import event_loop_name, run_forever
 
@@ -175,7 +316,11 @@ def serve(config: Config, host: str | None = None, port: int | None = None) -> N
     port = config.gateway.port if port is None else port
 
     async def main() -> None:
-        runner, bound = await start(build_app(config), host, port)
+        try:
+            app = build_app(config)
+        except Exception as e:
+            raise StartupError(e) from e
+        runner, bound = await start(app, host, port)
         log.info(
             "listening",
             extra={
@@ -190,4 +335,4 @@ def serve(config: Config, host: str | None = None, port: int | None = None) -> N
         finally:
             await runner.cleanup()
 
-    run_forever(main())
+    run_forever(main(), on_hangup=lambda: _reread(config.source))

@@ -25,7 +25,8 @@ from meterkit.pipeline.problems import problem_response
 from meterkit.pipeline.run import client_left
 from meterkit.problems import ProxyError
 from meterkit.proxy import record
-from meterkit.proxy.keys import CONFIG, PIPELINE, ROUTER, SINK
+from meterkit.proxy.encoding import UnsupportedEncoding, decoder_for
+from meterkit.proxy.keys import CONFIG, METRICS, PIPELINE, ROUTER, SINK
 from meterkit.proxy.passthrough import pass_through
 from meterkit.proxy.routing import upstream_path
 from meterkit.proxy.stream import stream_events
@@ -100,6 +101,10 @@ async def _serve(ctx: RequestContext) -> web.StreamResponse:
             raise gateway.usage_backlogged(backlog)
         if ctx.format is not None and has_body(ctx.request):
             await _read_llm_body(ctx)
+        elif (ctx.request.content_length or 0) > ctx.request.app[CONFIG].gateway.max_request_body:
+            # A pass-through body is streamed, never read whole: a declared length over
+            # the limit is refused here, a chunked one is cut off while it streams.
+            raise gateway.body_too_large(ctx.request.app[CONFIG].gateway.max_request_body)
     except ProxyError as e:
         return pipeline.refuse(ctx, e)
     except asyncio.CancelledError:
@@ -144,6 +149,17 @@ async def _read_llm_body(ctx: RequestContext) -> None:
 async def _forward(ctx: RequestContext) -> web.StreamResponse:
     resp = await open_upstream(ctx)
     try:
+        decoder = None
+        if ctx.format is not None:
+            # A metered body must be read by the meter: decompress it, or refuse it before
+            # anything reaches the client. Never forward it unmetered.
+            try:
+                decoder = decoder_for(resp.headers.get("Content-Encoding"))
+            except UnsupportedEncoding as e:
+                ctx.request.app[METRICS].upstream_errors.labels(ctx.route.key, "encoding").inc()
+                error = gateway.upstream_bad_encoding(ctx.upstream.name)
+                error.internal = f"unsupported Content-Encoding: {e}"
+                raise error from None
         answer = await ctx.request.app[PIPELINE].upstream_answered(ctx, resp.status)
         if answer is not None:
             # Answered instead (e.g. the payment could not settle): drop the upstream.
@@ -153,8 +169,8 @@ async def _forward(ctx: RequestContext) -> web.StreamResponse:
         ctx.result.status = resp.status
         ctx.result.delivered = True
         if resp.headers.get("Content-Type", "").startswith("text/event-stream"):
-            return await stream_events(ctx, resp)
-        return await pass_through(ctx, resp)
+            return await stream_events(ctx, resp, decoder)
+        return await pass_through(ctx, resp, decoder)
     finally:
         # Closing (not releasing) an unfinished response drops its connection: this is what
         # stops the upstream when the client left or the stream was cut.

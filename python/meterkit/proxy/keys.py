@@ -6,6 +6,7 @@ import aiohttp
 from aiohttp import web
 
 from meterkit.budgets.backends import BudgetBackend
+from meterkit.budgets.keys import KeyRegistry
 from meterkit.config import Config
 from meterkit.observability.metrics import ProxyMetrics
 from meterkit.payments.ledger import Ledger
@@ -25,3 +26,4 @@ TASKS = web.AppKey("tasks", BackgroundTasks)
 BUDGET_BACKEND = web.AppKey("budget_backend", BudgetBackend)
 LEDGER = web.AppKey("ledger", Ledger)
 SETTLER = web.AppKey("settler", Settler)
+KEY_REGISTRY = web.AppKey("key_registry", KeyRegistry)

@@ -11,6 +11,7 @@ import orjson
 from aiohttp import web
 
 from meterkit.pipeline import RequestContext
+from meterkit.proxy.encoding import CorruptBody, Decoder
 from meterkit.proxy.headers import client_response_headers
 from meterkit.proxy.keys import METRICS
 from meterkit.proxy.upstream import IdleWatchdog
@@ -19,7 +20,11 @@ from meterkit.proxy.upstream import IdleWatchdog
 _JSON_CAPTURE_LIMIT = 8 * 1024 * 1024
 
 
-async def pass_through(ctx: RequestContext, resp: aiohttp.ClientResponse) -> web.StreamResponse:
+async def pass_through(
+    ctx: RequestContext, resp: aiohttp.ClientResponse, decoder: Decoder | None = None
+) -> web.StreamResponse:
+    """Forward `resp`; on a metered route `decoder` decompresses a compressed body (the
+    client then gets identity bytes and the usage can be read)."""
     request = ctx.request
     metrics = request.app[METRICS]
     result = ctx.result
@@ -27,6 +32,9 @@ async def pass_through(ctx: RequestContext, resp: aiohttp.ClientResponse) -> web
         status=resp.status,
         headers=client_response_headers(resp.headers, event_stream=False, request_id=ctx.echo_id),
     )
+    if decoder is not None:
+        out.headers.popall("Content-Encoding", None)
+        out.headers.popall("Content-Length", None)
     for k, v in ctx.response_headers.items():
         out.headers[k] = v
     capture: bytearray | None = None
@@ -37,17 +45,17 @@ async def pass_through(ctx: RequestContext, resp: aiohttp.ClientResponse) -> web
     if resp.status >= 500:
         result.outcome, result.error = "upstream_error", f"upstream answered {resp.status}"
     try:
-        async for chunk in resp.content.iter_any():
-            watchdog.touch()
-            if result.ttfb is None:
-                result.ttfb = time.monotonic() - ctx.started
-            await out.write(chunk)
-            result.sent += len(chunk)
-            if capture is not None:
-                if len(capture) + len(chunk) <= _JSON_CAPTURE_LIMIT:
-                    capture += chunk
-                else:
-                    capture = None
+        while True:
+            watchdog.reading()
+            chunk = await resp.content.readany()
+            watchdog.received()
+            if not chunk:
+                break
+            for piece in decoder.feed(chunk) if decoder else (chunk,):
+                capture = await _write(ctx, out, piece, capture)
+        if decoder is not None:
+            for piece in decoder.finish():
+                capture = await _write(ctx, out, piece, capture)
         await out.write_eof()
     except asyncio.CancelledError:
         if not watchdog.fired:
@@ -62,7 +70,7 @@ async def pass_through(ctx: RequestContext, resp: aiohttp.ClientResponse) -> web
         # A body with a length cannot be ended cleanly mid-way: drop the connection.
         if request.transport is not None:
             request.transport.close()
-    except (aiohttp.ClientError, OSError) as e:
+    except (aiohttp.ClientError, OSError, CorruptBody) as e:
         result.outcome, capture = "upstream_error", None
         result.error = f"upstream body failed: {e or type(e).__name__}"
         if request.transport is not None:
@@ -75,3 +83,19 @@ async def pass_through(ctx: RequestContext, resp: aiohttp.ClientResponse) -> web
         except orjson.JSONDecodeError:
             result.json_body = None
     return out
+
+
+async def _write(
+    ctx: RequestContext, out: web.StreamResponse, chunk: bytes, capture: bytearray | None
+) -> bytearray | None:
+    result = ctx.result
+    if result.ttfb is None:
+        result.ttfb = time.monotonic() - ctx.started
+    await out.write(chunk)
+    result.sent += len(chunk)
+    if capture is not None:
+        if len(capture) + len(chunk) <= _JSON_CAPTURE_LIMIT:
+            capture += chunk
+        else:
+            capture = None
+    return capture

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterable
 
 import aiohttp
 from aiohttp import web
 
 from meterkit import FeedResult, StreamMeter
 from meterkit.pipeline import RequestContext
+from meterkit.proxy.encoding import CorruptBody, Decoder
 from meterkit.proxy.headers import client_response_headers
 from meterkit.proxy.keys import METRICS
 from meterkit.proxy.upstream import IdleWatchdog
@@ -26,6 +28,7 @@ class _StreamRun:
         self.result = ctx.result
         self.out = out
         self.meter = meter
+        self.public_error = "upstream error"
 
     async def emit(self, data: bytes) -> None:
         if not data:
@@ -65,11 +68,26 @@ class _StreamRun:
             return False
         return True
 
-    def fail(self, error: str) -> None:
+    async def feed(self, pieces: Iterable[bytes]) -> bool:
+        """Meter and write each piece of one upstream read (one piece unless decompressed).
+        False when the stream is over."""
+        for piece in pieces:
+            if not await self.settle(self.meter.feed(piece)):
+                return False
+        return True
+
+    def fail(self, error: str, public: str | None = None) -> None:
+        """The stream failed: `error` for the record and the log, `public` (default: the
+        same) for the client's error event."""
         self.result.outcome, self.result.error = "upstream_error", error
+        self.public_error = public or error
 
 
-async def stream_events(ctx: RequestContext, resp: aiohttp.ClientResponse) -> web.StreamResponse:
+async def stream_events(
+    ctx: RequestContext, resp: aiohttp.ClientResponse, decoder: Decoder | None = None
+) -> web.StreamResponse:
+    """Relay `resp` through the meter; `decoder` decompresses a compressed upstream body
+    first (the client then gets identity bytes)."""
     request = ctx.request
     metrics = request.app[METRICS]
     route = ctx.route.key
@@ -92,6 +110,8 @@ async def stream_events(ctx: RequestContext, resp: aiohttp.ClientResponse) -> we
         status=resp.status,
         headers=client_response_headers(resp.headers, event_stream=True, request_id=ctx.echo_id),
     )
+    if decoder is not None:
+        out.headers.popall("Content-Encoding", None)
     for k, v in ctx.response_headers.items():
         out.headers[k] = v
     await out.prepare(request)
@@ -100,23 +120,37 @@ async def stream_events(ctx: RequestContext, resp: aiohttp.ClientResponse) -> we
     run = _StreamRun(ctx, out, meter)
     try:
         while True:
+            watchdog.reading()
             try:
                 chunk = await resp.content.readany()
             except (aiohttp.ClientError, OSError) as e:
-                run.fail(f"upstream stream failed: {e or type(e).__name__}")
+                # The exception text may quote upstream bytes: the record keeps it, the
+                # client's error event does not.
+                run.fail(
+                    f"upstream stream failed: {e or type(e).__name__}", "upstream stream failed"
+                )
                 break
+            watchdog.received()
             if not chunk:
                 break
-            watchdog.touch()
-            if not await run.settle(meter.feed(chunk)):
+            try:
+                if not await run.feed(decoder.feed(chunk) if decoder else (chunk,)):
+                    break
+            except CorruptBody as e:
+                run.fail(str(e), "the upstream sent a corrupt compressed body")
                 break
+        if result.outcome == "completed" and decoder is not None:
+            try:
+                await run.feed(decoder.finish())
+            except CorruptBody as e:
+                run.fail(str(e), "the upstream sent a corrupt compressed body")
         if result.outcome == "completed" and await run.settle(meter.close()):
             if meter.state == "streaming" and meter.format is not None:
                 # The upstream ended without its end-of-stream marker.
                 run.fail("the upstream closed the stream before its end")
         if result.outcome == "upstream_error":
             metrics.upstream_errors.labels(route, "stream").inc()
-            await run.emit(meter.fail(result.error or "upstream error"))
+            await run.emit(meter.fail(run.public_error))
         await out.write_eof()
     except asyncio.CancelledError:
         if watchdog.fired:
@@ -127,7 +161,7 @@ async def stream_events(ctx: RequestContext, resp: aiohttp.ClientResponse) -> we
             run.fail(f"upstream idle for {ctx.upstream.timeouts.idle:g} s")
             metrics.upstream_errors.labels(route, "idle_timeout").inc()
             try:
-                await run.emit(meter.fail(result.error or "upstream idle"))
+                await run.emit(meter.fail(run.public_error))
                 await out.write_eof()
             except (ConnectionResetError, RuntimeError):
                 pass

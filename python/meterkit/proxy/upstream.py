@@ -4,6 +4,7 @@ headers maps to, and the idle watchdog that guards every body read afterwards.""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -14,31 +15,40 @@ from aiohttp import web
 from meterkit.pipeline import RequestContext
 from meterkit.pipeline import problems as gateway
 from meterkit.proxy.headers import upstream_request_headers
-from meterkit.proxy.keys import METRICS, SESSION
+from meterkit.proxy.keys import CONFIG, METRICS, SESSION
+
+log = logging.getLogger("meterkit.proxy")
 
 _METHODS_WITHOUT_BODY = frozenset({"GET", "HEAD", "DELETE", "OPTIONS"})
 
 
 class IdleWatchdog:
-    """Cancels the handler when no upstream byte arrived for `timeout` seconds.
+    """Cancels the handler when a read from the upstream waited `timeout` seconds.
 
-    One timer per stream, re-armed lazily, instead of a timeout object per read: `touch()` on
-    the hot path only stores a float.
+    Only upstream reads are timed: `reading()` before awaiting the upstream, `received()`
+    after. Time spent writing to a slow client (backpressure) or waiting for credit is the
+    client's or the budget's, not an idle upstream. One timer per stream, re-armed lazily,
+    instead of a timeout object per read: the hot path only stores a float and a bool.
     """
 
     def __init__(self, timeout: float) -> None:
         self.loop = asyncio.get_running_loop()
         self.timeout = timeout
         self.task = asyncio.current_task()
-        self.last = self.loop.time()
+        self.since = self.loop.time()
+        self.waiting = False
         self.fired = False
         self._handle = self.loop.call_later(timeout, self._check)
 
-    def touch(self) -> None:
-        self.last = self.loop.time()
+    def reading(self) -> None:
+        self.since = self.loop.time()
+        self.waiting = True
+
+    def received(self) -> None:
+        self.waiting = False
 
     def _check(self) -> None:
-        idle = self.loop.time() - self.last
+        idle = self.loop.time() - self.since if self.waiting else 0.0
         if idle >= self.timeout:
             self.fired = True
             if self.task is not None:
@@ -56,8 +66,19 @@ def has_body(request: web.Request) -> bool:
     )
 
 
-async def _body_stream(request: web.Request) -> AsyncIterator[bytes]:
-    async for chunk in request.content.iter_any():
+class _BodyTooLarge(Exception):
+    """The client's streamed body went past `gateway.max_request_body`."""
+
+
+async def _body_stream(ctx: RequestContext, limit: int) -> AsyncIterator[bytes]:
+    """The client's body as it arrives, stopped before the byte that would pass `limit`: a
+    chunked body of unknown size is never forwarded past it."""
+    sent = 0
+    async for chunk in ctx.request.content.iter_any():
+        sent += len(chunk)
+        if sent > limit:
+            ctx.state["body_too_large"] = True
+            raise _BodyTooLarge
         yield chunk
 
 
@@ -79,7 +100,7 @@ async def open_upstream(ctx: RequestContext) -> aiohttp.ClientResponse:
     if ctx.body is not None:
         data: Any = orjson.dumps(ctx.json) if ctx.body_changed else ctx.body
     elif has_body(request):
-        data = _body_stream(request)
+        data = _body_stream(ctx, app[CONFIG].gateway.max_request_body)
     else:
         data = None
     timeout = aiohttp.ClientTimeout(
@@ -87,15 +108,21 @@ async def open_upstream(ctx: RequestContext) -> aiohttp.ClientResponse:
     )
     metrics = app[METRICS]
     try:
-        async with asyncio.timeout(up.timeouts.first_byte):
-            return await app[SESSION].request(
-                request.method,
-                up.url + ctx.upstream_path,
-                headers=headers,
-                data=data,
-                timeout=timeout,
-                allow_redirects=False,
-            )
+        try:
+            async with asyncio.timeout(up.timeouts.first_byte):
+                return await app[SESSION].request(
+                    request.method,
+                    up.url + ctx.upstream_path,
+                    headers=headers,
+                    data=data,
+                    timeout=timeout,
+                    allow_redirects=False,
+                )
+        finally:
+            if ctx.state.get("body_too_large"):
+                # The upstream saw at most the limit; whatever aiohttp made of the aborted
+                # body, the answer is the client's 413.
+                raise gateway.body_too_large(app[CONFIG].gateway.max_request_body) from None
     except TimeoutError:
         metrics.upstream_errors.labels(ctx.route.key, "timeout").inc()
         raise gateway.upstream_timeout(
@@ -106,4 +133,12 @@ async def open_upstream(ctx: RequestContext) -> aiohttp.ClientResponse:
         raise gateway.upstream_timeout(up.name, up.timeouts.connect, "connection") from None
     except (aiohttp.ClientError, OSError) as e:
         metrics.upstream_errors.labels(ctx.route.key, "connect").inc()
-        raise gateway.upstream_unreachable(up.name, str(e) or type(e).__name__) from None
+        # The client gets the upstream's name only: the exception text can hold internal
+        # addresses and bytes the upstream sent. The log and the usage record keep it.
+        cause = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+        error = gateway.upstream_unreachable(up.name, cause)
+        log.warning(
+            "upstream unreachable",
+            extra={"upstream": up.name, "url": up.url, "error": cause},
+        )
+        raise error from None

@@ -2,6 +2,7 @@
 web-free decisions of `meterkit.budgets` and `meterkit.payments`."""
 
 from meterkit.stages.budget import BudgetStage
+from meterkit.stages.keys import KeyStage
 from meterkit.stages.payment import PaymentStage
 
-__all__ = ["BudgetStage", "PaymentStage"]
+__all__ = ["BudgetStage", "KeyStage", "PaymentStage"]

@@ -13,11 +13,14 @@ from meterkit import formats
 from meterkit.budgets import admission
 from meterkit.budgets.backends import BackendUnavailable, BudgetBackend, Identity
 from meterkit.budgets.identity import identity_of, networks
+from meterkit.budgets.keys import with_overrides
 from meterkit.budgets.policy import Limits
 from meterkit.config import Config
 from meterkit.config.budgets import BudgetPolicy
+from meterkit.config.keys import KeyEntry
 from meterkit.observability.metrics import ProxyMetrics
 from meterkit.pipeline import Answer, RequestContext, Stage
+from meterkit.stages.keys import STATE as KEY_STATE
 from meterkit.usage import UsageRecord
 
 log = logging.getLogger("meterkit.budgets")
@@ -52,8 +55,17 @@ class BudgetStage(Stage):
         if ctx.route.budget is None or ctx.json is None or ctx.format is None:
             return None
         policy = self.config.budgets[ctx.route.budget]
-        payer = ctx.state.get("payer")
-        key = identity_of(policy.key, ctx.request.headers, ctx.request.remote, self.trusted, payer)
+        entry: KeyEntry | None = ctx.state.get(KEY_STATE)
+        if entry is not None and policy.key.kind == "api_key":
+            # A registered key (the key stage verified it): its alias keys the budget, so a
+            # rotated key keeps it, and its own limits apply.
+            policy = with_overrides(policy, entry)
+            key: str | None = f"key_{entry.alias}"
+        else:
+            payer = ctx.state.get("payer")
+            key = identity_of(
+                policy.key, ctx.request.headers, ctx.request.remote, self.trusted, payer
+            )
         if key is None:
             return admission.key_missing(policy)
         who = Identity(policy.name, key)

@@ -291,6 +291,13 @@ class PostgresSink:
     def pending(self) -> int:
         return self._queue.qsize() + self._inflight
 
+    async def ping(self) -> None:
+        """Readiness: raises when PostgreSQL does not answer."""
+        if self._pool is None:
+            raise RuntimeError("not open")
+        async with self._pool.acquire(timeout=2) as conn:
+            await conn.fetchval("SELECT 1")
+
     async def open(self) -> None:
         """Connect and create the table (a bad URL or an unreachable server fails here)."""
         import asyncpg
