@@ -145,6 +145,29 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--out", help="write to this file instead of stdout")
     ex.set_defaults(func=_pay_cmd("ledger_export"))
 
+    st = led_sub.add_parser(
+        "settle",
+        help="submit queued (deferred) authorizations on chain and reconcile the ledger with it",
+        description="Expire, reconcile, submit: queued authorizations go on chain in parallel "
+        "batches (the relayer in payments.settlement pays the gas); claims left pending by a "
+        "crash or unknown after a timeout are checked against the chain's authorizationState. "
+        "Safe to run twice or after a crash: nothing is settled twice.",
+    )
+    st.add_argument("--config", required=True)
+    st.add_argument("--concurrency", type=int, default=4, help="transfers in flight at once")
+    st.add_argument(
+        "--retries", type=int, default=3, help="attempts per row while the node is unreachable"
+    )
+    st.add_argument("--backoff", type=float, default=1.0, help="first retry delay, seconds")
+    st.add_argument(
+        "--stale-after",
+        type=float,
+        default=600.0,
+        help="reconcile pending claims untouched this long (seconds): a running proxy may "
+        "still be settling newer ones",
+    )
+    st.set_defaults(func=_pay_cmd("ledger_settle"))
+
     oa = sub.add_parser("openapi", help="print the OpenAPI document of a config, prices included")
     oa.add_argument("--config", required=True)
     oa.add_argument("--base-url", help="the gateway's public URL (default: gateway host and port)")

@@ -121,6 +121,8 @@ def refusal(
                 )
             )
         extra["price"] = str(price)
+    if e.retry_after is not None:
+        headers.append(("Retry-After", str(e.retry_after)))
     return Problem(
         e.status,
         e.code,

@@ -16,7 +16,7 @@ from meterkit.budgets import BudgetBackend, make_backend
 from meterkit.config import Config
 from meterkit.observability.metrics import CONTENT_TYPE_LATEST, ProxyMetrics
 from meterkit.payments import discovery
-from meterkit.payments.ledger import Ledger, make_ledger
+from meterkit.payments.ledger import Ledger, journal, make_ledger
 from meterkit.payments.settlement import Settler, make_settler
 from meterkit.pipeline import Pipeline, Stage
 from meterkit.proxy.handler import handle
@@ -117,7 +117,9 @@ def build_app(
         app[LEDGER] = ledger or make_ledger(
             config.ledger.type, config.ledger.path, config.ledger.url, config.ledger.schema
         )
-        app[SETTLER] = settler or make_settler(config.payments.settlement, base)
+        app[SETTLER] = settler or make_settler(
+            config.payments.settlement, base, journal(app[LEDGER])
+        )
         configured.append(PaymentStage(config, app[LEDGER], app[SETTLER], app[METRICS], base))
         app.cleanup_ctx.append(_payments)
         if config.payments.discovery and any(r.payment.priced for r in config.routes):
