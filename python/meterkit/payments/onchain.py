@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from meterkit import _core
 from meterkit.chain.abi import decode_revert, decode_uint, encode_call, topic, word
 from meterkit.chain.rpc import Rpc, RpcError, RpcUnavailable
 from meterkit.config.payments import Asset, Chain
@@ -203,7 +204,8 @@ class OnchainSettler:
                         "type": 2,
                         "chainId": asset.chain_id,
                         "nonce": self._nonce,
-                        "to": asset.address,
+                        # eth-account refuses an address that is not checksummed.
+                        "to": _core.checksum_address(asset.address),
                         "data": data,
                         "value": 0,
                         "gas": self.chain.gas_limit,
