@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import sqlite3
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -14,7 +13,15 @@ from typing import Any
 import orjson
 import pytest
 
-from support.chain import RELAYER, UNIT, WALLET, LocalChain, credential
+from support.chain import (
+    RELAYER,
+    UNIT,
+    WALLET,
+    LocalChain,
+    claims,
+    credential,
+    settlement_rows,
+)
 from support.http import request
 from support.payments import CHAT, pay
 
@@ -27,17 +34,6 @@ def tree(mock_url: str, **route: Any) -> dict[str, Any]:
         "upstreams": {"mock": {"url": mock_url}},
         "routes": {f"POST {PATH}": {"upstream": "mock", "price": "$0.01", **route}},
     }
-
-
-def claims(db: str) -> list[dict[str, Any]]:
-    with sqlite3.connect(db) as c:
-        c.row_factory = sqlite3.Row
-        return [dict(r) for r in c.execute("SELECT * FROM payment_claims")]
-
-
-def settlement_rows(db: str) -> list[tuple[str, str, str | None]]:
-    with sqlite3.connect(db) as c:
-        return list(c.execute("SELECT settler, outcome, reference FROM settlements ORDER BY at"))
 
 
 @pytest.mark.parametrize("moment", ["before-response", "after-response"])

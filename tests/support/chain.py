@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from meterkit import _core
@@ -121,3 +122,37 @@ def credential(url: str, path: str, secret_key: bytes, asset: Asset) -> tuple[st
     )
     token_ = mpp.credential_token(ch, {"type": "authorization", **fields, "signature": sig})
     return f"Payment {token_}", evm.parse_authorization(fields, sig)
+
+
+def ledger_settle(config: Path, *args: str) -> tuple[int, list[dict[str, Any]], str]:
+    """Run `meterkit ledger settle` as a command: (exit code, its JSON lines, stderr)."""
+    import subprocess
+    import sys
+
+    import orjson
+
+    done = subprocess.run(
+        [sys.executable, "-m", "meterkit", "ledger", "settle", "--config", str(config), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    rows = [orjson.loads(line) for line in done.stdout.splitlines() if line.strip()]
+    return done.returncode, rows, done.stderr
+
+
+def claims(db: str) -> list[dict[str, Any]]:
+    """The ledger's claim rows (SQLite)."""
+    import sqlite3
+
+    with sqlite3.connect(db) as c:
+        c.row_factory = sqlite3.Row
+        return [dict(r) for r in c.execute("SELECT * FROM payment_claims ORDER BY created_at")]
+
+
+def settlement_rows(db: str) -> list[tuple[str, str, str | None]]:
+    """(settler, outcome, reference) of every settlement attempt, oldest first."""
+    import sqlite3
+
+    with sqlite3.connect(db) as c:
+        return list(c.execute("SELECT settler, outcome, reference FROM settlements ORDER BY at"))
