@@ -22,20 +22,15 @@ from typing import Any
 import orjson
 
 CHAIN_ID = 31337
-# Anvil's default accounts ("test test … junk" mnemonic): public test keys.
+# Anvil's first two default accounts ("test test … junk" mnemonic): public test keys. More
+# accounts: `funded_key`.
 ACCOUNT_KEYS = (
     "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80",
     "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d",
-    "0x5de4111afa1a4b94908f83103eb1f1706367c2e68ca870fc3d73164d6d2be1f5",
-    "0x7c852118294e51e653712a81e05800f419141751be58f605c371e15141b007a6",
-    "0x47e179ec197488593b187f80a00eb0da91f1b9e0b13f8733e0fd8f4f0eb7e1c1",
 )
 ACCOUNTS = (
     "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266",
     "0x70997970C51812dc3A010C7d01b50e0d17dc79C8",
-    "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC",
-    "0x90F79bf6EB2c4f870365E785982E1f101E93b906",
-    "0x15d34AAf54267DB7D7c367839AAf71A00a2C6A65",
 )
 
 
@@ -70,6 +65,16 @@ def rpc_sync(url: str, method: str, *params: Any, timeout: float = 10.0) -> Any:
     if "error" in data:
         raise RuntimeError(f"{method}: {data['error']}")
     return data["result"]
+
+
+def funded_key(url: str, wei: int = 10**20) -> tuple[str, str]:
+    """A fresh key whose account holds `wei` (anvil_setBalance): (0x key, address)."""
+    from meterkit import _core
+
+    key = os.urandom(32)
+    address = _core.address_of(key)
+    rpc_sync(url, "anvil_setBalance", address, hex(wei))
+    return "0x" + key.hex(), address
 
 
 class Anvil:
