@@ -173,9 +173,21 @@ def build_parser() -> argparse.ArgumentParser:
     oa.add_argument("--base-url", help="the gateway's public URL (default: gateway host and port)")
     oa.set_defaults(func=_pay_cmd("openapi"))
 
-    mf = sub.add_parser("mock-facilitator", help="run a local x402 facilitator (simulated chain)")
+    mf = sub.add_parser(
+        "mock-facilitator",
+        help="run a local x402 facilitator: a simulator (no money moves), or with --rpc-url a "
+        "real one settling on that chain",
+    )
     mf.add_argument("--host", default="127.0.0.1")
     mf.add_argument("--port", type=int, default=8402)
+    mf.add_argument(
+        "--rpc-url", help="settle for real on this chain's JSON-RPC node (default: simulate)"
+    )
+    mf.add_argument(
+        "--relayer-key-env",
+        default="METERKIT_RELAYER_KEY",
+        help="environment variable holding the key that pays the gas (with --rpc-url)",
+    )
     mf.set_defaults(func=_pay_cmd("mock_facilitator"))
 
     b = sub.add_parser("bench", help="run the benchmarks (release build) with baselines")

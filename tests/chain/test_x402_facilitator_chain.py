@@ -94,3 +94,38 @@ def test_paying_through_a_real_facilitator_moves_balances(
     assert status == 200 and answer["success"] is False, answer
     assert chain.balance(payer) == 1 * UNIT - PRICE
     assert chain.balance(WALLET) == PRICE
+
+
+def test_mock_facilitator_with_an_rpc_url_settles_for_real(
+    chain: LocalChain, mock_llm: Any, start_proxy: Any, tmp_path: Any
+) -> None:
+    key_hex, relayer = funded_key(chain.url)
+    with running(
+        ["mock-facilitator", "--port", "0", "--rpc-url", chain.url],
+        env={"METERKIT_RELAYER_KEY": key_hex},
+    ) as fac:
+        assert "on chain 31337" in "".join(fac.output)
+        status, _, raw = request(fac.url, "GET", "/supported")
+        assert status == 200, "".join(fac.output)
+        supported = orjson.loads(raw)
+        assert supported["kinds"] == [
+            {"x402Version": 2, "scheme": "exact", "network": "eip155:31337"}
+        ]
+        tree = chain.paid(
+            {
+                "upstreams": {"mock": {"url": mock_llm.url}},
+                "routes": {f"POST {PATH}": {"upstream": "mock", "price": "$0.01"}},
+            },
+            str(tmp_path / "ledger.sqlite3"),
+        )
+        tree["payments"]["settlement"] = {"type": "facilitator", "url": fac.url}
+        proxy = start_proxy(tree)
+        key, payer = chain.payer(1 * UNIT)
+
+        first = pay(proxy.url, PATH, secret_key=key)
+
+    assert first.status == 200, first.body
+    assert chain.balance(payer) == 1 * UNIT - PRICE
+    assert chain.balance(WALLET) == PRICE
+    mined = chain.node.call("eth_getTransactionReceipt", first.receipt["reference"])
+    assert (mined["status"], mined["from"].lower()) == ("0x1", relayer.lower())

@@ -30,7 +30,10 @@ def build(rpc_url: str, key: str, network: str) -> web.Application:
     fac = x402FacilitatorSync()
     # Simulate before broadcasting, so that a replay is refused rather than mined reverted.
     register_exact_evm_facilitator(
-        fac, FacilitatorWeb3Signer(private_key=key, rpc_url=rpc_url), network, simulate_in_settle=True
+        fac,
+        FacilitatorWeb3Signer(private_key=key, rpc_url=rpc_url),
+        network,
+        simulate_in_settle=True,
     )
     app = web.Application()
     app[FACILITATOR] = fac

@@ -239,7 +239,17 @@ def ledger_settle(args: argparse.Namespace) -> int:
 def mock_facilitator(args: argparse.Namespace) -> int:
     from meterkit.mock.facilitator import run_facilitator
 
-    run_facilitator(args.host, args.port)
+    key = ""
+    if args.rpc_url:
+        key = os.environ.get(args.relayer_key_env, "")
+        if not key:
+            print(
+                f"meterkit mock-facilitator: --rpc-url settles on a real chain; put the relayer's "
+                f"private key in ${args.relayer_key_env}",
+                file=sys.stderr,
+            )
+            return 2
+    run_facilitator(args.host, args.port, args.rpc_url, key)
     return 0
 
 
