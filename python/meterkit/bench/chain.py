@@ -129,7 +129,7 @@ def main(quick: bool = False) -> dict[str, Any] | None:
         )
         from meterkit.payments.onchain import OnchainSettler
 
-        chain = Chain(rpc_url=node.url, relayer_key=relayer_key, poll_interval=0.005)
+        chain = Chain(rpc_url=node.url, relayer_key=relayer_key, poll_interval=0.01)
         paths: list[tuple[str, Settler]] = [
             ("deferred", DeferredSettler()),
             ("onchain", OnchainSettler(chain, 10.0)),
@@ -197,7 +197,7 @@ def _proxy_round_trips(
                 "type": "onchain",
                 "rpc_url": node.url,
                 "relayer_key": ACCOUNT_KEYS[1],
-                "poll_interval": "5ms",
+                "poll_interval": "10ms",
             },
         },
         "ledger": {"type": "sqlite", "path": str(d / "ledger.sqlite3")},

@@ -231,7 +231,9 @@ def run_facilitator(host: str, port: int, rpc_url: str | None = None, key: str =
                 chain_id = int(await probe.call("eth_chainId"), 16)
             finally:
                 await probe.close()
-            settler = OnchainSettler(Chain(rpc_url=rpc_url, relayer_key=key), 10.0)
+            # Polls for the receipt every 10 ms: a local node mines at once.
+            chain = Chain(rpc_url=rpc_url, relayer_key=key, poll_interval=0.01)
+            settler = OnchainSettler(chain, 10.0)
         runner, bound = await start_facilitator(host, port, settler, chain_id)
         kind = (
             f"on chain {chain_id} via {rpc_url}" if settler else "simulated chain: no money moves"
