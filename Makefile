@@ -11,7 +11,11 @@ EXTRAS ?= test,bench,lint,speed
 BUILD_INPUTS := $(shell find rust benches -name '*.rs') Cargo.toml Cargo.lock pyproject.toml
 
 .DEFAULT_GOAL := help
-.PHONY: help install dev run test services test-rust test-python lint bench clean
+# The local EVM tools (anvil, solc-js, OpenZeppelin), pinned by contracts/package-lock.json.
+CHAIN_DIR := .chain
+NPM ?= npm
+
+.PHONY: help install dev run test services chain contracts demo-chain test-rust test-python lint bench clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -34,7 +38,21 @@ dev: $(VENV)/.created ## quick debug build of the extension into the venv (not f
 run: install ## set up and run the proxy on the embedded default (built-in mock upstream)
 	$(BIN)/meterkit serve --demo
 
-test: install services test-rust test-python ## set up and run every test: cargo test + pytest
+test: install services chain test-rust test-python ## set up and run every test: cargo test + pytest
+
+$(CHAIN_DIR)/.installed: contracts/package.json contracts/package-lock.json
+	mkdir -p $(CHAIN_DIR)
+	cp contracts/package.json contracts/package-lock.json $(CHAIN_DIR)/
+	$(NPM) ci --prefix $(CHAIN_DIR) --no-audit --no-fund --loglevel=error
+	touch $@
+
+chain: $(CHAIN_DIR)/.installed ## install the local chain tools from npm into .chain/ (anvil, solc-js)
+
+contracts: chain ## recompile contracts/ with solc-js into the committed artifacts
+	node contracts/build.mjs $(CHAIN_DIR)/node_modules
+
+demo-chain: install chain ## the demo on a local anvil: balances before and after a `meterkit pay`
+	$(PY) -m meterkit.chain.demo
 
 services: ## start the local Redis and PostgreSQL the multi-instance tests need, when down
 	@bash tests/services.sh
@@ -59,4 +77,4 @@ bench: install ## benchmarks (release build, baselines in the same run): criteri
 	$(BIN)/meterkit bench core
 
 clean: ## remove build outputs and the virtualenv
-	rm -rf target $(VENV) python/meterkit/*.so .pytest_cache .hypothesis
+	rm -rf target $(VENV) $(CHAIN_DIR) python/meterkit/*.so .pytest_cache .hypothesis

@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 import pytest
+
+# Processes the tests start (`python -m support.…`, `meterkit serve` loading test hooks) import
+# the shared helpers the same way the tests do.
+_TESTS = str(Path(__file__).resolve().parent)
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    p for p in (_TESTS, os.environ.get("PYTHONPATH", "")) if p
+)
 
 
 @pytest.fixture(scope="session")
@@ -115,3 +123,35 @@ def postgres_url() -> str:
             )
         pytest.skip(f"no PostgreSQL at {url}: {e}")
     return url
+
+
+@pytest.fixture(scope="session")
+def anvil_node() -> Any:
+    """A local EVM node (anvil from npm, installed into .chain/ by `make chain`), on
+    127.0.0.1, for the whole session."""
+    from meterkit.chain.anvil import Anvil, find_anvil
+
+    if find_anvil() is None:
+        if os.environ.get("METERKIT_REQUIRE_CHAIN"):
+            pytest.fail("METERKIT_REQUIRE_CHAIN is set but anvil is missing: run `make chain`")
+        pytest.skip("no anvil: `make chain` installs it into .chain/ (or set METERKIT_ANVIL)")
+    with Anvil() as node:
+        yield node
+
+
+@pytest.fixture(scope="session")
+def chain_token(anvil_node: Any) -> str:
+    """meterkit's EIP-3009 test token, deployed once."""
+    from meterkit.chain import token
+
+    return token.deploy(anvil_node.url)
+
+
+@pytest.fixture
+def chain(anvil_node: Any, chain_token: str) -> Any:
+    """The local chain, reverted to its state before the test when the test ends."""
+    from support.chain import LocalChain
+
+    snapshot = anvil_node.call("evm_snapshot")
+    yield LocalChain(anvil_node, chain_token)
+    assert anvil_node.call("evm_revert", snapshot) is True

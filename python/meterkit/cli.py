@@ -181,14 +181,49 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--out", help="write to this file instead of stdout")
     ex.set_defaults(func=_pay_cmd("ledger_export"))
 
+    st = led_sub.add_parser(
+        "settle",
+        help="submit queued (deferred) authorizations on chain and reconcile the ledger with it",
+        description="Expire, reconcile, submit: queued authorizations go on chain in parallel "
+        "batches (the relayer in payments.settlement pays the gas); claims left pending by a "
+        "crash or unknown after a timeout are checked against the chain's authorizationState. "
+        "Safe to run twice or after a crash: nothing is settled twice.",
+    )
+    st.add_argument("--config", required=True)
+    st.add_argument("--concurrency", type=int, default=4, help="transfers in flight at once")
+    st.add_argument(
+        "--retries", type=int, default=3, help="attempts per row while the node is unreachable"
+    )
+    st.add_argument("--backoff", type=float, default=1.0, help="first retry delay, seconds")
+    st.add_argument(
+        "--stale-after",
+        type=float,
+        default=600.0,
+        help="reconcile pending claims untouched this long (seconds): a running proxy may "
+        "still be settling newer ones",
+    )
+    st.set_defaults(func=_pay_cmd("ledger_settle"))
+
     oa = sub.add_parser("openapi", help="print the OpenAPI document of a config, prices included")
     oa.add_argument("--config", required=True)
     oa.add_argument("--base-url", help="the gateway's public URL (default: gateway host and port)")
     oa.set_defaults(func=_pay_cmd("openapi"))
 
-    mf = sub.add_parser("mock-facilitator", help="run a local x402 facilitator (simulated chain)")
+    mf = sub.add_parser(
+        "mock-facilitator",
+        help="run a local x402 facilitator: a simulator (no money moves), or with --rpc-url a "
+        "real one settling on that chain",
+    )
     mf.add_argument("--host", default="127.0.0.1")
     mf.add_argument("--port", type=port_number, default=8402)
+    mf.add_argument(
+        "--rpc-url", help="settle for real on this chain's JSON-RPC node (default: simulate)"
+    )
+    mf.add_argument(
+        "--relayer-key-env",
+        default="METERKIT_RELAYER_KEY",
+        help="environment variable holding the key that pays the gas (with --rpc-url)",
+    )
     mf.set_defaults(func=_pay_cmd("mock_facilitator"))
 
     b = sub.add_parser("bench", help="run the benchmarks (release build) with baselines")

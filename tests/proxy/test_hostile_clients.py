@@ -10,10 +10,8 @@ import asyncio
 import contextlib
 import http.client
 import logging
-import os
 import socket
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -143,10 +141,7 @@ def test_out_of_descriptors_the_proxy_keeps_serving_without_a_log_flood(
         "logging": {"level": "info", "format": "json"},
     }
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(tree))
-    # `support` is importable in the child too: the tests folder on its path.
-    tests_dir = str(Path(__file__).resolve().parents[1])
-    path = os.pathsep.join(p for p in (tests_dir, os.environ.get("PYTHONPATH", "")) if p)
-    env = {"METERKIT_TEST_NOFILE": "256", "PYTHONPATH": path}
+    env = {"METERKIT_TEST_NOFILE": "256"}
     with running(
         ["serve", "--config", str(tmp_path / "c.yaml"), "--port", "0"],
         env=env,

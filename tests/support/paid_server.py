@@ -93,6 +93,10 @@ class PaidServer:
             requirements = x402.requirements_v2(self.x402_offer(), 300)
             if self.describe_domain:
                 requirements["extra"]["decimals"] = self.asset.decimals
+            else:
+                # A third-party server that does not describe its token (meterkit's own
+                # offers give a custom token's decimals).
+                requirements["extra"].pop("decimals", None)
             doc = {
                 "x402Version": 2,
                 "error": "payment required",

@@ -6,6 +6,8 @@
 2. The pay-and-retry round trip through the proxy: a paid request (402, sign, retry,
    settle) versus the same route unpaid, p50/p99 — with the deferred settler (no network)
    and with the mock facilitator (one extra HTTP round trip).
+3. Settlement on a local anvil: latency p50/p99 of the deferred, on-chain and facilitator
+   paths, and the round trip with on-chain settlement (`bench/chain.py`).
 """
 
 from __future__ import annotations
@@ -218,6 +220,9 @@ def main(quick: bool = False, json_out: str | None = None) -> int:
             rows,
         )
     )
+    from meterkit.bench.chain import main as chain_main
+
+    results["chain"] = chain_main(quick)
     if json_out:
         Path(json_out).write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
     return 0

@@ -179,10 +179,77 @@ def ledger_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def ledger_settle(args: argparse.Namespace) -> int:
+    """Submit the deferred queue on chain and reconcile the ledger with the chain (see
+    `payments.batch`). One JSON line per row touched on stdout, a summary on stderr. Exit 0
+    when every row reached a final status, 2 when some are still pending (run it again)."""
+    import time
+    from collections import Counter
+
+    from meterkit.payments.batch import settle_ledger
+    from meterkit.payments.ledger import journal, make_ledger
+    from meterkit.payments.onchain import OnchainSettler
+
+    config = load_config_or_report(args.config)
+    if config is None:
+        return 1
+    settlement = config.payments.settlement
+    chain = settlement.chain
+    if chain is None:
+        print(
+            "meterkit ledger settle: the config's payments.settlement has no rpc_url and "
+            "relayer_key (type: deferred or onchain) to submit with",
+            file=sys.stderr,
+        )
+        return 1
+    lc = config.ledger
+
+    async def run() -> list[dict[str, object]]:
+        ledger = make_ledger(lc.type, lc.path, lc.url, lc.schema)
+        await ledger.open()
+        settler = OnchainSettler(chain, settlement.timeout, journal(ledger))
+        try:
+            rows = await settle_ledger(
+                ledger,
+                settler,
+                now=time.time(),
+                stale_after=args.stale_after,
+                concurrency=args.concurrency,
+                retries=args.retries,
+                backoff=args.backoff,
+            )
+            return [r.as_dict() for r in rows]
+        finally:
+            await settler.close()
+            await ledger.close()
+
+    rows = asyncio.run(run())
+    for r in rows:
+        sys.stdout.write(orjson.dumps(r).decode() + "\n")
+    sys.stdout.flush()
+    counts = Counter(str(r["status"]) for r in rows)
+    print(
+        "ledger settle: "
+        + (", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "nothing to do"),
+        file=sys.stderr,
+    )
+    return 2 if counts.get("pending") else 0
+
+
 def mock_facilitator(args: argparse.Namespace) -> int:
     from meterkit.mock.facilitator import run_facilitator
 
-    run_facilitator(args.host, args.port)
+    key = ""
+    if args.rpc_url:
+        key = os.environ.get(args.relayer_key_env, "")
+        if not key:
+            print(
+                f"meterkit mock-facilitator: --rpc-url settles on a real chain; put the relayer's "
+                f"private key in ${args.relayer_key_env}",
+                file=sys.stderr,
+            )
+            return 2
+    run_facilitator(args.host, args.port, args.rpc_url, key)
     return 0
 
 

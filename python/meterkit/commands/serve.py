@@ -7,6 +7,7 @@ import asyncio
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from meterkit.commands import (
     EXIT_FAILED,
@@ -31,6 +32,13 @@ def demo_config(upstream_url: str, host: str, port: int, data_dir: str = "meterk
     """The embedded default: every LLM route to the built-in mock, usage in a SQLite file, and
     one paid route (USDC on Base Sepolia, settled into the local ledger's deferred queue, so
     nothing leaves the machine)."""
+    return config_from_dict(demo_tree(upstream_url, host, port, data_dir), source="demo")
+
+
+def demo_tree(
+    upstream_url: str, host: str, port: int, data_dir: str = "meterkit-data"
+) -> dict[str, Any]:
+    """The config tree of `demo_config` (the chain demo swaps its payment keys)."""
     import secrets
 
     llm = {"upstream": "mock"}
@@ -59,7 +67,7 @@ def demo_config(upstream_url: str, host: str, port: int, data_dir: str = "meterk
         "usage": {"sink": "sqlite", "path": str(Path(data_dir) / "usage.sqlite3")},
         "logging": {"format": "text"},
     }
-    return config_from_dict(tree, source="demo")
+    return tree
 
 
 def validate(args: argparse.Namespace) -> int:

@@ -83,6 +83,35 @@ class Settlement:
     headers: tuple[tuple[str, str], ...] = ()
     max_validity: float = DEFERRED_VALIDITY
     expiry_margin: float = DEFERRED_EXPIRY_MARGIN
+    chain: Chain | None = None
+
+
+# Gas bounds of on-chain settlement. A transferWithAuthorization costs ~60-100 k gas.
+DEFAULT_GAS_LIMIT = 200_000
+DEFAULT_MAX_FEE = 100 * 10**9  # 100 gwei
+DEFAULT_PRIORITY_FEE = 10**9  # 1 gwei
+
+
+@dataclass(frozen=True)
+class Chain:
+    """Submitting authorizations to the chain ourselves: `type: onchain` settles each one while
+    the request waits; `type: deferred` with these keys lets `meterkit ledger settle` submit
+    the queue. The relayer key pays the gas and never appears in a repr or a log.
+
+    `confirmations`: blocks on top of the transfer's, itself included (1: mined). `timeout`
+    (the settlement's) bounds each RPC call; `receipt_timeout` the wait for the receipt and
+    confirmations, after which the outcome is unknown (the claim is kept for `ledger
+    settle` to reconcile). Fees in wei: a base fee above `max_fee_per_gas` refuses to send
+    (503) rather than overpay."""
+
+    rpc_url: str
+    relayer_key: str = field(repr=False)
+    confirmations: int = 1
+    max_fee_per_gas: int = DEFAULT_MAX_FEE
+    max_priority_fee_per_gas: int = DEFAULT_PRIORITY_FEE
+    gas_limit: int = DEFAULT_GAS_LIMIT
+    receipt_timeout: float = 60.0
+    poll_interval: float = 0.2
 
 
 @dataclass(frozen=True)
@@ -557,22 +586,120 @@ def _deferred_windows(kw: dict[str, Any], path: KeyPath, problems: Problems) -> 
             )
 
 
+CHAIN_KEYS = (
+    "rpc_url",
+    "relayer_key",
+    "confirmations",
+    "max_fee_per_gas",
+    "max_priority_fee_per_gas",
+    "gas_limit",
+    "receipt_timeout",
+    "poll_interval",
+)
+_WEI_UNITS = {"wei": 1, "gwei": 10**9, "ether": 10**18, "eth": 10**18}
+
+
+def parse_wei(value: Any) -> int:
+    """An amount of wei: an integer, or a string like "30 gwei", "1.5 gwei", "100 wei"."""
+    if isinstance(value, bool):
+        raise ValueError("expected wei, got a boolean")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError("expected a non-negative amount")
+        return value
+    if isinstance(value, str):
+        m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*(wei|gwei|ether|eth)?\s*", value.lower())
+        if m:
+            amount = Decimal(m.group(1)) * _WEI_UNITS[m.group(2) or "wei"]
+            if amount == amount.to_integral_value():
+                return int(amount)
+            raise ValueError(f"{value!r} is not a whole number of wei")
+    raise ValueError(f"expected wei (an integer or e.g. '30 gwei'), got {value!r}")
+
+
+def _chain(value: Mapping[str, Any], kind: str, path: KeyPath, problems: Problems) -> Chain | None:
+    present = [k for k in CHAIN_KEYS if k in value]
+    if kind not in ("onchain", "deferred"):
+        for k in present:
+            problems.add(path / k, "applies to type: onchain (or deferred, for ledger settle)")
+        return None
+    if kind == "deferred" and not present:
+        return None
+    ok = True
+    url = value.get("rpc_url")
+    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+        problems.add(path / "rpc_url", "on-chain settlement needs the node's http(s) JSON-RPC URL")
+        ok = False
+    key = value.get("relayer_key")
+    if not isinstance(key, str) or not re.fullmatch(r"(0x)?[0-9a-fA-F]{64}", key):
+        # Never echo the value: it may be most of a private key.
+        problems.add(
+            path / "relayer_key",
+            'expected the relayer\'s private key as 0x + 64 hex digits, e.g. "${RELAYER_KEY}"',
+        )
+        ok = False
+    kw: dict[str, Any] = {}
+    for k in ("confirmations", "gas_limit"):
+        if k in value:
+            v = value[k]
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                problems.add(path / k, "expected a positive integer")
+                ok = False
+            else:
+                kw[k] = v
+    for k in ("max_fee_per_gas", "max_priority_fee_per_gas"):
+        if k in value:
+            try:
+                kw[k] = parse_wei(value[k])
+            except ValueError as e:
+                problems.add(path / k, str(e))
+                ok = False
+    for k in ("receipt_timeout", "poll_interval"):
+        if k in value:
+            try:
+                kw[k] = parse_duration(value[k])
+            except ValueError as e:
+                problems.add(path / k, str(e))
+                ok = False
+    if not ok:
+        return None
+    assert isinstance(url, str) and isinstance(key, str)
+    chain = Chain(rpc_url=url, relayer_key=key, **kw)
+    if chain.max_priority_fee_per_gas > chain.max_fee_per_gas:
+        problems.add(path / "max_priority_fee_per_gas", "must not exceed max_fee_per_gas")
+        return None
+    return chain
+
+
 def _settlement(value: Any, path: KeyPath, problems: Problems) -> Settlement:
     if not isinstance(value, dict):
         problems.add(
             path,
-            "expected {type: facilitator, url: …} | {type: deferred} | {type: callable, callable: …}",
+            "expected {type: facilitator, url: …} | {type: onchain, rpc_url: …, relayer_key: …}"
+            " | {type: deferred} | {type: callable, callable: …}",
         )
         return Settlement()
     problems.unknown_keys(
         path,
         value,
-        ("type", "url", "timeout", "callable", "headers", "max_validity", "expiry_margin"),
+        (
+            "type",
+            "url",
+            "timeout",
+            "callable",
+            "headers",
+            "max_validity",
+            "expiry_margin",
+            *CHAIN_KEYS,
+        ),
     )
     kind = value.get("type", "deferred")
-    if kind not in ("facilitator", "deferred", "callable"):
-        problems.add(path / "type", f"expected facilitator, deferred or callable, got {kind!r}")
+    if kind not in ("facilitator", "onchain", "deferred", "callable"):
+        problems.add(
+            path / "type", f"expected facilitator, onchain, deferred or callable, got {kind!r}"
+        )
         return Settlement()
+    chain = _chain(value, kind, path, problems)
     url = value.get("url")
     if kind == "facilitator" and (
         not isinstance(url, str) or not url.startswith(("http://", "https://"))
@@ -618,6 +745,7 @@ def _settlement(value: Any, path: KeyPath, problems: Problems) -> Settlement:
         headers=tuple((str(k), str(v)) for k, v in headers.items()),
         max_validity=windows["max_validity"],
         expiry_margin=windows["expiry_margin"],
+        chain=chain,
     )
 
 

@@ -1,9 +1,12 @@
 """`meterkit mock-facilitator`: an x402 facilitator for demos and tests.
 
 It verifies authorizations with meterkit's own EIP-712 and secp256k1 code (cross-checked
-against eth-account in the tests) and "settles" them on a simulated chain: a used nonce can
-never settle again, and every settlement gets a transaction hash. There is no real chain on
-this machine; everything up to the chain is real.
+against eth-account in the tests). By default it is a *simulator*: it "settles" on a
+simulated chain (a used nonce can never settle again, every settlement gets a made-up
+transaction hash, no money moves). With `--rpc-url` (and the relayer key in
+`$METERKIT_RELAYER_KEY`) it is a real facilitator on that chain: `/verify` simulates the
+transfer, `/settle` submits it with meterkit's on-chain settler and answers the real
+transaction hash (the tests run the `x402` package's own facilitator against it too).
 
 `POST /verify`, `POST /settle`, `GET /supported` (the x402 facilitator API), plus
 `GET /_facilitator/settlements` and `POST /_facilitator/mode` ({"settle": "ok" | "fail" |
@@ -15,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import web
@@ -26,7 +29,12 @@ from meterkit.payments import evm
 from meterkit.payments.problems import PaymentProblem
 from meterkit.runtime import bound_port
 
+if TYPE_CHECKING:
+    from meterkit.payments.onchain import OnchainSettler
+
 STATE = web.AppKey("facilitator_state", dict)
+# The on-chain settler of a real facilitator (`--rpc-url`), None for the simulator.
+CHAIN: web.AppKey[OnchainSettler | None] = web.AppKey("facilitator_chain")
 
 
 def _asset(req: dict[str, Any]) -> Asset:
@@ -71,6 +79,13 @@ async def _verify(request: web.Request) -> web.Response:
         return web.json_response(
             {"isValid": False, "invalidReason": e.reason, "invalidMessage": e.detail}
         )
+    settler = request.app[CHAIN]
+    if settler is not None:
+        try:
+            await settler.simulate(asset, auth)
+        except PaymentProblem as e:
+            return web.json_response({"isValid": False, "invalidReason": e.reason, "payer": payer})
+        return web.json_response({"isValid": True, "payer": payer})
     if evm.claim_key(auth, asset) in request.app[STATE]["used"]:
         return web.json_response({"isValid": False, "invalidReason": "nonce_used", "payer": payer})
     return web.json_response({"isValid": True, "payer": payer})
@@ -110,6 +125,15 @@ async def _settle(request: web.Request) -> web.Response:
     if mode == "pending":
         return _settle_failure("settlement_pending", payer, asset.caip2)
     key = evm.claim_key(auth, asset)
+    settler = request.app[CHAIN]
+    if settler is not None:
+        try:
+            tx = await settler.submit(asset, auth, key)
+        except PaymentProblem as e:
+            return _settle_failure(e.reason, payer, asset.caip2)
+        return web.json_response(
+            {"success": True, "payer": payer, "transaction": tx, "network": asset.caip2}
+        )
     if key in state["used"]:
         return _settle_failure("nonce_used", payer, asset.caip2)
     state["used"].add(key)
@@ -132,6 +156,12 @@ async def _settle(request: web.Request) -> web.Response:
 
 
 async def _supported(request: web.Request) -> web.Response:
+    settler = request.app[CHAIN]
+    if settler is not None:
+        chain_id = request.app[STATE]["chain_id"]
+        return web.json_response(
+            {"kinds": [{"x402Version": 2, "scheme": "exact", "network": f"eip155:{chain_id}"}]}
+        )
     kinds = []
     for a in KNOWN_ASSETS.values():
         kinds.append({"x402Version": 2, "scheme": "exact", "network": a.caip2})
@@ -149,9 +179,19 @@ async def _mode(request: web.Request) -> web.Response:
     return web.json_response({"mode": request.app[STATE]["mode"]})
 
 
-def build_facilitator_app() -> web.Application:
+def build_facilitator_app(
+    settler: OnchainSettler | None = None, chain_id: int = 0
+) -> web.Application:
+    """The simulator, or with `settler` (an `OnchainSettler`) a real facilitator on its chain."""
     app = web.Application()
-    app[STATE] = {"used": set(), "settlements": [], "mode": "ok", "closing": asyncio.Event()}
+    app[STATE] = {
+        "used": set(),
+        "settlements": [],
+        "mode": "ok",
+        "closing": asyncio.Event(),
+        "chain_id": chain_id,
+    }
+    app[CHAIN] = settler
 
     async def closing(app: web.Application) -> None:
         app[STATE]["closing"].set()
@@ -165,23 +205,46 @@ def build_facilitator_app() -> web.Application:
     return app
 
 
-async def start_facilitator(host: str, port: int) -> tuple[web.AppRunner, int]:
-    runner = web.AppRunner(build_facilitator_app(), access_log=None)
+async def start_facilitator(
+    host: str, port: int, settler: OnchainSettler | None = None, chain_id: int = 0
+) -> tuple[web.AppRunner, int]:
+    runner = web.AppRunner(build_facilitator_app(settler, chain_id), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
     return runner, bound_port(site)
 
 
-def run_facilitator(host: str, port: int) -> None:
+def run_facilitator(host: str, port: int, rpc_url: str | None = None, key: str = "") -> None:
     from meterkit.runtime import run_forever
 
     async def main() -> None:
-        runner, bound = await start_facilitator(host, port)
-        print(f"meterkit mock-facilitator listening on http://{host}:{bound}", flush=True)
+        settler = None
+        chain_id = 0
+        if rpc_url is not None:
+            from meterkit.chain.rpc import Rpc
+            from meterkit.config.payments import Chain
+            from meterkit.payments.onchain import OnchainSettler
+
+            probe = Rpc(rpc_url, 10.0)
+            try:
+                chain_id = int(await probe.call("eth_chainId"), 16)
+            finally:
+                await probe.close()
+            # Polls for the receipt every 10 ms: a local node mines at once.
+            chain = Chain(rpc_url=rpc_url, relayer_key=key, poll_interval=0.01)
+            settler = OnchainSettler(chain, 10.0)
+        runner, bound = await start_facilitator(host, port, settler, chain_id)
+        kind = (
+            f"on chain {chain_id} via {rpc_url}" if settler else "simulated chain: no money moves"
+        )
+        # The listening URL first: scripts take the first URL printed.
+        print(f"meterkit mock-facilitator listening on http://{host}:{bound} ({kind})", flush=True)
         try:
             await asyncio.Event().wait()
         finally:
             await runner.cleanup()
+            if settler is not None:
+                await settler.close()
 
     run_forever(main())

@@ -22,7 +22,7 @@ import asyncio
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -95,7 +95,9 @@ _MIGRATIONS: list[tuple[int, list[str]]] = [
 @dataclass
 class Claim:
     claim_key: str
-    status: str  # pending | settled | queued | unknown | expired (queued, never exported in time)
+    # pending | settled | queued | unknown | expired (queued, never settled in time) | failed
+    # (`ledger settle`: the chain refused it, or reconciliation found it never settled)
+    status: str
     protocol: str
     network: str
     asset: str
@@ -169,6 +171,30 @@ class Ledger(Protocol):
         """Queued claims whose authorization expired by `now` (never settleable any more);
         `mark` moves them to status `expired`, out of the queue."""
 
+    async def queued(self, now: float) -> list[Claim]:
+        """Queued (deferred) claims still settleable at `now` (`valid_before > now`), exported
+        or not, oldest first: what `meterkit ledger settle` submits."""
+
+    async def unsettled(self, statuses: tuple[str, ...], before: float) -> list[Claim]:
+        """Claims in one of `statuses` last updated at or before `before`, oldest first:
+        what `ledger settle` reconciles against the chain (a live proxy may still be settling
+        newer ones)."""
+
+    async def transition(
+        self,
+        key: str,
+        from_statuses: tuple[str, ...],
+        status: str,
+        reference: str | None,
+        error: str | None,
+    ) -> bool:
+        """Move a claim to `status` only if it is in one of `from_statuses` (True if it
+        moved): two settlers racing on one row cannot both record an outcome."""
+
+    async def sent_transactions(self, key: str) -> list[str]:
+        """Hashes of the transactions journaled for a claim (`settlements` rows with outcome
+        `sent`, written before each broadcast), oldest first."""
+
     async def receipts(self) -> list[dict[str, Any]]: ...
     async def schema_version(self) -> int: ...
 
@@ -186,6 +212,16 @@ class Ledger(Protocol):
         pending ones are released, settling ones released when settlement is `local` (it
         never left this machine) or marked `unknown`, paid ones without a delivery outcome
         marked `undelivered`. Returns the counts by what was done."""
+
+
+def journal(ledger: Ledger, settler: str = "onchain") -> Callable[[str, str], Awaitable[None]]:
+    """The on-chain settler's journal: a `sent` settlements row per transaction, committed
+    before the transaction is broadcast."""
+
+    async def write(key: str, tx_hash: str) -> None:
+        await ledger.record_settlement(key, settler, "sent", tx_hash, None)
+
+    return write
 
 
 class SqliteLedger:
@@ -424,6 +460,57 @@ class SqliteLedger:
 
         return await self._run(go)
 
+    def _claims(self, c: sqlite3.Connection, where: str, args: tuple[Any, ...]) -> list[Claim]:
+        rows = c.execute(
+            f"SELECT {', '.join(_CLAIM_COLUMNS)} FROM payment_claims WHERE {where} "
+            "ORDER BY created_at",
+            args,
+        ).fetchall()
+        return [Claim(**dict(zip(_CLAIM_COLUMNS, r, strict=True))) for r in rows]
+
+    async def queued(self, now: float) -> list[Claim]:
+        return await self._run(
+            lambda c: self._claims(c, "status = 'queued' AND valid_before > ?", (int(now),))
+        )
+
+    async def unsettled(self, statuses: tuple[str, ...], before: float) -> list[Claim]:
+        marks = ", ".join("?" for _ in statuses)
+        return await self._run(
+            lambda c: self._claims(
+                c, f"status IN ({marks}) AND updated_at <= ?", (*statuses, before)
+            )
+        )
+
+    async def transition(
+        self,
+        key: str,
+        from_statuses: tuple[str, ...],
+        status: str,
+        reference: str | None,
+        error: str | None,
+    ) -> bool:
+        marks = ", ".join("?" for _ in from_statuses)
+
+        def go(c: sqlite3.Connection) -> bool:
+            cur = c.execute(
+                "UPDATE payment_claims SET status = ?, reference = ?, error = ?, updated_at = ? "
+                f"WHERE claim_key = ? AND status IN ({marks})",
+                (status, reference, error, time.time(), key, *from_statuses),
+            )
+            return cur.rowcount == 1
+
+        return await self._run(go)
+
+    async def sent_transactions(self, key: str) -> list[str]:
+        rows = await self._run(
+            lambda c: c.execute(
+                "SELECT reference FROM settlements WHERE claim_key = ? AND outcome = 'sent' "
+                "ORDER BY at",
+                (key,),
+            ).fetchall()
+        )
+        return [str(r[0]) for r in rows]
+
     async def receipts(self) -> list[dict[str, Any]]:
         rows = await self._run(
             lambda c: c.execute(
@@ -652,6 +739,50 @@ class PostgresLedger:
                     [(_EXPIRED, time.time(), r["claim_key"]) for r in out],
                 )
             return out
+
+    async def _claims(self, where: str, *args: Any) -> list[Claim]:
+        rows = await self._pool.fetch(
+            f"SELECT {', '.join(_CLAIM_COLUMNS)} FROM payment_claims WHERE {where} "
+            "ORDER BY created_at",
+            *args,
+        )
+        return [Claim(**dict(r)) for r in rows]
+
+    async def queued(self, now: float) -> list[Claim]:
+        return await self._claims("status = 'queued' AND valid_before > $1", int(now))
+
+    async def unsettled(self, statuses: tuple[str, ...], before: float) -> list[Claim]:
+        return await self._claims(
+            "status = ANY($1::text[]) AND updated_at <= $2", list(statuses), before
+        )
+
+    async def transition(
+        self,
+        key: str,
+        from_statuses: tuple[str, ...],
+        status: str,
+        reference: str | None,
+        error: str | None,
+    ) -> bool:
+        got = await self._pool.fetchval(
+            "UPDATE payment_claims SET status = $1, reference = $2, error = $3, updated_at = $4 "
+            "WHERE claim_key = $5 AND status = ANY($6::text[]) RETURNING claim_key",
+            status,
+            reference,
+            error,
+            time.time(),
+            key,
+            list(from_statuses),
+        )
+        return got is not None
+
+    async def sent_transactions(self, key: str) -> list[str]:
+        rows = await self._pool.fetch(
+            "SELECT reference FROM settlements WHERE claim_key = $1 AND outcome = 'sent' "
+            "ORDER BY at",
+            key,
+        )
+        return [str(r[0]) for r in rows]
 
     async def receipts(self) -> list[dict[str, Any]]:
         rows = await self._pool.fetch(

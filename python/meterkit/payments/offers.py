@@ -41,6 +41,12 @@ class Offer:
                 "chainId": a.chain_id,
                 "credentialTypes": [evm.CREDENTIAL_TYPE],
                 "decimals": a.decimals,
+                # A custom token's EIP-712 domain, which the client signs under.
+                **(
+                    {"name": a.eip712_name, "version": a.eip712_version}
+                    if x402.custom_token_details(a)
+                    else {}
+                ),
             },
             **scope,
         }

@@ -19,7 +19,8 @@ class PaymentProblem(Exception):
     # Answer with a fresh challenge (402) so the client can pay again.
     fresh_challenge = True
     type_base = PROBLEM_BASE
-    # Seconds a client should wait before trying again (a `Retry-After` header), if any.
+    # Seconds for a `Retry-After` header (a transient refusal: the same credential may be
+    # sent again then); None for none.
     retry_after: int | None = None
 
     def __init__(self, detail: str, *, reason: str | None = None, **extra: Any) -> None:
@@ -87,6 +88,36 @@ class Replayed(PaymentProblem):
     """The authorization already paid (or is paying) for another request."""
 
     status, code, title, fresh_challenge = 403, "verification-failed", "Verification Failed", False
+
+
+class SettlementFailed(VerificationFailed):
+    """Nothing was settled (e.g. the facilitator said `success: false`, the transfer's
+    simulation reverted). `error_reason` is the facilitator's `errorReason` when it gave one
+    (for an x402 `PAYMENT-RESPONSE` with `success: false`)."""
+
+    error_reason: str | None = None
+
+
+class SettlementUnavailable(SettlementFailed):
+    """Whoever settles (a facilitator, the chain's RPC node) could not be reached before
+    anything was sent, so nothing was settled. Not a 402: paying again cannot help while it
+    is down. The claim is released (a `SettlementFailed`) and the same credential can be
+    sent again after `Retry-After`."""
+
+    status, code, title, fresh_challenge = (
+        503,
+        "settlement-unavailable",
+        "Settlement Unavailable",
+        False,
+    )
+    retry_after = 5
+
+
+class ChainUnavailable(SettlementUnavailable):
+    """On-chain settlement: the RPC node is unreachable, too slow, on another chain, or gas
+    costs more than `max_fee_per_gas`, and no transaction was broadcast."""
+
+    code, title = "chain-unavailable", "Settlement Chain Unavailable"
 
 
 class SettlementUnknown(PaymentProblem):

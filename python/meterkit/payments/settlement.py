@@ -1,5 +1,6 @@
-"""Settling a verified authorization: through an x402 facilitator over HTTP, into a deferred
-queue in the ledger (exported for batch submission with `meterkit ledger export`), or with
+"""Settling a verified authorization: through an x402 facilitator over HTTP, on chain by
+meterkit itself (`onchain`: see `payments.onchain`), into a deferred queue in the ledger
+(submitted with `meterkit ledger settle`, or exported with `meterkit ledger export`), or with
 an operator's callable.
 
 Outcomes are three-valued on purpose. `settle` returns a reference when the money moved (or
@@ -12,7 +13,7 @@ a `SettlementFailed`: nothing was settled.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -24,29 +25,29 @@ from meterkit.config.payments import Asset
 from meterkit.config.payments import Settlement as SettlementConfig
 from meterkit.payments.callables import call, load_callable
 from meterkit.payments.evm import Authorization
-from meterkit.payments.problems import SettlementUnknown, VerificationFailed
+from meterkit.payments.problems import (
+    SettlementFailed,
+    SettlementUnavailable,
+    SettlementUnknown,
+)
+
+__all__ = [
+    "CallableSettler",
+    "DeferredSettler",
+    "FacilitatorSettler",
+    "FacilitatorUnreachable",
+    "SettlementFailed",
+    "SettlementRequest",
+    "Settler",
+    "make_settler",
+]
 
 
-class SettlementFailed(VerificationFailed):
-    """Nothing was settled (e.g. the facilitator said `success: false`). `error_reason` is
-    the facilitator's `errorReason` when it gave one (for an x402 `PAYMENT-RESPONSE` with
-    `success: false`)."""
-
-    error_reason: str | None = None
-
-
-class FacilitatorUnreachable(SettlementFailed):
+class FacilitatorUnreachable(SettlementUnavailable):
     """The facilitator could not be reached: the connection was refused, failed or timed out
-    before any request was sent, so nothing was settled. Not a 402: paying again cannot help
-    while it is down; the claim is released and the same credential can be retried."""
+    before any request was sent, so nothing was settled (503, claim released)."""
 
-    status, code, title, fresh_challenge, retry_after = (
-        503,
-        "facilitator-unavailable",
-        "Payment Facilitator Unavailable",
-        False,
-        5,
-    )
+    code, title = "facilitator-unavailable", "Payment Facilitator Unavailable"
 
 
 # Errors raised before a request reaches the facilitator: nothing can have been settled.
@@ -295,7 +296,18 @@ class FacilitatorSettler:
             await self._session.close()
 
 
-def make_settler(cfg: SettlementConfig, base: Path | None = None) -> Settler:
+def make_settler(
+    cfg: SettlementConfig,
+    base: Path | None = None,
+    journal: Callable[[str, str], Awaitable[None]] | None = None,
+) -> Settler:
+    """The settler `cfg` asks for. `journal(claim_key, tx_hash)` records an on-chain
+    transaction before it is broadcast (the ledger's `settlements` table)."""
+    if cfg.type == "onchain":
+        from meterkit.payments.onchain import OnchainSettler
+
+        assert cfg.chain is not None
+        return OnchainSettler(cfg.chain, cfg.timeout, journal)
     if cfg.type == "facilitator":
         assert cfg.url is not None
         return FacilitatorSettler(cfg.url, cfg.timeout, cfg.headers)

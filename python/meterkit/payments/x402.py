@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from meterkit.config.payments import Asset
+from meterkit.config.payments import KNOWN_ASSETS, Asset
 from meterkit.payments import evm, wirejson
 from meterkit.payments.problems import MalformedPayment
 
@@ -54,8 +54,18 @@ def requirements_v2(offer: Offer, timeout: int) -> dict[str, Any]:
             "name": offer.asset.eip712_name,
             "version": offer.asset.eip712_version,
             "assetTransferMethod": "eip3009",
+            **custom_token_details(offer.asset),
         },
     }
+
+
+def custom_token_details(asset: Asset) -> dict[str, Any]:
+    """What a client cannot know about a token that is not a well-known one: its decimals
+    (a cap in token units is read with them). Nothing for the known USDC deployments, whose
+    offers stay byte for byte what they were."""
+    if any(a == asset for a in KNOWN_ASSETS.values()):
+        return {}
+    return {"decimals": asset.decimals}
 
 
 def payment_required_v2(

@@ -20,7 +20,7 @@ from meterkit.budgets.keys import KeyRegistry, make_registry
 from meterkit.config import Config
 from meterkit.observability.metrics import CONTENT_TYPE_LATEST, ProxyMetrics
 from meterkit.payments import discovery
-from meterkit.payments.ledger import Ledger, SqliteLedger, make_ledger
+from meterkit.payments.ledger import Ledger, SqliteLedger, journal, make_ledger
 from meterkit.payments.settlement import FacilitatorSettler, Settler, make_settler
 from meterkit.pipeline import Pipeline, Stage
 from meterkit.proxy.handler import handle
@@ -214,7 +214,9 @@ def build_app(
             config.ledger.schema,
             config.ledger.timeout,
         )
-        app[SETTLER] = settler or make_settler(config.payments.settlement, base)
+        app[SETTLER] = settler or make_settler(
+            config.payments.settlement, base, journal(app[LEDGER])
+        )
         configured.append(PaymentStage(config, app[LEDGER], app[SETTLER], app[METRICS], base))
         app.cleanup_ctx.append(_payments)
         if config.payments.discovery and any(r.payment.priced for r in config.routes):
