@@ -49,6 +49,15 @@ def _pay_cmd(name: str):  # type: ignore[no-untyped-def]
     return run
 
 
+def _channel_cmd(name: str):  # type: ignore[no-untyped-def]
+    def run(args: argparse.Namespace) -> int:
+        from meterkit.commands import channel
+
+        return int(getattr(channel, name)(args))
+
+    return run
+
+
 def _bench(args: argparse.Namespace) -> int:
     from meterkit.bench import run
 
@@ -170,6 +179,23 @@ def build_parser() -> argparse.ArgumentParser:
     kg.add_argument("--out", help="write the key to this file (mode 600)")
     kg.add_argument("--force", action="store_true")
     kg.set_defaults(func=_pay_cmd("keygen"))
+
+    chn = sub.add_parser("channel", help="prepaid payment channels for per-token session routes")
+    chn_sub = chn.add_subparsers(dest="channel_command", metavar="ACTION", required=True)
+    cc = chn_sub.add_parser(
+        "credit", help="credit a prepaid deposit to a payer's channel (created when new)"
+    )
+    cc.add_argument("--config", required=True)
+    cc.add_argument("--payer", required=True, help="the payer's address")
+    cc.add_argument("--amount", required=True, help='the deposit to add, e.g. "$5"')
+    cc.add_argument("--salt", help="the channel's salt (0x + 64 hex; default: random, new channel)")
+    cc.add_argument("--signer", help="an authorized signer other than the payer")
+    cc.add_argument("--asset", help="the accepted asset's symbol (default: the first)")
+    cc.add_argument("--network", help="the accepted asset's network")
+    cc.set_defaults(func=_channel_cmd("credit"))
+    cl = chn_sub.add_parser("list", help="every channel: deposit, accepted, spent, units")
+    cl.add_argument("--config", required=True)
+    cl.set_defaults(func=_channel_cmd("list_channels"))
 
     led = sub.add_parser("ledger", help="payment ledger tools")
     led_sub = led.add_subparsers(dest="ledger_command", metavar="ACTION", required=True)

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
 # What cut a stream short: the per-request limit, the shared budget, or the payer's credit.
 TruncationCause = Literal["limit", "budget", "payment"]
+Emit = Callable[[bytes], Awaitable[None]]
 
 
 @dataclass
@@ -84,8 +85,13 @@ class RequestContext:
     # Called when the meter pauses for want of credit: the tokens granted (0: none, end the
     # stream), or None to stop gating the stream. `credit_kind` names who grants it, and so
     # the cause of a truncation when the answer is 0.
-    credit_source: Callable[[], Awaitable[int | None]] | None = None
+    # The source is handed `emit`, which writes bytes to the client between two events (a
+    # `payment-need-voucher` event, say) while the stream is paused.
+    credit_source: Callable[[Emit], Awaitable[int | None]] | None = None
     credit_kind: TruncationCause = "budget"
+    # Bytes to send after the stream's own ending, just before it closes (a session's final
+    # `payment-receipt` event); not called when the client already left.
+    stream_trailer: Callable[[], Awaitable[bytes]] | None = None
     # Extra headers for the client response (e.g. a payment receipt).
     response_headers: dict[str, str] = field(default_factory=dict)
     # Free-form state for stages, keyed by stage name.

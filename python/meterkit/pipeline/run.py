@@ -36,7 +36,10 @@ class Pipeline:
         try:
             answer = await self._admit(ctx)
             if answer is not None:
-                return self._answered(ctx, answer, "rejected")
+                # A stage may also answer a request it fully served (a session voucher: 204).
+                return self._answered(
+                    ctx, answer, "rejected" if answer.status >= 400 else "completed"
+                )
             return await forward(ctx)
         except UpstreamError as e:
             for stage in ctx.entered:

@@ -33,6 +33,7 @@ from meterkit.proxy.keys import (
     PIPELINE,
     ROUTER,
     SESSION,
+    SESSION_STORE,
     SETTLER,
     SINK,
     TASKS,
@@ -48,7 +49,8 @@ from meterkit.proxy.server import (
     quiet_accept_errors,
 )
 from meterkit.runtime import BackgroundTasks, bound_port
-from meterkit.stages import BudgetStage, KeyStage, PaymentStage
+from meterkit.sessions import SessionStore
+from meterkit.stages import BudgetStage, KeyStage, PaymentStage, SessionStage
 from meterkit.stages.payment import STALE_CLAIM
 from meterkit.usage import PostgresSink, UsageSink, make_sink
 
@@ -112,6 +114,16 @@ async def _payments(app: web.Application) -> AsyncIterator[None]:
     yield
     await app[SETTLER].close()
     await app[LEDGER].close()
+
+
+async def _sessions(app: web.Application) -> AsyncIterator[None]:
+    store = app[SESSION_STORE]
+    try:
+        await store.open()
+    except Exception as e:
+        raise StartupError(e, "session store") from e
+    yield
+    await store.close()
 
 
 def _base_url(request: web.Request) -> str:
@@ -217,7 +229,15 @@ def build_app(
         app[SETTLER] = settler or make_settler(
             config.payments.settlement, base, journal(app[LEDGER])
         )
-        configured.append(PaymentStage(config, app[LEDGER], app[SETTLER], app[METRICS], base))
+        payment = PaymentStage(config, app[LEDGER], app[SETTLER], app[METRICS], base)
+        if any(SessionStage.applies(r.payment) for r in config.routes):
+            # Sessions keep their channels beside the ledger (its SQLite file).
+            app[SESSION_STORE] = SessionStore(config.ledger.path)
+            sessions = SessionStage(config, app[SESSION_STORE], app[METRICS])
+            payment.session_challenges = sessions.challenges
+            configured.append(sessions)
+            app.cleanup_ctx.append(_sessions)
+        configured.append(payment)
         app.cleanup_ctx.append(_payments)
         if config.payments.discovery and any(r.payment.priced for r in config.routes):
             app.router.add_get("/.well-known/x402", _well_known)

@@ -19,6 +19,12 @@ from meterkit.proxy.headers import client_response_headers
 from meterkit.proxy.keys import METRICS
 from meterkit.proxy.upstream import IdleWatchdog
 
+_EXHAUSTED = {
+    "budget": "the token budget is exhausted",
+    "payment": "the session's credit is exhausted: no voucher arrived in time",
+    "limit": "the completion limit is reached",
+}
+
 
 class _StreamRun:
     """Writes what the meter releases and keeps `ctx.result` up to date."""
@@ -49,14 +55,14 @@ class _StreamRun:
         await self.emit(fed.forward)
         while fed.paused or self.meter.state == "paused":
             source = self.ctx.credit_source
-            granted = await source() if source is not None else 0
+            granted = await source(self.emit) if source is not None else 0
             if granted is None:
                 fed = self.meter.clear_credit()
             elif granted > 0:
                 fed = self.meter.grant(granted)
             else:
                 self.result.truncation = self.ctx.credit_kind
-                await self.emit(self.meter.truncate("the token budget is exhausted"))
+                await self.emit(self.meter.truncate(_EXHAUSTED[self.ctx.credit_kind]))
                 self.result.outcome = "truncated"
                 return False
             await self.emit(fed.forward)
@@ -75,6 +81,12 @@ class _StreamRun:
             if not await self.settle(self.meter.feed(piece)):
                 return False
         return True
+
+    async def trailer(self) -> None:
+        """The stages' last words after the stream's own ending (a payment receipt)."""
+        make = self.ctx.stream_trailer
+        if make is not None:
+            await self.emit(await make())
 
     def fail(self, error: str, public: str | None = None) -> None:
         """The stream failed: `error` for the record and the log, `public` (default: the
@@ -151,6 +163,7 @@ async def stream_events(
         if result.outcome == "upstream_error":
             metrics.upstream_errors.labels(route, "stream").inc()
             await run.emit(meter.fail(run.public_error))
+        await run.trailer()
         await out.write_eof()
     except asyncio.CancelledError:
         if watchdog.fired:
@@ -162,6 +175,7 @@ async def stream_events(
             metrics.upstream_errors.labels(route, "idle_timeout").inc()
             try:
                 await run.emit(meter.fail(run.public_error))
+                await run.trailer()
                 await out.write_eof()
             except (ConnectionResetError, RuntimeError):
                 pass

@@ -4,5 +4,6 @@ web-free decisions of `meterkit.budgets` and `meterkit.payments`."""
 from meterkit.stages.budget import BudgetStage
 from meterkit.stages.keys import KeyStage
 from meterkit.stages.payment import PaymentStage
+from meterkit.stages.session import SessionStage
 
-__all__ = ["BudgetStage", "KeyStage", "PaymentStage"]
+__all__ = ["BudgetStage", "KeyStage", "PaymentStage", "SessionStage"]

@@ -116,7 +116,7 @@ class BudgetStage(Stage):
         ctx.state["budget"] = state
         if p.mid_stream and state.reserved and not p.shadow:
             ctx.meter.credit = p.first
-            ctx.credit_source = lambda: self._lease(ctx, state)
+            ctx.credit_source = lambda _emit: self._lease(ctx, state)
             ctx.credit_kind = "budget"
         return None
 

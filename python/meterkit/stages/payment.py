@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import sqlite3
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -125,6 +126,9 @@ class PaymentStage(Stage):
         self.secret = (self.pay.secret or "").encode()
         self.access_secret = (self.pay.access_secret or self.pay.secret or "").encode()
         self.ledger_outage = _Outage("payment ledger")
+        # The session challenges of a route paid per token, offered in the same 402 (set by
+        # the app when it has a session stage).
+        self.session_challenges: Callable[[RequestContext], list[mpp.Challenge]] | None = None
         self.hooks: dict[str, dict[str, Any]] = {}
         for r in config.routes:
             if r.payment.hooks:
@@ -139,6 +143,7 @@ class PaymentStage(Stage):
             or route_payment.require_access
             or route_payment.mint_access_ttl
             or route_payment.hooks
+            or route_payment.session
         )
 
     def _realm(self, ctx: RequestContext) -> str:
@@ -209,8 +214,12 @@ class PaymentStage(Stage):
                     header=access.HEADER,
                 ) from None
             ctx.state["access"] = claims
+        if ctx.state.get("session_credential"):
+            return None  # paid per token: the session stage's
         if not rp.priced:
-            return None
+            if rp.session is None:
+                return None
+            return self._session_only(ctx)
         try:
             q = quote(rp, ctx.json, ctx.format, ctx.model)
         except PaymentProblem as e:
@@ -550,6 +559,21 @@ class PaymentStage(Stage):
 
     # ---- answering ---------------------------------------------------------------------
 
+    def _session_only(self, ctx: RequestContext) -> Problem:
+        """The 402 of a route paid only per token: its session challenges."""
+        self.metrics.payment_required.labels(ctx.route.key).inc()
+        e = PaymentRequired("this route is paid per token over a payment channel")
+        challenges = self.session_challenges(ctx) if self.session_challenges else []
+        return Problem(
+            e.status,
+            e.code,
+            e.title,
+            e.detail,
+            type_base=e.type_base,
+            headers=tuple(("WWW-Authenticate", c.header()) for c in challenges),
+            reason="no_credential",
+        )
+
     async def _refuse(self, ctx: RequestContext, state: PaymentState, e: PaymentProblem) -> Problem:
         if not isinstance(e, PaymentRequired):
             self.metrics.payments.labels(ctx.route.key, "rejected", e.reason).inc()
@@ -569,7 +593,7 @@ class PaymentStage(Stage):
             ctx.response_headers[name] = x402.payment_response(
                 False, "", network, v.payer, e.error_reason or e.reason
             )
-        return refusal(
+        problem = refusal(
             e,
             state.terms,
             state.offers,
@@ -577,6 +601,10 @@ class PaymentStage(Stage):
             time.time(),
             ctx.route.payment.description,
         )
+        if e.fresh_challenge and self.session_challenges and ctx.route.payment.session:
+            sessions = tuple(("WWW-Authenticate", c.header()) for c in self.session_challenges(ctx))
+            problem = dataclasses.replace(problem, headers=problem.headers + sessions)
+        return problem
 
 
 def _replay_detail(claim: Claim, now: float) -> str:

@@ -1,0 +1,97 @@
+"""`meterkit channel credit|list`: prepaid payment channels, the zero-setup way to pay a
+session route per token. The operator credits a deposit (a payer paid off-chain, a free
+trial); the payer signs vouchers against it exactly as for an on-chain escrow channel."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from dataclasses import asdict
+
+import orjson
+
+from meterkit import _core
+from meterkit.commands import load_config_or_report
+from meterkit.config.units import parse_money
+from meterkit.payments.pricing import base_units
+from meterkit.sessions.channels import PREPAID_ESCROW, ZERO_ADDRESS, Channel
+from meterkit.sessions.store import SessionStore
+
+
+def credit(args: argparse.Namespace) -> int:
+    config = load_config_or_report(args.config)
+    if config is None:
+        return 1
+    accepts = [
+        a
+        for a in config.accepts
+        if args.network in (None, a.asset.network, a.asset.caip2)
+        and args.asset in (None, a.asset.symbol)
+    ]
+    if not accepts:
+        print("meterkit: no accepted asset matches --asset/--network", file=sys.stderr)
+        return 1
+    a = accepts[0]
+    try:
+        amount = base_units(parse_money(args.amount), a.asset)
+        payer = _core.checksum_address(args.payer)
+        signer = _core.checksum_address(args.signer) if args.signer else ZERO_ADDRESS
+    except ValueError as e:
+        print(f"meterkit: {e}", file=sys.stderr)
+        return 1
+    salt = args.salt or "0x" + os.urandom(32).hex()
+    channel_id = _core.evm_channel_id(
+        payer=payer,
+        payee=a.pay_to,
+        token=a.asset.address,
+        salt=salt,
+        authorized_signer=signer,
+        escrow=PREPAID_ESCROW,
+        chain_id=a.asset.chain_id,
+    )
+    channel = Channel(
+        channel_id=channel_id,
+        payer=payer,
+        payee=a.pay_to,
+        token=a.asset.address,
+        authorized_signer=signer,
+        chain_id=a.asset.chain_id,
+        escrow=PREPAID_ESCROW,
+        deposit=0,
+    )
+
+    async def run() -> Channel:
+        store = SessionStore(config.ledger.path)
+        await store.open()
+        try:
+            return await store.credit(channel, amount)
+        finally:
+            await store.close()
+
+    try:
+        out = asyncio.run(run())
+    except ValueError as e:
+        print(f"meterkit: {e}", file=sys.stderr)
+        return 1
+    print(orjson.dumps({**asdict(out), "salt": salt}).decode())
+    return 0
+
+
+def list_channels(args: argparse.Namespace) -> int:
+    config = load_config_or_report(args.config)
+    if config is None:
+        return 1
+
+    async def run() -> list[Channel]:
+        store = SessionStore(config.ledger.path)
+        await store.open()
+        try:
+            return await store.list()
+        finally:
+            await store.close()
+
+    for c in asyncio.run(run()):
+        print(orjson.dumps(asdict(c)).decode())
+    return 0
