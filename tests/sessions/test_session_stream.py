@@ -234,3 +234,131 @@ def test_the_client_refuses_to_sign_past_its_cap(tmp_path: Path) -> None:
                     )
 
     asyncio.run(go())
+
+
+def _first_challenge(headers: Any) -> mpp.Challenge:
+    return next(
+        c for c in mpp.parse_challenges(headers.getall("WWW-Authenticate")) if c.method == "evm"
+    )
+
+
+@pytest.mark.parametrize("sdk", ["openai", "anthropic"])
+def test_the_official_sdks_read_a_paused_and_resumed_stream(tmp_path: Path, sdk: str) -> None:
+    """The SDK reads the stream as any other; the voucher comes from elsewhere meanwhile
+    (another task of the paying side, as a wallet would send it)."""
+    db = tmp_path / "ledger.sqlite3"
+    path = CHAT if sdk == "openai" else "/v1/messages"
+
+    async def go() -> tuple[str, int]:
+        k = key()
+        cid = await prepaid(db, k, 10_000)
+        t = tree(db)
+        t["routes"][f"POST {path}"] = t["routes"].pop(f"POST {CHAT}")
+        async with gateway(t) as g:
+            _, headers, _ = await g.post(path, {})
+            ch = _first_challenge(headers)
+            client = SessionClient(k, cid, max_total=Decimal("0.01"), session=g.session)
+            auth = client._voucher(ch, PRICE * 5)
+
+            def read() -> str:
+                if sdk == "openai":
+                    import openai
+
+                    oc = openai.OpenAI(base_url=g.url + "/v1", api_key="unused", max_retries=0)
+                    stream = oc.chat.completions.create(
+                        model="gpt-4o",
+                        messages=[{"role": "user", "content": "hi"}],
+                        stream=True,
+                        extra_headers={**auth, "x-mock-length": "20", "x-mock-tps": "0"},
+                    )
+                    return "".join((c.choices[0].delta.content or "") for c in stream if c.choices)
+                import anthropic
+
+                ac = anthropic.Anthropic(base_url=g.url, api_key="unused", max_retries=0)
+                with ac.messages.stream(
+                    model="claude-sonnet-4-6",
+                    max_tokens=100,
+                    messages=[{"role": "user", "content": "hi"}],
+                    extra_headers={**auth, "x-mock-length": "20", "x-mock-tps": "0"},
+                ) as s:
+                    return "".join(s.text_stream)
+
+            async def wallet() -> None:
+                # Waits for the pause, then pays for the rest.
+                for _ in range(200):
+                    c = await channel(db, cid)
+                    if c.spent >= PRICE * 5:
+                        break
+                    await asyncio.sleep(0.01)
+                assert await client.voucher(g.url + path, ch, PRICE * 100) == 204
+
+            text, _ = await asyncio.gather(asyncio.to_thread(read), wallet())
+            return text, count_tokens(text, "gpt-4o")
+
+    text, tokens = asyncio.run(go())
+    assert tokens == 20 and text
+
+
+def test_a_client_gone_while_paused_pays_up_to_the_last_event_it_was_sent(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "ledger.sqlite3"
+
+    async def go() -> None:
+        k = key()
+        cid = await prepaid(db, k, 10_000)
+        async with gateway(tree(db, voucher_timeout="30s")) as g:
+            _, headers, _ = await g.post(CHAT, chat())
+            ch = _first_challenge(headers)
+            client = SessionClient(k, cid, max_total=Decimal("0.01"), session=g.session)
+            # Paced, so the upstream is still generating when the client leaves.
+            h = {**client._voucher(ch, PRICE * 6), "x-mock-length": "400", "x-mock-tps": "100"}
+            async with g.session.post(g.url + CHAT, json=chat(), headers=h) as r:
+                body = b""
+                async for chunk in r.content.iter_any():
+                    body += chunk
+                    if b"payment-need-voucher" in body:
+                        break  # and leave while the stream waits for a voucher
+            records = await g.records(2)
+            (rec,) = [x for x in records if x.stream]
+            assert rec.outcome == "client_cancelled"
+            c = await channel(db, cid)
+            delivered = count_tokens(delivered_text(body), "gpt-4o")
+            assert delivered == 6
+            assert (c.spent, c.units) == (6 * PRICE, 6)
+            # The upstream was cut too (the mock sees its connection close).
+            for _ in range(300):
+                async with g.session.get(g.mock_url + "/_mock/stats") as s:
+                    (stat,) = [x for x in (await s.json())["requests"] if x["stream"]]
+                if not stat["client_open"]:
+                    break
+                await asyncio.sleep(0.01)
+            assert stat["client_open"] is False
+
+    asyncio.run(go())
+
+
+def test_accepted_vouchers_survive_a_restart(tmp_path: Path) -> None:
+    db = tmp_path / "ledger.sqlite3"
+
+    async def go() -> None:
+        k = key()
+        cid = await prepaid(db, k, 10_000)
+        async with gateway(tree(db)) as g:
+            status, headers, _ = await g.post(CHAT, chat())
+            ch = _first_challenge(headers)
+            client = SessionClient(k, cid, max_total=Decimal("0.01"), session=g.session)
+            assert await client.voucher(g.url + CHAT, ch, PRICE * 50) == 204
+        async with gateway(tree(db)) as g:
+            status, headers, _ = await g.post(CHAT, chat())
+            ch = _first_challenge(headers)
+            client = SessionClient(k, cid, max_total=Decimal("0.01"), session=g.session)
+            # The same amount again buys nothing new, but the 50 tokens accepted before the
+            # restart are still there to spend.
+            h = {**client._voucher(ch, PRICE * 50), "x-mock-length": "30", "x-mock-tps": "0"}
+            status, _, body = await g.post(CHAT, chat(), h)
+            assert status == 200
+            assert count_tokens(delivered_text(body), "gpt-4o") == 30
+            assert b"payment-need-voucher" not in body
+
+    asyncio.run(go())
