@@ -173,6 +173,11 @@ def build_parser() -> argparse.ArgumentParser:
     pay.add_argument("--data", help="request body (JSON)")
     pay.add_argument("-H", "--header", action="append", help="extra header 'Name: value'")
     pay.add_argument("--dry-run", action="store_true", help="show the price, pay nothing")
+    pay.add_argument(
+        "--session",
+        metavar="CHANNEL_ID",
+        help="pay per token over this payment channel (MPP session): vouchers as the stream asks",
+    )
     pay.set_defaults(func=_pay_cmd("pay"))
 
     kg = sub.add_parser("keygen", help="create a secp256k1 key for paying")
@@ -185,8 +190,13 @@ def build_parser() -> argparse.ArgumentParser:
     cc = chn_sub.add_parser(
         "credit", help="credit a prepaid deposit to a payer's channel (created when new)"
     )
-    cc.add_argument("--config", required=True)
-    cc.add_argument("--payer", required=True, help="the payer's address")
+    where = cc.add_mutually_exclusive_group(required=True)
+    where.add_argument("--config")
+    where.add_argument("--demo", action="store_true", help="the channels of `serve --demo`")
+    cc.add_argument("--data-dir", default="meterkit-data", help="with --demo: its data folder")
+    who = cc.add_mutually_exclusive_group(required=True)
+    who.add_argument("--payer", help="the payer's address")
+    who.add_argument("--key-file", help="the payer's key file (its address is the payer)")
     cc.add_argument("--amount", required=True, help='the deposit to add, e.g. "$5"')
     cc.add_argument("--salt", help="the channel's salt (0x + 64 hex; default: random, new channel)")
     cc.add_argument("--signer", help="an authorized signer other than the payer")
@@ -194,7 +204,10 @@ def build_parser() -> argparse.ArgumentParser:
     cc.add_argument("--network", help="the accepted asset's network")
     cc.set_defaults(func=_channel_cmd("credit"))
     cl = chn_sub.add_parser("list", help="every channel: deposit, accepted, spent, units")
-    cl.add_argument("--config", required=True)
+    where = cl.add_mutually_exclusive_group(required=True)
+    where.add_argument("--config")
+    where.add_argument("--demo", action="store_true", help="the channels of `serve --demo`")
+    cl.add_argument("--data-dir", default="meterkit-data", help="with --demo: its data folder")
     cl.set_defaults(func=_channel_cmd("list_channels"))
 
     led = sub.add_parser("ledger", help="payment ledger tools")

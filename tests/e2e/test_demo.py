@@ -29,3 +29,57 @@ def test_demo_streams_and_sells(tmp_path: Path) -> None:
     with sqlite3.connect(tmp_path / "usage.sqlite3") as c:
         outcomes = [r[0] for r in c.execute("SELECT outcome FROM usage_records")]
     assert outcomes.count("completed") >= 2
+
+
+def test_demo_streams_a_completion_paid_per_token_as_printed(tmp_path: Path) -> None:
+    """The three commands the demo prints: a key, a prepaid channel, a stream paid per token
+    that pauses for vouchers and ends with the receipt."""
+    import json
+    import subprocess
+    import sys
+
+    def meterkit(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "meterkit", *args],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            timeout=60,
+        )
+
+    with running(
+        ["serve", "--demo", "--port", "0", "--data-dir", str(tmp_path)], cwd=tmp_path
+    ) as p:
+        assert "--session CHANNEL_ID_FROM_ABOVE" in "".join(p.output)
+        assert meterkit("keygen", "--out", "k.hex").returncode == 0
+        credited = meterkit(
+            "channel",
+            "credit",
+            "--demo",
+            "--data-dir",
+            str(tmp_path),
+            "--key-file",
+            "k.hex",
+            "--amount",
+            "$1",
+        )
+        assert credited.returncode == 0, credited.stderr
+        channel = json.loads(credited.stdout)["channel_id"]
+        body = json.dumps({**CHAT, "stream": True})
+        paid = meterkit(
+            "pay",
+            p.url + "/session/v1/chat/completions",
+            "--key-file",
+            "k.hex",
+            "--max-amount",
+            "0.01",
+            "--session",
+            channel,
+            "--data",
+            body,
+        )
+        assert paid.returncode == 0, paid.stderr
+        assert "need-voucher" in paid.stderr and "receipt:" in paid.stderr
+        assert "event: payment-receipt" in paid.stdout and "data: [DONE]" in paid.stdout
+        receipt = json.loads(paid.stderr.split("receipt: ", 1)[1].splitlines()[0])
+        assert receipt["units"] > 20 and receipt["spent"] == str(receipt["units"] * 10)

@@ -14,14 +14,23 @@ import orjson
 
 from meterkit import _core
 from meterkit.commands import load_config_or_report
+from meterkit.config import Config
 from meterkit.config.units import parse_money
 from meterkit.payments.pricing import base_units
 from meterkit.sessions.channels import PREPAID_ESCROW, ZERO_ADDRESS, Channel
 from meterkit.sessions.store import SessionStore
 
 
+def _config(args: argparse.Namespace) -> Config | None:
+    if args.demo:
+        from meterkit.commands.serve import demo_config
+
+        return demo_config("http://127.0.0.1:9", "127.0.0.1", 0, args.data_dir)
+    return load_config_or_report(args.config)
+
+
 def credit(args: argparse.Namespace) -> int:
-    config = load_config_or_report(args.config)
+    config = _config(args)
     if config is None:
         return 1
     accepts = [
@@ -36,7 +45,12 @@ def credit(args: argparse.Namespace) -> int:
     a = accepts[0]
     try:
         amount = base_units(parse_money(args.amount), a.asset)
-        payer = _core.checksum_address(args.payer)
+        if args.key_file:
+            from meterkit.commands.pay import _read_key
+
+            payer = _core.address_of(_read_key(args.key_file))
+        else:
+            payer = _core.checksum_address(args.payer)
         signer = _core.checksum_address(args.signer) if args.signer else ZERO_ADDRESS
     except ValueError as e:
         print(f"meterkit: {e}", file=sys.stderr)
@@ -80,7 +94,7 @@ def credit(args: argparse.Namespace) -> int:
 
 
 def list_channels(args: argparse.Namespace) -> int:
-    config = load_config_or_report(args.config)
+    config = _config(args)
     if config is None:
         return 1
 

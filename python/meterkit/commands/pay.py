@@ -71,6 +71,8 @@ def pay(args: argparse.Namespace) -> int:
     if data is not None and "Content-Type" not in headers:
         headers["Content-Type"] = "application/json"
     method = args.method or ("POST" if data is not None else "GET")
+    if getattr(args, "session", None):
+        return _pay_session(args, key, method, data, headers)
 
     async def run() -> int:
         async with PayingClient(
@@ -108,6 +110,45 @@ def pay(args: argparse.Namespace) -> int:
                 print(f"\nmeterkit pay: HTTP {result.status}", file=sys.stderr)
                 return 1
             return 0
+
+    return asyncio.run(run())
+
+
+def _pay_session(
+    args: argparse.Namespace, key: bytes, method: str, data: bytes | None, headers: dict[str, str]
+) -> int:
+    """`meterkit pay --session CHANNEL`: stream a completion paid per token, signing each
+    voucher the gateway asks for (within --max-amount), the events to stdout."""
+    from meterkit.client.session import SessionClient, SessionDeclined
+
+    cap = _money(args.max_amount)
+    if cap is None and not args.no_cap:
+        print("meterkit pay: not paying: give --max-amount (or --no-cap)", file=sys.stderr)
+        return 3
+
+    async def run() -> int:
+        async with SessionClient(
+            key, args.session, max_total=cap if cap is not None else Decimal(10**30)
+        ) as client:
+            try:
+                result = await client.stream(
+                    method, args.url, json=orjson.loads(data or b"{}"), headers=headers
+                )
+            except SessionDeclined as e:
+                print(f"meterkit pay: not paying: {e}", file=sys.stderr)
+                return 3
+        sys.stdout.buffer.write(result.body)
+        sys.stdout.flush()
+        for need in result.needs:
+            print(f"need-voucher: {orjson.dumps(need).decode()}", file=sys.stderr)
+        if result.vouchers:
+            print(f"vouchers signed: {result.vouchers}", file=sys.stderr)
+        if result.receipt is not None:
+            print("receipt: " + orjson.dumps(result.receipt).decode(), file=sys.stderr)
+        if result.status >= 400:
+            print(f"\nmeterkit pay: HTTP {result.status}", file=sys.stderr)
+            return 1
+        return 0
 
     return asyncio.run(run())
 

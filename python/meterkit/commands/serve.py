@@ -59,6 +59,16 @@ def demo_tree(
                 "price": "$0.01",
                 "description": "a paid chat completion (demo)",
             },
+            "POST /session/v1/chat/completions": {
+                "upstream": "mock",
+                "path": "/v1/chat/completions",
+                "session": {
+                    "price": "$0.00001",
+                    "suggested_deposit": "$0.0002",
+                    "voucher_timeout": "30s",
+                },
+                "description": "a chat completion paid per token (demo)",
+            },
         },
         "wallets": {"base-sepolia": DEMO_WALLET},
         "accepts": [{"asset": "USDC", "network": "base-sepolia"}],
@@ -171,7 +181,13 @@ def _serve_demo(args: argparse.Namespace) -> int:
             f"the ledger row lands in {config.ledger.path}):\n\n"
             "  .venv/bin/meterkit keygen --out demo-key.hex\n"
             f"  .venv/bin/meterkit pay {url}/paid/v1/chat/completions --key-file demo-key.hex --max-amount 0.05 \\\n"
-            '    --data \'{"model": "gpt-4o", "messages": [{"role": "user", "content": "Hi"}]}\'\n',
+            '    --data \'{"model": "gpt-4o", "messages": [{"role": "user", "content": "Hi"}]}\'\n\n'
+            "Or pay per token, as the stream goes ($0.00001 a token from a prepaid channel; the\n"
+            "stream pauses with a payment-need-voucher event whenever the vouchers run out):\n\n"
+            f"  .venv/bin/meterkit channel credit --demo --data-dir {args.data_dir} --key-file demo-key.hex --amount '$1'\n"
+            f"  .venv/bin/meterkit pay {url}/session/v1/chat/completions --key-file demo-key.hex --max-amount 0.01 \\\n"
+            "    --session CHANNEL_ID_FROM_ABOVE \\\n"
+            '    --data \'{"model": "gpt-4o", "stream": true, "messages": [{"role": "user", "content": "Hi"}]}\'\n',
             flush=True,
         )
         try:
