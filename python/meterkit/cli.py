@@ -268,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="run the benchmarks (release build) with baselines")
     b.add_argument(
         "suite",
-        choices=["core", "proxy", "budgets", "payments"],
+        choices=["core", "proxy", "budgets", "payments", "sessions"],
         help="core: Rust core versus pure Python / tiktoken; proxy: proxy versus direct and plain proxy",
     )
     b.add_argument(

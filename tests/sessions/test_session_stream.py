@@ -362,3 +362,22 @@ def test_accepted_vouchers_survive_a_restart(tmp_path: Path) -> None:
             assert b"payment-need-voucher" not in body
 
     asyncio.run(go())
+
+
+def test_only_vouchers_that_buy_nothing_are_rate_limited(tmp_path: Path) -> None:
+    db = tmp_path / "ledger.sqlite3"
+
+    async def go() -> tuple[list[int], list[int]]:
+        k = key()
+        cid = await prepaid(db, k, 10_000)
+        async with gateway(tree(db)) as g:
+            _, headers, _ = await g.post(CHAT, chat())
+            ch = _first_challenge(headers)
+            client = SessionClient(k, cid, max_total=Decimal("0.01"), session=g.session)
+            rising = [await client.voucher(g.url + CHAT, ch, PRICE * (i + 1)) for i in range(25)]
+            same = [await client.voucher(g.url + CHAT, ch, PRICE * 25) for _ in range(25)]
+            return rising, same
+
+    rising, same = asyncio.run(go())
+    assert rising == [204] * 25  # each raises the total: never limited
+    assert 429 in same and same[0] == 204

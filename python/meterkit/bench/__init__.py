@@ -4,6 +4,9 @@ Suites:
 - ``core``: the Rust core against a pure-Python pipeline (bytes scanning + orjson + tiktoken)
   and against ``tiktoken`` for counting.
 - ``proxy``: the proxy against a direct connection and a plain pass-through proxy.
+- ``budgets``, ``payments``: admission and enforcement costs; signatures and settlement.
+- ``sessions``: per-token streamed payments (pause/resume round trip, CPU per paid event,
+  voucher verifications, overrun after a disconnect, memory of paused streams).
 
 Figures are only meaningful on a release build of the extension; the harness says which
 build it measured and marks debug figures as such.
@@ -29,6 +32,10 @@ def run(args: argparse.Namespace) -> int:
         from meterkit.bench.budgets import main as budgets_main
 
         return budgets_main(quick=args.quick, json_out=args.json_out)
+    if args.suite == "sessions":
+        from meterkit.bench.sessions import main as sessions_main
+
+        return sessions_main(quick=args.quick, json_out=args.json_out)
     if args.suite == "proxy":
         from meterkit.bench.proxy import main as proxy_main
 

@@ -188,8 +188,6 @@ class SessionStage(Stage):
                 reason="top_up",
             )
         assert p.cumulative_amount is not None and p.signature is not None
-        if not self.hub.allow_voucher(p.channel_id, now):
-            raise TooManyVouchers("too many vouchers on this channel; slow down", reason="rate")
         channel = await self.store.get(p.channel_id)
         if channel is not None and (
             channel.chain_id != offer.chain_id
@@ -205,6 +203,10 @@ class SessionStage(Stage):
             await self.store.accept(p.channel_id, p.cumulative_amount, p.signature)
             self.hub.notify(p.channel_id)
             self.metrics.payments.labels(ctx.route.key, "voucher", ch.method).inc()
+        elif not ctx.body and not self.hub.allow_voucher(p.channel_id, now):
+            # A voucher that buys nothing new, again and again (a client answering every
+            # repeated need-voucher): limited. A voucher that raises the total never is.
+            raise TooManyVouchers("too many vouchers on this channel; slow down", reason="rate")
         channel = await self.store.get(p.channel_id)
         assert channel is not None
         state = SessionState(p.channel_id, ch.method, ch.id, offer)
