@@ -197,7 +197,7 @@ def build_app(
     app = web.Application(client_max_size=config.gateway.max_request_body)
     app[CONFIG] = config
     app[ROUTER] = Router(config.routes)
-    app[METRICS] = ProxyMetrics()
+    app[METRICS] = ProxyMetrics(key_label=config.metrics.key_label, process=True)
     app[SINK] = sink if sink is not None else make_sink(config.usage, app[METRICS])
     configured: list[Stage] = []
     if config.keys is not None:
