@@ -135,9 +135,13 @@ _ready_warning = RateLimitedWarning(log)
 
 
 async def _ready(request: web.Request) -> web.Response:
+    return await readiness(request.app)
+
+
+async def readiness(app: web.Application) -> web.Response:
     """Readiness: 200 when every backend this app uses answers (the budget store, the usage
-    store, the ledger), else 503 naming the ones that do not. `/healthz` stays liveness."""
-    app = request.app
+    store, the ledger), else 503 naming the ones that do not. `/healthz` stays liveness.
+    The public `/readyz` and the admin listener's both answer with it."""
     probes: dict[str, Callable[[], Awaitable[object]]] = {}
     for name, key in (
         ("budget_store", BUDGET_BACKEND),
@@ -332,9 +336,19 @@ def serve(config: Config, host: str | None = None, port: int | None = None) -> N
             },
         )
         print(f"meterkit serving on http://{host}:{bound}", flush=True)
+        admin_runner = None
         try:
+            if config.admin is not None:
+                from meterkit.proxy.admin import start_admin
+
+                admin_runner, admin_port = await start_admin(app, config.admin)
+                log.info(
+                    "admin listening", extra={"url": f"http://{config.admin.host}:{admin_port}"}
+                )
             await asyncio.Event().wait()
         finally:
+            if admin_runner is not None:
+                await admin_runner.cleanup()
             await runner.cleanup()
 
     run_forever(main(), on_hangup=lambda: _reread(config.source))
