@@ -265,6 +265,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     mf.set_defaults(func=_pay_cmd("mock_facilitator"))
 
+    from meterkit.commands import budget, report
+
+    budget.add_parser(sub)
+    report.add_parser(sub)
+
     b = sub.add_parser("bench", help="run the benchmarks (release build) with baselines")
     b.add_argument(
         "suite",

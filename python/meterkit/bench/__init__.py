@@ -20,6 +20,14 @@ __all__ = ["run"]
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.quick:
+        import sys
+
+        print(
+            f"meterkit bench {args.suite}: --quick runs small sizes: a smoke run, "
+            "not a measurement; do not quote these figures",
+            file=sys.stderr,
+        )
     if args.suite == "core":
         from meterkit.bench.core import main
 

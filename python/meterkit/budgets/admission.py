@@ -98,3 +98,47 @@ def backend_down(policy: BudgetPolicy) -> Problem:
         extra={"budget": policy.name},
         headers=(("Retry-After", "1"),),
     )
+
+
+# The headers OpenAI answers with, which SDKs and gateways already read.
+REMAINING_HEADER = "x-ratelimit-remaining-tokens"
+RESET_HEADER = "x-ratelimit-reset-tokens"
+
+
+def go_duration(seconds: float) -> str:
+    """A duration as OpenAI writes it in `x-ratelimit-reset-tokens`: "250ms", "1.5s",
+    "6m0s", "2h3m4s"."""
+    if seconds <= 0:
+        return "0s"
+    if seconds < 1:
+        return f"{max(1, round(seconds * 1000))}ms"
+    total = math.ceil(seconds * 10) / 10  # tenths, rounded up: never promise too early
+    hours, rest = divmod(total, 3600)
+    minutes, secs = divmod(rest, 60)
+    s = f"{secs:.1f}".rstrip("0").rstrip(".")
+    if hours:
+        return f"{int(hours)}h{int(minutes)}m{s}s"
+    if minutes:
+        return f"{int(minutes)}m{s}s"
+    return f"{s}s"
+
+
+def ratelimit_headers(
+    tpm_remaining: float | None, tpd_remaining: int | None, limits: Limits, now: float
+) -> dict[str, str]:
+    """`x-ratelimit-remaining-tokens` / `-reset-tokens` after an admission: the tighter of
+    the per-minute bucket and today's allowance, and when it is whole again (the bucket
+    refilled, or the next UTC day). Empty for a budget without limits."""
+    from meterkit.budgets.policy import seconds_to_next_day
+
+    options: list[tuple[float, float]] = []
+    cap = limits.capacity
+    if tpm_remaining is not None and cap is not None:
+        refill = (cap - tpm_remaining) / limits.rate if limits.rate > 0 else 0.0
+        options.append((tpm_remaining, max(0.0, refill)))
+    if tpd_remaining is not None:
+        options.append((float(tpd_remaining), seconds_to_next_day(now)))
+    if not options:
+        return {}
+    remaining, reset = min(options, key=lambda o: o[0])
+    return {REMAINING_HEADER: str(max(0, math.floor(remaining))), RESET_HEADER: go_duration(reset)}

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from meterkit.budgets import policy
-from meterkit.budgets.policy import Bucket, Day, Decision, Limits
+from meterkit.budgets.policy import Bucket, Day, Decision, Limits, Standing
 
 
 class BackendUnavailable(Exception):
@@ -57,6 +57,18 @@ class BudgetBackend(Protocol):
     ) -> int | None:
         """Replace what the request took by `actual`; the refund (negative: overage charged),
         or None when it was already reconciled (or its lease expired)."""
+
+    async def standing(self, who: Identity, limits: Limits, now: float | None = None) -> Standing:
+        """Where `who`'s budget stands; takes nothing."""
+
+    async def grant(
+        self, who: Identity, limits: Limits, tokens: int, now: float | None = None
+    ) -> Standing:
+        """Add `tokens` to `who`'s allowance for the current UTC day, effective for the next
+        admission (ValueError: the budget has no daily limit, or tokens ≤ 0)."""
+
+    async def reset(self, who: Identity, limits: Limits, now: float | None = None) -> Standing:
+        """Forget `who`'s usage: a full bucket and nothing used today (grants dropped too)."""
 
     async def close(self) -> None: ...
 
@@ -148,6 +160,21 @@ class MemoryBackend:
         )
         self.buckets[who], self.days[who] = b, day
         return delta
+
+    async def standing(self, who: Identity, limits: Limits, now: float | None = None) -> Standing:
+        return policy.standing(self.buckets.get(who), self.days.get(who), limits, self._now(now))
+
+    async def grant(
+        self, who: Identity, limits: Limits, tokens: int, now: float | None = None
+    ) -> Standing:
+        t = self._now(now)
+        self.days[who] = policy.grant(self.days.get(who), limits, t, tokens)
+        return await self.standing(who, limits, t)
+
+    async def reset(self, who: Identity, limits: Limits, now: float | None = None) -> Standing:
+        self.buckets.pop(who, None)
+        self.days.pop(who, None)
+        return await self.standing(who, limits, now)
 
     async def close(self) -> None:
         pass

@@ -35,6 +35,7 @@ class KeyRegistry(Protocol):
     name: str
 
     async def lookup(self, digest: str) -> KeyEntry | None: ...
+    async def by_alias(self, alias: str) -> KeyEntry | None: ...
     async def open(self) -> None: ...
     async def close(self) -> None: ...
     async def ping(self) -> None: ...
@@ -50,6 +51,10 @@ class StaticRegistry:
 
     async def lookup(self, digest: str) -> KeyEntry | None:
         return self.entries.get(digest)
+
+    async def by_alias(self, alias: str) -> KeyEntry | None:
+        """The entry registered under `alias` (budget administration)."""
+        return next((e for e in self.entries.values() if e.alias == alias), None)
 
     async def open(self) -> None:
         pass
@@ -133,6 +138,18 @@ class PostgresRegistry:
         while len(self._cache) > _CACHE_SIZE:
             self._cache.popitem(last=False)
         return entry
+
+    async def by_alias(self, alias: str) -> KeyEntry | None:
+        """The entry registered under `alias`, disabled or not (budget administration)."""
+        async with self._pool.acquire(timeout=5) as conn:
+            row = await conn.fetchrow(
+                f"SELECT sha256, budgets::text AS budgets FROM {self.table} WHERE alias = $1",
+                alias,
+            )
+        if row is None:
+            return None
+        budgets = orjson.loads(row["budgets"] or "{}")
+        return KeyEntry(alias, row["sha256"], budgets if isinstance(budgets, dict) else {})
 
     async def add(self, alias: str, digest: str, budgets: Mapping[str, Any] | None = None) -> None:
         """Register a key (tests and tools)."""

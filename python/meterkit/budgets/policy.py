@@ -15,6 +15,10 @@ Lifecycle of one request:
 - `reconcile`: at the end the actual usage (provider-reported when available) replaces what
   was taken: unused tokens are refunded, overage is charged (the bucket may go negative and
   later requests wait). It applies once per request id.
+
+An operator may `grant` a key more tokens for the current UTC day (kept apart from what was
+used, so refunds never eat into a grant) or `reset` it (a full bucket, nothing used today);
+`standing` says where a budget stands.
 """
 
 from __future__ import annotations
@@ -53,6 +57,35 @@ class Bucket:
 class Day:
     day: int
     used: int = 0
+    # Tokens an operator added to today's allowance (`meterkit budget grant`).
+    granted: int = 0
+
+
+@dataclass(frozen=True)
+class Standing:
+    """Where one budget stands at `now`: what is left of the bucket and of the day, and in
+    how many seconds each is whole again (None for a dimension without a limit)."""
+
+    tpm_remaining: float | None
+    tpm_capacity: float | None
+    tpm_reset: float | None
+    tpd_limit: int | None
+    tpd_used: int
+    tpd_granted: int
+    tpd_remaining: int | None
+    tpd_reset: float | None
+
+    def as_dict(self) -> dict[str, float | int | None]:
+        return {
+            "tokens_per_minute_remaining": self.tpm_remaining,
+            "tokens_per_minute_capacity": self.tpm_capacity,
+            "tokens_per_minute_reset_seconds": self.tpm_reset,
+            "tokens_per_day": self.tpd_limit,
+            "tokens_today_used": self.tpd_used,
+            "tokens_today_granted": self.tpd_granted,
+            "tokens_today_remaining": self.tpd_remaining,
+            "tokens_today_reset_seconds": self.tpd_reset,
+        }
 
 
 @dataclass(frozen=True)
@@ -109,8 +142,9 @@ def admit(
             else None
         )
         return Decision(False, "tpm_exceeded", retry, 0, b.tokens, _day_left(d, limits)), b, d
-    if limits.tokens_per_day is not None and d.used + need > limits.tokens_per_day:
-        retry = None if need > limits.tokens_per_day else math.ceil(seconds_to_next_day(now))
+    allowance = _allowance(d, limits)
+    if allowance is not None and d.used + need > allowance:
+        retry = None if need > allowance else math.ceil(seconds_to_next_day(now))
         return (
             Decision(
                 False,
@@ -125,7 +159,7 @@ def admit(
         )
     if cap is not None:
         b = Bucket(b.tokens - take, b.updated)
-    d = Day(d.day, d.used + take)
+    d = Day(d.day, d.used + take, d.granted)
     return (
         Decision(
             True, None, None, take, b.tokens if cap is not None else None, _day_left(d, limits)
@@ -144,11 +178,12 @@ def lease(
     grant = want
     if limits.capacity is not None:
         grant = min(grant, max(0, math.floor(b.tokens)))
-    if limits.tokens_per_day is not None:
-        grant = min(grant, max(0, limits.tokens_per_day - d.used))
+    allowance = _allowance(d, limits)
+    if allowance is not None:
+        grant = min(grant, max(0, allowance - d.used))
     if limits.capacity is not None:
         b = Bucket(b.tokens - grant, b.updated)
-    return grant, b, Day(d.day, d.used + grant)
+    return grant, b, Day(d.day, d.used + grant, d.granted)
 
 
 def reconcile(
@@ -168,9 +203,49 @@ def reconcile(
         b = Bucket(min(cap, b.tokens + delta), b.updated)
     d = current_day(day, now)
     if d.day == taken_day:
-        d = Day(d.day, max(0, d.used - delta))
+        d = Day(d.day, max(0, d.used - delta), d.granted)
     return delta, b, d
 
 
+def _allowance(d: Day, limits: Limits) -> int | None:
+    """Today's limit: the policy's tokens_per_day plus what an operator granted today."""
+    return None if limits.tokens_per_day is None else limits.tokens_per_day + d.granted
+
+
 def _day_left(d: Day, limits: Limits) -> int | None:
-    return None if limits.tokens_per_day is None else limits.tokens_per_day - d.used
+    allowance = _allowance(d, limits)
+    return None if allowance is None else allowance - d.used
+
+
+def grant(day: Day | None, limits: Limits, now: float, tokens: int) -> Day:
+    """Add `tokens` to today's allowance (they lapse at the end of the UTC day). Raises
+    ValueError when the budget has no daily limit: a per-minute bucket is a rate, not an
+    allowance (`reset` refills it)."""
+    if limits.tokens_per_day is None:
+        raise ValueError("this budget has no tokens_per_day: nothing to grant (reset refills it)")
+    if tokens <= 0:
+        raise ValueError("grant a positive number of tokens")
+    d = current_day(day, now)
+    return Day(d.day, d.used, d.granted + tokens)
+
+
+def standing(bucket: Bucket | None, day: Day | None, limits: Limits, now: float) -> Standing:
+    """Where a budget stands at `now` (pure: nothing is taken)."""
+    b = refill(bucket, limits, now)
+    d = current_day(day, now)
+    cap = limits.capacity
+    tpm_reset = None
+    if cap is not None:
+        tpm_reset = (
+            0.0 if b.tokens >= cap else (cap - b.tokens) / limits.rate if limits.rate else None
+        )
+    return Standing(
+        tpm_remaining=b.tokens if cap is not None else None,
+        tpm_capacity=cap,
+        tpm_reset=tpm_reset,
+        tpd_limit=limits.tokens_per_day,
+        tpd_used=d.used,
+        tpd_granted=d.granted,
+        tpd_remaining=_day_left(d, limits),
+        tpd_reset=seconds_to_next_day(now) if limits.tokens_per_day is not None else None,
+    )

@@ -2,8 +2,8 @@
 is one atomic round trip and any number of proxy instances share one budget.
 
 Keys (all under the configured prefix): `{policy}:{key}:tpm` (hash tokens/updated, expires
-once the bucket would be full again), `{policy}:{key}:tpd` (hash day/used, expires after two
-days), `res:{request_id}` (hash taken/day: the reservation lease, expires after lease_ttl).
+once the bucket would be full again), `{policy}:{key}:tpd` (hash day/used/granted, expires
+after two days; `granted` is what an operator added to today's allowance), `res:{request_id}` (hash taken/day: the reservation lease, expires after lease_ttl).
 Time: the scripts use the `now` they are given (tests inject it) or the Redis server's TIME,
 so instances with skewed clocks still agree.
 """
@@ -12,8 +12,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from meterkit.budgets import policy
 from meterkit.budgets.backends import BackendUnavailable, Identity
-from meterkit.budgets.policy import Decision, Limits
+from meterkit.budgets.policy import Bucket, Day, Decision, Limits, Standing
 
 _PRELUDE = """
 local now = tonumber(ARGV[1])
@@ -25,7 +26,7 @@ local cap = tonumber(ARGV[2])
 local rate = tonumber(ARGV[3])
 local tpd = tonumber(ARGV[4])
 local day = math.floor(now / 86400)
-local tokens, updated, used = nil, nil, 0
+local tokens, updated, used, granted = nil, nil, 0, 0
 if cap then
   local h = redis.call('HMGET', KEYS[1], 'tokens', 'updated')
   tokens, updated = tonumber(h[1]), tonumber(h[2])
@@ -36,8 +37,10 @@ if cap then
   if now > updated then updated = now end
 end
 if tpd then
-  local h = redis.call('HMGET', KEYS[2], 'day', 'used')
-  if tonumber(h[1]) == day then used = tonumber(h[2]) end
+  local h = redis.call('HMGET', KEYS[2], 'day', 'used', 'granted')
+  if tonumber(h[1]) == day then used = tonumber(h[2]); granted = tonumber(h[3]) or 0 end
+  -- From here on tpd is today's allowance: the limit plus what an operator granted.
+  tpd = tpd + granted
 end
 -- %.17g round-trips a double exactly (tostring keeps 14 digits: sub-millisecond time lost).
 local function num(x) return string.format('%.17g', x) end
@@ -49,7 +52,7 @@ local function save()
     redis.call('EXPIRE', KEYS[1], ttl)
   end
   if tpd then
-    redis.call('HSET', KEYS[2], 'day', day, 'used', used)
+    redis.call('HSET', KEYS[2], 'day', day, 'used', used, 'granted', granted)
     redis.call('EXPIRE', KEYS[2], 2 * 86400)
   end
 end
@@ -113,6 +116,16 @@ return {1, num(delta)}
 """
 )
 
+GRANT = (
+    _PRELUDE
+    + """
+if not tpd then return 0 end
+granted = granted + tonumber(ARGV[5])
+save()
+return 1
+"""
+)
+
 
 def _num(v: Any) -> str:
     return "" if v is None else repr(float(v))
@@ -131,6 +144,7 @@ class RedisBackend:
         self._admit = self.client.register_script(ADMIT)
         self._lease = self.client.register_script(LEASE)
         self._reconcile = self.client.register_script(RECONCILE)
+        self._grant = self.client.register_script(GRANT)
 
     def _keys(self, who: Identity, request_id: str) -> list[str]:
         base = f"{self.prefix}{who.policy}:{who.key}"
@@ -202,6 +216,40 @@ class RedisBackend:
         if not int(ok):
             return None
         return int(float(delta.decode() if isinstance(delta, bytes) else delta))
+
+    async def standing(self, who: Identity, limits: Limits, now: float | None = None) -> Standing:
+        """Where `who` stands, read without taking anything (time: Redis's, unless given)."""
+        import redis.exceptions
+
+        keys = self._keys(who, "-")
+        try:
+            if now is None:
+                sec, usec = await self.client.time()
+                now = sec + usec / 1_000_000
+            tpm: list[Any] = await self.client.hmget(keys[0], ["tokens", "updated"])
+            tpd: list[Any] = await self.client.hmget(keys[1], ["day", "used", "granted"])
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as e:
+            raise BackendUnavailable(f"redis: {e}") from e
+        bucket = Bucket(float(tpm[0]), float(tpm[1])) if tpm[0] is not None else None
+        day = Day(int(tpd[0]), int(tpd[1] or 0), int(tpd[2] or 0)) if tpd[0] is not None else None
+        return policy.standing(bucket, day, limits, now)
+
+    async def grant(
+        self, who: Identity, limits: Limits, tokens: int, now: float | None = None
+    ) -> Standing:
+        policy.grant(None, limits, now or 0.0, tokens)  # the same refusals as in memory
+        await self._call(self._grant, self._keys(who, "-"), [*self._args(limits, now), tokens])
+        return await self.standing(who, limits, now)
+
+    async def reset(self, who: Identity, limits: Limits, now: float | None = None) -> Standing:
+        import redis.exceptions
+
+        keys = self._keys(who, "-")
+        try:
+            await self.client.delete(keys[0], keys[1])
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as e:
+            raise BackendUnavailable(f"redis: {e}") from e
+        return await self.standing(who, limits, now)
 
     async def close(self) -> None:
         await self.client.aclose()

@@ -13,12 +13,14 @@ from urllib.parse import urlsplit
 from meterkit import FORMATS
 from meterkit.config.budgets import BudgetPolicy, BudgetStore, parse_policy, parse_store
 from meterkit.config.keys import Keys, parse_keys
+from meterkit.config.ops import Admin, parse_admin, parse_key_label, parse_prices
 from meterkit.config.payments import (
     ROUTE_PAYMENT_KEYS,
     Accept,
     Ledger,
     Payments,
     RoutePayment,
+    TokenRates,
     parse_accepts,
     parse_ledger,
     parse_payments,
@@ -114,6 +116,8 @@ class Logging:
 class Metrics:
     enabled: bool = True
     path: str = "/metrics"
+    # Per-key series (tokens, spend): off, hashed or alias (see config.ops.KEY_LABELS).
+    key_label: str = "off"
 
 
 @dataclass(frozen=True)
@@ -133,6 +137,10 @@ class Config:
     # The API key registry; None: `key: api_key` budgets hash whatever key arrives.
     keys: Keys | None = None
     source: str = "config"
+    # The admin listener (budgets, metrics, readiness), off unless configured.
+    admin: Admin | None = None
+    # Token prices of routes that take no payment, per model: for reports and spend metrics.
+    prices: Mapping[str, TokenRates] = field(default_factory=dict)
 
 
 # ---- parsing -----------------------------------------------------------------------------
@@ -428,8 +436,12 @@ def build_config(tree: Any, problems: Problems, source: str = "config") -> Confi
             "payments",
             "ledger",
             "keys",
+            "admin",
+            "prices",
         ),
     )
+    admin = parse_admin(top.get("admin"), root / "admin", problems)
+    prices = parse_prices(top.get("prices"), root / "prices", problems)
     wallets = parse_wallets(top.get("wallets"), root / "wallets", problems)
     accepts = parse_accepts(top.get("accepts"), wallets, root / "accepts", problems)
     payments = parse_payments(top.get("payments"), root / "payments", problems)
@@ -481,7 +493,7 @@ def build_config(tree: Any, problems: Problems, source: str = "config") -> Confi
     metrics = Metrics()
     if "metrics" in top:
         m = _mapping(top["metrics"], root / "metrics", problems) or {}
-        problems.unknown_keys(root / "metrics", m, ("enabled", "path"))
+        problems.unknown_keys(root / "metrics", m, ("enabled", "path", "key_label"))
         enabled = m.get("enabled", True)
         if not isinstance(enabled, bool):
             problems.add(root / "metrics" / "enabled", "expected true or false")
@@ -490,7 +502,10 @@ def build_config(tree: Any, problems: Problems, source: str = "config") -> Confi
         if not isinstance(mpath, str) or not mpath.startswith("/"):
             problems.add(root / "metrics" / "path", "expected a path starting with '/'")
             mpath = "/metrics"
-        metrics = Metrics(enabled=enabled, path=mpath)
+        key_label = parse_key_label(
+            m.get("key_label", "off"), root / "metrics" / "key_label", problems
+        )
+        metrics = Metrics(enabled=enabled, path=mpath, key_label=key_label)
 
     priced = [r for r in routes if r.payment.priced]
     if priced:
@@ -527,4 +542,6 @@ def build_config(tree: Any, problems: Problems, source: str = "config") -> Confi
         ledger=ledger,
         keys=keys,
         source=source,
+        admin=admin,
+        prices=MappingProxyType(dict(prices)),
     )

@@ -1,26 +1,109 @@
 """Prometheus metrics of the proxy, in a registry owned by one app instance.
 
 prometheus_client is used rather than a hand-written exposition: it is the reference client,
-well kept, and gets the text format, escaping and histogram buckets right."""
+well kept, and gets the text format, escaping and histogram buckets right.
+
+No `_created` series: prometheus_client would add one per counter and histogram child (the
+time it was first used), doubling the series count for nothing a dashboard reads. It is a
+process-wide switch of the library, thrown when this module is imported."""
 
 from __future__ import annotations
 
+import platform
 from dataclasses import dataclass, field
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 __all__ = ["CONTENT_TYPE_LATEST", "ProxyMetrics"]
 
 _TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+# Whole requests: from a few milliseconds (a 429) to long streams.
+_DURATION_BUCKETS = (0.005, 0.025, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+# Seconds per output token: 1 ms (a fast small model) to 1 s (a stalled one).
+_TPOT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.25, 0.5, 1)
 
 
 @dataclass
 class ProxyMetrics:
+    """Every series the proxy exports, in one registry per app. `key_label` (off, hashed,
+    alias) turns on the per-key series; `process` adds the process and platform collectors
+    (CPU, memory, descriptors, Python version): off in tests that build many apps."""
+
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+    key_label: str = "off"
+    process: bool = False
 
     def __post_init__(self) -> None:
+        from meterkit import __version__
+
         r = self.registry
+        if self.process:
+            ProcessCollector(registry=r)
+            PlatformCollector(registry=r)
+        self.build_info = Gauge(
+            "meterkit_build_info",
+            "Always 1: the meterkit version and the Python it runs on, as labels",
+            ["version", "python"],
+            registry=r,
+        )
+        self.build_info.labels(__version__, platform.python_version()).set(1)
+        self.request_duration = Histogram(
+            "meterkit_request_duration_seconds",
+            "Time from the request to the end of its response, by route and outcome",
+            ["route", "outcome"],
+            buckets=_DURATION_BUCKETS,
+            registry=r,
+        )
+        self.upstream_headers = Histogram(
+            "meterkit_upstream_time_to_headers_seconds",
+            "Time from sending the upstream request to its response headers",
+            ["route", "upstream"],
+            buckets=_TTFT_BUCKETS,
+            registry=r,
+        )
+        self.time_per_output_token = Histogram(
+            "meterkit_time_per_output_token_seconds",
+            "Streams: (duration - time to first token) / (completion tokens - 1)",
+            ["route"],
+            buckets=_TPOT_BUCKETS,
+            registry=r,
+        )
+        self.key_tokens = Counter(
+            "meterkit_key_tokens",
+            "Tokens per budget key (metrics.key_label: hashed or alias) and kind",
+            ["key", "kind"],
+            registry=r,
+        )
+        self.key_spend = Counter(
+            "meterkit_key_spend_dollars",
+            "Spend per budget key: settled payments, else tokens at the prices table",
+            ["key"],
+            registry=r,
+        )
+        self.spend = Counter(
+            "meterkit_spend_dollars",
+            "Spend by route and model: settled payments, else tokens at the prices table",
+            ["route", "model"],
+            registry=r,
+        )
+        self.revenue = Counter(
+            "meterkit_revenue",
+            "Amounts of settled (or queued) payments, in currency units, by asset",
+            ["asset"],
+            registry=r,
+        )
         self.requests = Counter(
             "meterkit_requests",
             "Requests by route, status and outcome",

@@ -1,4 +1,4 @@
-"""The `Payment` HTTP authentication scheme (IETF draft-httpauth-payment, PROTOCOLS §5): wire
+"""The `Payment` HTTP authentication scheme (IETF draft-httpauth-payment; see docs/protocols.md): wire
 encoding of challenges, credentials and receipts. Pure functions; the HMAC that binds a
 challenge id is computed in the Rust core."""
 

@@ -1,4 +1,4 @@
-"""x402 compatibility (PROTOCOLS §6): the v1 JSON body and the v2 `PAYMENT-REQUIRED` header
+"""x402 compatibility (see docs/protocols.md): the v1 JSON body and the v2 `PAYMENT-REQUIRED` header
 offered on a 402, the `X-PAYMENT` (v1) and `PAYMENT-SIGNATURE` (v2) request headers, and the
 `X-PAYMENT-RESPONSE` / `PAYMENT-RESPONSE` answers."""
 

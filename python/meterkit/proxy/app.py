@@ -147,9 +147,13 @@ _ready_warning = RateLimitedWarning(log)
 
 
 async def _ready(request: web.Request) -> web.Response:
+    return await readiness(request.app)
+
+
+async def readiness(app: web.Application) -> web.Response:
     """Readiness: 200 when every backend this app uses answers (the budget store, the usage
-    store, the ledger), else 503 naming the ones that do not. `/healthz` stays liveness."""
-    app = request.app
+    store, the ledger), else 503 naming the ones that do not. `/healthz` stays liveness.
+    The public `/readyz` and the admin listener's both answer with it."""
     probes: dict[str, Callable[[], Awaitable[object]]] = {}
     for name, key in (
         ("budget_store", BUDGET_BACKEND),
@@ -209,7 +213,7 @@ def build_app(
     app = web.Application(client_max_size=config.gateway.max_request_body)
     app[CONFIG] = config
     app[ROUTER] = Router(config.routes)
-    app[METRICS] = ProxyMetrics()
+    app[METRICS] = ProxyMetrics(key_label=config.metrics.key_label, process=True)
     app[SINK] = sink if sink is not None else make_sink(config.usage, app[METRICS])
     configured: list[Stage] = []
     if config.keys is not None:
@@ -352,9 +356,19 @@ def serve(config: Config, host: str | None = None, port: int | None = None) -> N
             },
         )
         print(f"meterkit serving on http://{host}:{bound}", flush=True)
+        admin_runner = None
         try:
+            if config.admin is not None:
+                from meterkit.proxy.admin import start_admin
+
+                admin_runner, admin_port = await start_admin(app, config.admin)
+                log.info(
+                    "admin listening", extra={"url": f"http://{config.admin.host}:{admin_port}"}
+                )
             await asyncio.Event().wait()
         finally:
+            if admin_runner is not None:
+                await admin_runner.cleanup()
             await runner.cleanup()
 
     run_forever(main(), on_hangup=lambda: _reread(config.source))

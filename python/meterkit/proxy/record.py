@@ -15,8 +15,9 @@ from typing import Any
 from aiohttp import web
 
 from meterkit import formats
+from meterkit.observability import spend
 from meterkit.pipeline import RequestContext
-from meterkit.proxy.keys import METRICS, PIPELINE, SINK, TASKS
+from meterkit.proxy.keys import CONFIG, METRICS, PIPELINE, SINK, TASKS
 from meterkit.usage import Outcome, UsageRecord
 
 log = logging.getLogger("meterkit.proxy")
@@ -177,6 +178,8 @@ def observe(app: web.Application, record: UsageRecord) -> None:
         ).inc(record.completion_tokens)
     for kind in record.anomalies:
         m.anomalies.labels(record.route, kind).inc()
+    # Duration, time per output token, spend, revenue and the per-key series.
+    spend.observe(m, record, app[CONFIG])
 
 
 def _access(record: UsageRecord) -> None:

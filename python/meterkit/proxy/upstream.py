@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -107,10 +108,11 @@ async def open_upstream(ctx: RequestContext) -> aiohttp.ClientResponse:
         total=None, connect=up.timeouts.connect, sock_connect=up.timeouts.connect
     )
     metrics = app[METRICS]
+    t0 = time.perf_counter()
     try:
         try:
             async with asyncio.timeout(up.timeouts.first_byte):
-                return await app[SESSION].request(
+                resp = await app[SESSION].request(
                     request.method,
                     up.url + ctx.upstream_path,
                     headers=headers,
@@ -118,6 +120,10 @@ async def open_upstream(ctx: RequestContext) -> aiohttp.ClientResponse:
                     timeout=timeout,
                     allow_redirects=False,
                 )
+            metrics.upstream_headers.labels(ctx.route.key, up.name).observe(
+                time.perf_counter() - t0
+            )
+            return resp
         finally:
             if ctx.state.get("body_too_large"):
                 # The upstream saw at most the limit; whatever aiohttp made of the aborted

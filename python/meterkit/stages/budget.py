@@ -113,6 +113,12 @@ class BudgetStage(Stage):
             state.reserved = False
         else:
             self.metrics.budget_decisions.labels(policy.name, "allowed").inc()
+            # What is left after this request's reservation, in the headers clients read.
+            ctx.response_headers.update(
+                admission.ratelimit_headers(
+                    decision.tpm_remaining, decision.tpd_remaining, limits, time.time()
+                )
+            )
         ctx.state["budget"] = state
         if p.mid_stream and state.reserved and not p.shadow:
             ctx.meter.credit = p.first

@@ -1,0 +1,96 @@
+"""Budget administration on both backends (issue 13): `standing`, `grant` and `reset` give
+the same answers in memory and in Redis, a grant survives refunds, and `meterkit budget
+--via direct` changes a shared Redis budget with no proxy running."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+from meterkit.budgets import Identity, Limits, MemoryBackend, RedisBackend
+from meterkit.budgets.admission import go_duration, ratelimit_headers
+from meterkit.cli import main
+
+NOW = 86_400 * 20_000 + 100.0
+LIMITS = Limits(tokens_per_minute=60_000, tokens_per_day=1_000)
+MINUTE = Limits(tokens_per_minute=600, tokens_per_day=1_000)
+
+
+async def scenario(backend: MemoryBackend | RedisBackend, who: Identity) -> list[dict[str, object]]:
+    seen = []
+    d = await backend.admit(who, LIMITS, 900, 900, f"r-{uuid.uuid4()}", 60, now=NOW)
+    assert d.allowed
+    refused = await backend.admit(who, LIMITS, 300, 300, f"r-{uuid.uuid4()}", 60, now=NOW)
+    assert not refused.allowed and refused.reason == "tpd_exceeded"
+    seen.append((await backend.grant(who, LIMITS, 500, now=NOW)).as_dict())
+    rid = f"r-{uuid.uuid4()}"
+    assert (await backend.admit(who, LIMITS, 300, 300, rid, 60, now=NOW + 30)).allowed
+    # A refund larger than today's use must not eat into the grant.
+    assert await backend.reconcile(who, LIMITS, rid, 0, now=NOW + 31) == 300
+    seen.append((await backend.standing(who, LIMITS, now=NOW + 31)).as_dict())
+    seen.append((await backend.reset(who, LIMITS, now=NOW + 32)).as_dict())
+    with pytest.raises(ValueError, match="tokens_per_day"):
+        await backend.grant(who, Limits(600, None), 5, now=NOW)
+    return seen
+
+
+def test_memory_and_redis_administer_budgets_alike(redis_url: str) -> None:
+    async def go() -> None:
+        who = Identity("default", f"key_{uuid.uuid4().hex}")
+        memory = await scenario(MemoryBackend(), who)
+        redis = RedisBackend(redis_url, prefix=f"mk-test-{uuid.uuid4().hex}:")
+        try:
+            assert await scenario(redis, who) == memory
+        finally:
+            await redis.close()
+        granted, after_refund, reset = memory
+        assert granted["tokens_today_remaining"] == 600  # 1000 + 500 granted - 900 used
+        assert after_refund["tokens_today_granted"] == 500
+        assert after_refund["tokens_today_remaining"] == 600
+        assert reset["tokens_today_used"] == 0 and reset["tokens_per_minute_remaining"] == 60_000
+
+    asyncio.run(go())
+
+
+def test_remaining_headers_name_the_tighter_limit() -> None:
+    # Per-minute bucket 600 (10/s): 100 left, refills in 50 s; the day has 800 left.
+    h = ratelimit_headers(100.0, 800, MINUTE, NOW)
+    assert h == {"x-ratelimit-remaining-tokens": "100", "x-ratelimit-reset-tokens": "50s"}
+    h = ratelimit_headers(590.0, 50, MINUTE, NOW)
+    assert h["x-ratelimit-remaining-tokens"] == "50"
+    assert h["x-ratelimit-reset-tokens"] == "23h58m20s"  # to the next UTC midnight
+    assert ratelimit_headers(None, None, Limits(None, None), NOW) == {}
+    assert [go_duration(s) for s in (0, 0.25, 1.5, 360, 7384)] == [
+        "0s",
+        "250ms",
+        "1.5s",
+        "6m0s",
+        "2h3m4s",
+    ]
+
+
+def test_budget_command_goes_straight_to_redis(
+    redis_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    prefix = f"mk-test-{uuid.uuid4().hex}:"
+    tree = {
+        "upstreams": {"u": {"url": "http://127.0.0.1:9"}},
+        "routes": {"POST /v1/chat/completions": {"upstream": "u", "budget": "default"}},
+        "budgets": {"default": {"key": "api_key", "tokens_per_day": 1000}},
+        "budget_store": {"type": "redis", "url": redis_url, "prefix": prefix},
+    }
+    cfg = tmp_path / "meterkit.yaml"
+    cfg.write_text(yaml.safe_dump(tree))
+    assert main(["budget", "grant", "ak_abc", "--config", str(cfg), "--tokens", "250"]) == 0
+    capsys.readouterr()
+    assert main(["budget", "show", "ak_abc", "--config", str(cfg)]) == 0
+    (view,) = json.loads(capsys.readouterr().out)["budgets"]
+    assert (view["tokens_today_granted"], view["tokens_today_remaining"]) == (250, 1250)
+    assert main(["budget", "reset", "ak_abc", "--config", str(cfg)]) == 0
+    capsys.readouterr()
+    assert main(["budget", "grant", "ak_abc", "--config", str(cfg)]) == 2
