@@ -11,7 +11,9 @@ EXTRAS ?= test,bench,lint,speed
 BUILD_INPUTS := $(shell find rust benches -name '*.rs') Cargo.toml Cargo.lock pyproject.toml
 
 .DEFAULT_GOAL := help
-# The local EVM tools (anvil, solc-js, OpenZeppelin), pinned by contracts/package-lock.json.
+# The local EVM tools (anvil, solc-js, OpenZeppelin, and mppx + viem for the session interop
+# test), pinned by contracts/package-lock.json. mppx 0.11 and viem 2.57 disagree on peer
+# versions while working together: --legacy-peer-deps.
 CHAIN_DIR := .chain
 NPM ?= npm
 
@@ -43,10 +45,10 @@ test: install services chain test-rust test-python ## set up and run every test:
 $(CHAIN_DIR)/.installed: contracts/package.json contracts/package-lock.json
 	mkdir -p $(CHAIN_DIR)
 	cp contracts/package.json contracts/package-lock.json $(CHAIN_DIR)/
-	$(NPM) ci --prefix $(CHAIN_DIR) --no-audit --no-fund --loglevel=error
+	$(NPM) ci --prefix $(CHAIN_DIR) --legacy-peer-deps --no-audit --no-fund --loglevel=error
 	touch $@
 
-chain: $(CHAIN_DIR)/.installed ## install the local chain tools from npm into .chain/ (anvil, solc-js)
+chain: $(CHAIN_DIR)/.installed ## install the local chain tools from npm into .chain/ (anvil, solc-js, mppx)
 
 contracts: chain ## recompile contracts/ with solc-js into the committed artifacts
 	node contracts/build.mjs $(CHAIN_DIR)/node_modules

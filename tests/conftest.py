@@ -147,6 +147,17 @@ def chain_token(anvil_node: Any) -> str:
     return token.deploy(anvil_node.url)
 
 
+@pytest.fixture(scope="session")
+def chain_escrows(anvil_node: Any) -> dict[str, str]:
+    """meterkit's session escrow, deployed once per EIP-712 name: {"evm": …, "tempo": …}."""
+    from meterkit.chain import escrow
+
+    return {
+        "evm": escrow.deploy(anvil_node.url, escrow.EVM_NAME),
+        "tempo": escrow.deploy(anvil_node.url, escrow.TEMPO_NAME),
+    }
+
+
 @pytest.fixture
 def chain(anvil_node: Any, chain_token: str) -> Any:
     """The local chain, reverted to its state before the test when the test ends."""

@@ -1,5 +1,5 @@
-"""The committed token artifact is what solc-js compiles from `contracts/` today, and the
-deployed token speaks EIP-3009 the way meterkit signs it."""
+"""The committed artifacts (the token, the session escrow) are what solc-js compiles from
+`contracts/` today, and the deployed token speaks EIP-3009 the way meterkit signs it."""
 
 from __future__ import annotations
 
@@ -29,10 +29,14 @@ def test_a_fresh_solc_js_compile_matches_the_committed_artifact(tmp_path: Path) 
         capture_output=True,
         timeout=240,
     )
-    committed = ROOT / "python" / "meterkit" / "chain" / "artifacts" / "MeterkitUSD.json"
-    assert (tmp_path / "MeterkitUSD.json").read_text() == committed.read_text(), (
-        "contracts/ changed: run `make contracts` and commit the artifact"
-    )
+    committed = ROOT / "python" / "meterkit" / "chain" / "artifacts"
+    names = sorted(p.name for p in committed.glob("*.json"))
+    assert names == ["MeterkitEscrow.json", "MeterkitUSD.json"]
+    assert sorted(p.name for p in tmp_path.glob("*.json")) == names
+    for name in names:
+        assert (tmp_path / name).read_text() == (committed / name).read_text(), (
+            f"contracts/ changed ({name}): run `make contracts` and commit the artifact"
+        )
 
 
 def test_the_deployed_token_has_usdc_s_eip712_domain(chain: LocalChain) -> None:

@@ -94,7 +94,7 @@ extra: 1
         "routes.\"FETCH /x\": unknown method 'FETCH'; expected one of GET, POST, PUT, PATCH, DELETE, HEAD, OPTIONS, *",
         "routes.\"GET /a/:id\".path: ${params.name} is not a parameter of 'GET /a/:id'",
         "routes.\"POST /v1/chat/\": same method and path as 'POST /v1/chat'",
-        "extra: unknown key; known keys: gateway, upstreams, routes, usage, logging, metrics, budgets, budget_store, wallets, accepts, payments, ledger, keys, admin, prices",
+        "extra: unknown key; known keys: gateway, upstreams, routes, usage, logging, metrics, budgets, budget_store, wallets, accepts, payments, ledger, keys, sessions, admin, prices",
     ]
     for e in expected:
         assert e in got, (e, got)

@@ -274,13 +274,15 @@ def test_the_official_sdks_read_a_paused_and_resumed_stream(tmp_path: Path, sdk:
                     return "".join((c.choices[0].delta.content or "") for c in stream if c.choices)
                 import anthropic
 
-                ac = anthropic.Anthropic(base_url=g.url, api_key="unused", max_retries=0)
-                with ac.messages.stream(
-                    model="claude-sonnet-4-6",
-                    max_tokens=100,
-                    messages=[{"role": "user", "content": "hi"}],
-                    extra_headers={**auth, "x-mock-length": "20", "x-mock-tps": "0"},
-                ) as s:
+                with (
+                    anthropic.Anthropic(base_url=g.url, api_key="unused", max_retries=0) as ac,
+                    ac.messages.stream(
+                        model="claude-sonnet-4-6",
+                        max_tokens=100,
+                        messages=[{"role": "user", "content": "hi"}],
+                        extra_headers={**auth, "x-mock-length": "20", "x-mock-tps": "0"},
+                    ) as s,
+                ):
                     return "".join(s.text_stream)
 
             async def wallet() -> None:

@@ -1,5 +1,6 @@
-"""The few Solidity ABI encodings EIP-3009 settlement needs: static arguments, one `bytes`
-tail, a revert reason. (`eth_abi` would do the same in general; these calls are fixed.)"""
+"""The few Solidity ABI encodings EIP-3009 settlement and the session escrow need: static
+arguments, one `bytes` tail, static return words, a revert reason. (`eth_abi` would do the same in general; these calls
+are fixed.)"""
 
 from __future__ import annotations
 
@@ -27,6 +28,19 @@ def word(value: int | str | bytes) -> bytes:
 def encode_call(signature: str, *args: int | str | bytes) -> str:
     """Calldata for a function of static arguments only, as 0x hex."""
     return "0x" + (selector(signature) + b"".join(word(a) for a in args)).hex()
+
+
+def encode_call_bytes(signature: str, *args: int | str | bytes, tail: bytes) -> str:
+    """Calldata for a function of static arguments followed by one `bytes` argument (last)."""
+    head = b"".join(word(a) for a in args) + word(32 * (len(args) + 1))
+    padded = tail.ljust((len(tail) + 31) // 32 * 32, b"\0")
+    return "0x" + (selector(signature) + head + word(len(tail)) + padded).hex()
+
+
+def decode_words(data: str) -> list[int]:
+    """A return value of static words, each as an int."""
+    raw = bytes.fromhex(data.removeprefix("0x"))
+    return [int.from_bytes(raw[i : i + 32], "big") for i in range(0, len(raw) - 31, 32)]
 
 
 def topic(signature: str) -> str:

@@ -28,6 +28,7 @@ from meterkit.config.payments import (
     parse_wallets,
 )
 from meterkit.config.problems import KeyPath, Problems
+from meterkit.config.sessions import Sessions, check_payee, parse_sessions
 from meterkit.config.units import as_number, parse_duration, parse_size
 
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "*")
@@ -134,6 +135,8 @@ class Config:
     accepts: tuple[Accept, ...] = ()
     payments: Payments = field(default_factory=Payments)
     ledger: Ledger = field(default_factory=Ledger)
+    # Where session routes find their payment channels (prepaid, or an escrow on chain).
+    sessions: Sessions = field(default_factory=Sessions)
     # The API key registry; None: `key: api_key` budgets hash whatever key arrives.
     keys: Keys | None = None
     source: str = "config"
@@ -436,6 +439,7 @@ def build_config(tree: Any, problems: Problems, source: str = "config") -> Confi
             "payments",
             "ledger",
             "keys",
+            "sessions",
             "admin",
             "prices",
         ),
@@ -446,6 +450,7 @@ def build_config(tree: Any, problems: Problems, source: str = "config") -> Confi
     accepts = parse_accepts(top.get("accepts"), wallets, root / "accepts", problems)
     payments = parse_payments(top.get("payments"), root / "payments", problems)
     ledger = parse_ledger(top.get("ledger"), root / "ledger", problems)
+    sessions = parse_sessions(top.get("sessions"), root / "sessions", problems)
     budgets: dict[str, BudgetPolicy] = {}
     bm = _mapping(top.get("budgets"), root / "budgets", problems) or {}
     for name, value in bm.items():
@@ -519,6 +524,8 @@ def build_config(tree: Any, problems: Problems, source: str = "config") -> Confi
                 root / "accepts",
                 f"required: route {priced[0].key!r} has a price; say what to accept",
             )
+    if any(r.payment.session is not None for r in routes):
+        check_payee(sessions, accepts, root / "sessions", problems)
     needs_access = [r for r in routes if r.payment.require_access or r.payment.mint_access_ttl]
     if needs_access and payments.secret is None and payments.access_secret is None:
         problems.add(
@@ -540,6 +547,7 @@ def build_config(tree: Any, problems: Problems, source: str = "config") -> Confi
         accepts=tuple(accepts),
         payments=payments,
         ledger=ledger,
+        sessions=sessions,
         keys=keys,
         source=source,
         admin=admin,

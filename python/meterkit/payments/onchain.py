@@ -192,7 +192,14 @@ class OnchainSettler:
         return min(cap, 2 * base + tip), tip
 
     async def _send(self, asset: Asset, auth: Authorization, claim_key: str) -> str:
-        data = transfer_calldata(auth)
+        return await self.send_call(
+            asset.chain_id, asset.address, transfer_calldata(auth), claim_key
+        )
+
+    async def send_call(self, chain_id: int, to: str, data: str, claim_key: str) -> str:
+        """Sign and broadcast one call from the relayer (journaled first under `claim_key`
+        when a journal is set); the transaction hash. Also what the on-chain session channel
+        source sends its escrow `close` with."""
         async with self._lock:
             for attempt in range(2):
                 if self._nonce is None:
@@ -202,10 +209,10 @@ class OnchainSettler:
                 signed = self._account.sign_transaction(
                     {
                         "type": 2,
-                        "chainId": asset.chain_id,
+                        "chainId": chain_id,
                         "nonce": self._nonce,
                         # eth-account refuses an address that is not checksummed.
-                        "to": _core.checksum_address(asset.address),
+                        "to": _core.checksum_address(to),
                         "data": data,
                         "value": 0,
                         "gas": self.chain.gas_limit,
@@ -255,29 +262,36 @@ class OnchainSettler:
         return r if isinstance(r, dict) else None
 
     async def _confirm(self, asset: Asset, auth: Authorization, tx_hash: str) -> None:
+        r = await self.wait_mined(tx_hash, "`meterkit ledger settle` reconciles it")
+        if r.get("status") != "0x1":
+            if await self.authorization_used(asset, auth.from_address, auth.nonce):
+                # Another transaction used the authorization first: the money went to the
+                # same recipient, but not by this transaction.
+                raise SettlementUnknown(
+                    f"transaction {tx_hash} reverted: the authorization was used by "
+                    "another transaction",
+                    reason="used_elsewhere",
+                )
+            raise SettlementFailed(
+                f"transaction {tx_hash} reverted on chain: nothing was transferred",
+                reason="reverted",
+            )
+
+    async def wait_mined(self, tx_hash: str, reconcile: str) -> dict[str, Any]:
+        """The receipt once mined and confirmed (a reverted one is returned too: its status
+        says so); `SettlementUnknown` when that takes longer than `receipt_timeout`
+        (`reconcile` tells the operator what resolves it)."""
         deadline = time.monotonic() + self.chain.receipt_timeout
         while True:
             r = await self.receipt(tx_hash)
-            if r is not None:
-                if r.get("status") != "0x1":
-                    if await self.authorization_used(asset, auth.from_address, auth.nonce):
-                        # Another transaction used the authorization first: the money went
-                        # to the same recipient, but not by this transaction.
-                        raise SettlementUnknown(
-                            f"transaction {tx_hash} reverted: the authorization was used by "
-                            "another transaction",
-                            reason="used_elsewhere",
-                        )
-                    raise SettlementFailed(
-                        f"transaction {tx_hash} reverted on chain: nothing was transferred",
-                        reason="reverted",
-                    )
-                if await self._confirmed(int(r["blockNumber"], 16)):
-                    return
+            if r is not None and (
+                r.get("status") != "0x1" or await self._confirmed(int(r["blockNumber"], 16))
+            ):
+                return r
             if time.monotonic() >= deadline:
                 raise SettlementUnknown(
                     f"transaction {tx_hash} was sent but not confirmed within "
-                    f"{self.chain.receipt_timeout:g} s; `meterkit ledger settle` reconciles it",
+                    f"{self.chain.receipt_timeout:g} s; {reconcile}",
                     reason="receipt_timeout",
                 )
             await asyncio.sleep(self.chain.poll_interval)

@@ -50,6 +50,7 @@ from meterkit.proxy.server import (
 )
 from meterkit.runtime import BackgroundTasks, bound_port
 from meterkit.sessions import SessionStore
+from meterkit.sessions.sources import make_source
 from meterkit.stages import BudgetStage, KeyStage, PaymentStage, SessionStage
 from meterkit.stages.payment import STALE_CLAIM
 from meterkit.usage import PostgresSink, UsageSink, make_sink
@@ -123,6 +124,8 @@ async def _sessions(app: web.Application) -> AsyncIterator[None]:
     except Exception as e:
         raise StartupError(e, "session store") from e
     yield
+    stage = next(s for s in app[PIPELINE].stages if isinstance(s, SessionStage))
+    await stage.source.aclose()
     await store.close()
 
 
@@ -237,7 +240,12 @@ def build_app(
         if any(SessionStage.applies(r.payment) for r in config.routes):
             # Sessions keep their channels beside the ledger (its SQLite file).
             app[SESSION_STORE] = SessionStore(config.ledger.path)
-            sessions = SessionStage(config, app[SESSION_STORE], app[METRICS])
+            sessions = SessionStage(
+                config,
+                app[SESSION_STORE],
+                app[METRICS],
+                make_source(config.sessions.onchain, app[SESSION_STORE]),
+            )
             payment.session_challenges = sessions.challenges
             configured.append(sessions)
             app.cleanup_ctx.append(_sessions)

@@ -33,8 +33,9 @@ class SessionOffer:
     def chain_id(self) -> int:
         return self.accept.asset.chain_id
 
-    def request(self) -> dict[str, Any]:
-        """The challenge's `request` (the same for `evm` and `tempo`)."""
+    def request(self, channel_id: str | None = None) -> dict[str, Any]:
+        """The challenge's `request` (the same for `evm` and `tempo`); `channel_id`: the
+        channel the request said it pays from, as `methodDetails.channelId`."""
         a = self.accept.asset
         out: dict[str, Any] = {
             "amount": str(self.price),
@@ -47,12 +48,16 @@ class SessionOffer:
                 "minVoucherDelta": str(self.min_delta),
             },
         }
+        if channel_id is not None:
+            out["methodDetails"]["channelId"] = channel_id
         if self.suggested_deposit is not None:
             out["suggestedDeposit"] = str(self.suggested_deposit)
         return out
 
 
-def session_offers(terms: SessionTerms, accepts: Sequence[Accept]) -> list[SessionOffer]:
+def session_offers(
+    terms: SessionTerms, accepts: Sequence[Accept], escrow: str = PREPAID_ESCROW
+) -> list[SessionOffer]:
     return [
         SessionOffer(
             a,
@@ -62,6 +67,7 @@ def session_offers(terms: SessionTerms, accepts: Sequence[Accept]) -> list[Sessi
             base_units(terms.suggested_deposit, a.asset)
             if terms.suggested_deposit is not None
             else None,
+            escrow,
         )
         for a in accepts
     ]
@@ -73,6 +79,7 @@ def session_challenges(
     offers: Sequence[SessionOffer],
     expires: str,
     description: str | None,
+    channel_id: str | None = None,
 ) -> list[mpp.Challenge]:
     return [
         mpp.make_challenge(
@@ -80,7 +87,7 @@ def session_challenges(
             realm=realm,
             method=method,
             intent="session",
-            request=o.request(),
+            request=o.request(channel_id),
             expires=expires,
             opaque={"n": secrets.token_hex(12)},
             description=description,

@@ -49,3 +49,7 @@ class ChannelClosing(SessionProblem):
 
 class TooManyVouchers(SessionProblem):
     status, code, title, retry_after = 429, "rate-limited", "Too Many Vouchers", 1
+
+
+class TransactionReverted(SessionProblem):
+    status, code, title = 409, "transaction-reverted", "Transaction Reverted"

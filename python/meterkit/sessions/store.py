@@ -204,3 +204,50 @@ class SessionStore:
                 (str(settled), time.time(), channel_id),
             )
         )
+
+    async def track(self, view: Channel) -> Channel:
+        """An escrow's channel as the store knows it: the row is created on first sight
+        from the escrow's view (nothing accepted or spent yet); later, the escrow's fields
+        (deposit, close request) follow the chain while `settled` and `finalized` only ever
+        grow (a close this gateway made stays made while a cached view lags behind). The
+        session's fields (accepted, spent, units) are the store's. Written only when
+        something changed."""
+
+        def go(c: sqlite3.Connection) -> Channel:
+            cols = ", ".join(_COLUMNS)
+            r = c.execute(
+                f"SELECT {cols} FROM session_channels WHERE channel_id = ?", (view.channel_id,)
+            ).fetchone()
+            if r is None:
+                c.execute(
+                    f"INSERT OR IGNORE INTO session_channels ({cols}, updated_at) "
+                    f"VALUES ({', '.join('?' * (len(_COLUMNS) + 1))})",
+                    (*_row(view), time.time()),
+                )
+                return view
+            have = _channel(r)
+            want = Channel(
+                **{
+                    **have.__dict__,
+                    "deposit": view.deposit,
+                    "settled": max(have.settled, view.settled),
+                    "finalized": have.finalized or view.finalized,
+                    "close_requested": view.close_requested,
+                }
+            )
+            if want != have:
+                c.execute(
+                    "UPDATE session_channels SET deposit = ?, settled = ?, finalized = ?, "
+                    "close_requested = ?, updated_at = ? WHERE channel_id = ?",
+                    (
+                        str(want.deposit),
+                        str(want.settled),
+                        int(want.finalized),
+                        int(want.close_requested),
+                        time.time(),
+                        view.channel_id,
+                    ),
+                )
+            return want
+
+        return await self._run(go)

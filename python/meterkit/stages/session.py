@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -45,6 +46,7 @@ from meterkit.sessions import wire
 from meterkit.sessions.channels import Channel, accept
 from meterkit.sessions.offers import METHODS, SessionOffer, session_challenges, session_offers
 from meterkit.sessions.problems import InsufficientBalance, TooManyVouchers
+from meterkit.sessions.sources import ChannelSource, PrepaidSource
 from meterkit.sessions.store import SessionStore
 from meterkit.usage import UsageRecord
 
@@ -52,6 +54,11 @@ log = logging.getLogger("meterkit.sessions")
 
 # Vouchers a channel may send per second (the session specs suggest about 10).
 VOUCHERS_PER_SECOND = 10.0
+# A request may name the channel it will pay from; the 402's session challenges then carry it
+# as `methodDetails.channelId` (a client such as mppx's then reads that channel on chain and
+# pays from it instead of opening one). Only a hint: the credential's own channel is checked.
+CHANNEL_HINT = "Payment-Channel-Id"
+_HEX32 = re.compile(r"^0x[0-9a-fA-F]{64}$")
 
 
 class Hub:
@@ -105,14 +112,23 @@ class SessionState:
 class SessionStage(Stage):
     name = "session"
 
-    def __init__(self, config: Config, store: SessionStore, metrics: ProxyMetrics) -> None:
+    def __init__(
+        self,
+        config: Config,
+        store: SessionStore,
+        metrics: ProxyMetrics,
+        source: ChannelSource | None = None,
+    ) -> None:
         self.config = config
         self.store = store
+        # Channels are read from the source (prepaid: the store itself; on chain: the
+        # escrow, cached); the money state (accepted, spent, units) is the store's.
+        self.source: ChannelSource = source or PrepaidSource(store)
         self.metrics = metrics
         self.hub = Hub()
         self.secret = (config.payments.secret or "").encode()
         self.offers = {
-            r.key: session_offers(r.payment.session, config.accepts)
+            r.key: session_offers(r.payment.session, config.accepts, self.source.escrow)
             for r in config.routes
             if r.payment.session is not None
         }
@@ -126,12 +142,14 @@ class SessionStage(Stage):
 
     def challenges(self, ctx: RequestContext) -> list[mpp.Challenge]:
         """The session challenges of a 402 for this request (the payment stage adds them)."""
+        hint = ctx.request.headers.get(CHANNEL_HINT, "")
         return session_challenges(
             self.secret,
             self._realm(ctx),
             self.offers[ctx.route.key],
             mpp.rfc3339(time.time() + self.config.payments.expires),
             ctx.route.payment.description,
+            channel_id=hint.lower() if _HEX32.match(hint) else None,
         )
 
     # ---- admission ----------------------------------------------------------------------
@@ -167,8 +185,16 @@ class SessionStage(Stage):
         expires = mpp.parse_rfc3339(ch.expires or "")
         if expires is None or expires <= now:
             raise PaymentExpired("the challenge expired; here is a fresh one", reason="expired")
+        # The terms without the channel hint (bound by the challenge id like the rest).
+        details = ch.request_json.get("methodDetails")
+        hint = details.get("channelId") if isinstance(details, dict) else None
         offer = next(
-            (o for o in self.offers[ctx.route.key] if o.request() == ch.request_json), None
+            (
+                o
+                for o in self.offers[ctx.route.key]
+                if o.request(hint if isinstance(hint, str) else None) == ch.request_json
+            ),
+            None,
         )
         if offer is None:
             raise InvalidChallenge(
@@ -184,11 +210,13 @@ class SessionStage(Stage):
         p = wire.parse_payload(cred.payload)
         if p.action == "topUp":
             raise MethodUnsupported(
-                "this gateway's channels are prepaid: the operator credits deposits",
+                "this gateway's channels are prepaid: the operator credits deposits"
+                if self.source.kind == "prepaid"
+                else "top up on the escrow itself: a voucher above the deposit re-reads it",
                 reason="top_up",
             )
         assert p.cumulative_amount is not None and p.signature is not None
-        channel = await self.store.get(p.channel_id)
+        channel = await self.source.get(p.channel_id, at_least=p.cumulative_amount)
         if channel is not None and (
             channel.chain_id != offer.chain_id
             or channel.token.lower() != offer.accept.asset.address.lower()
@@ -207,7 +235,7 @@ class SessionStage(Stage):
             # A voucher that buys nothing new, again and again (a client answering every
             # repeated need-voucher): limited. A voucher that raises the total never is.
             raise TooManyVouchers("too many vouchers on this channel; slow down", reason="rate")
-        channel = await self.store.get(p.channel_id)
+        channel = await self.source.get(p.channel_id)
         assert channel is not None
         state = SessionState(p.channel_id, ch.method, ch.id, offer)
         ctx.state["session"] = state
@@ -215,7 +243,9 @@ class SessionStage(Stage):
         if p.action == "close":
             # Capture what was consumed, never more: max(spent, settled).
             settled = max(channel.spent, channel.settled)
-            await self.store.finalize(p.channel_id, settled)
+            tx = await self.source.close(channel, settled)
+            if tx is not None:
+                state.extra["txHash"] = tx
             channel = await self.store.get(p.channel_id)
             assert channel is not None
             return self._receipt_response(state, channel)
@@ -240,6 +270,8 @@ class SessionStage(Stage):
             out["chainId"] = channel.chain_id
         if channel.finalized:
             out["settled"] = str(channel.settled)
+        if "txHash" in state.extra:
+            out["txHash"] = state.extra["txHash"]
         return out
 
     def _receipt_response(self, state: SessionState, channel: Channel) -> web.Response:
@@ -264,7 +296,7 @@ class SessionStage(Stage):
 
     async def _reserve(self, ctx: RequestContext, state: SessionState, channel_id: str) -> None:
         offer = state.offer
-        channel = await self.store.get(channel_id)
+        channel = await self.source.get(channel_id)
         assert channel is not None
         cost = state.prompt_units * offer.prompt_price
         free = channel.available - self.hub.reserved[channel.channel_id]
@@ -325,7 +357,7 @@ class SessionStage(Stage):
             event = self.hub.event(state.channel_id)
             async with self.hub.lock(state.channel_id):
                 await self._charge_delivered(ctx, state)
-                channel = await self.store.get(state.channel_id)
+                channel = await self.source.get(state.channel_id)
                 if channel is None or channel.finalized or channel.close_requested:
                     return 0
                 reserved = self.hub.reserved[state.channel_id]
