@@ -625,17 +625,27 @@ def _chain(value: Mapping[str, Any], kind: str, path: KeyPath, problems: Problem
         return None
     if kind == "deferred" and not present:
         return None
+    return parse_chain(value, path, problems, key_name="relayer_key", who="relayer")
+
+
+def parse_chain(
+    value: Mapping[str, Any], path: KeyPath, problems: Problems, *, key_name: str, who: str
+) -> Chain | None:
+    """The keys of a chain that meterkit sends transactions to (settlement's relayer, the
+    session escrow's operator): node URL, signing key (`key_name`), gas and fee caps,
+    confirmations and receipt waits. None, with problems added, when any is wrong."""
     ok = True
     url = value.get("rpc_url")
     if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-        problems.add(path / "rpc_url", "on-chain settlement needs the node's http(s) JSON-RPC URL")
+        problems.add(path / "rpc_url", "expected the chain node's http(s) JSON-RPC URL")
         ok = False
-    key = value.get("relayer_key")
+    key = value.get(key_name)
     if not isinstance(key, str) or not re.fullmatch(r"(0x)?[0-9a-fA-F]{64}", key):
         # Never echo the value: it may be most of a private key.
         problems.add(
-            path / "relayer_key",
-            'expected the relayer\'s private key as 0x + 64 hex digits, e.g. "${RELAYER_KEY}"',
+            path / key_name,
+            f"expected the {who}'s private key as 0x + 64 hex digits, "
+            f'e.g. "${{{key_name.upper()}}}"',
         )
         ok = False
     kw: dict[str, Any] = {}

@@ -20,19 +20,11 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from meterkit.config.payments import (
-    DEFAULT_GAS_LIMIT,
-    DEFAULT_MAX_FEE,
-    DEFAULT_PRIORITY_FEE,
-    Accept,
-    Chain,
-    parse_wei,
-)
+from meterkit.config.payments import Accept, Chain, parse_chain
 from meterkit.config.problems import KeyPath, Problems
 from meterkit.config.units import parse_duration
 
 _ADDRESS = re.compile(r"^0x[0-9a-fA-F]{40}$")
-_KEY = re.compile(r"^(0x)?[0-9a-fA-F]{64}$")
 ONCHAIN_KEYS = (
     "type",
     "rpc_url",
@@ -86,59 +78,22 @@ def parse_sessions(value: Any, path: KeyPath, problems: Problems) -> Sessions:
         return Sessions()
     problems.unknown_keys(cpath, ch, ONCHAIN_KEYS)
     ok = True
-    url = ch.get("rpc_url")
-    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-        problems.add(cpath / "rpc_url", "the chain node's http(s) JSON-RPC URL")
-        ok = False
     escrow = ch.get("escrow")
     if not isinstance(escrow, str) or not _ADDRESS.match(escrow):
         problems.add(cpath / "escrow", "the escrow contract's address (0x + 40 hex digits)")
         ok = False
-    key = ch.get("operator_key")
-    if not isinstance(key, str) or not _KEY.match(key):
-        # Never echo the value: it may be most of a private key.
-        problems.add(
-            cpath / "operator_key",
-            'expected the operator\'s private key as 0x + 64 hex digits, e.g. "${OPERATOR_KEY}"',
-        )
-        ok = False
-    kw: dict[str, Any] = {}
-    for k in ("confirmations", "gas_limit"):
-        if k in ch:
-            v = ch[k]
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                problems.add(cpath / k, "expected a positive integer")
-                ok = False
-            else:
-                kw[k] = v
-    for k in ("max_fee_per_gas", "max_priority_fee_per_gas"):
-        if k in ch:
-            try:
-                kw[k] = parse_wei(ch[k])
-            except ValueError as e:
-                problems.add(cpath / k, str(e))
-                ok = False
     times: dict[str, float] = {}
-    for k in ("receipt_timeout", "poll_interval", "cache", "timeout"):
+    for k in ("cache", "timeout"):
         if k in ch:
             try:
                 times[k] = parse_duration(ch[k])
             except ValueError as e:
                 problems.add(cpath / k, str(e))
                 ok = False
-    if not ok:
+    chain = parse_chain(ch, cpath, problems, key_name="operator_key", who="operator")
+    if not ok or chain is None:
         return Sessions()
-    assert isinstance(url, str) and isinstance(key, str) and isinstance(escrow, str)
-    kw.setdefault("gas_limit", DEFAULT_GAS_LIMIT)
-    kw.setdefault("max_fee_per_gas", DEFAULT_MAX_FEE)
-    kw.setdefault("max_priority_fee_per_gas", DEFAULT_PRIORITY_FEE)
-    if kw["max_priority_fee_per_gas"] > kw["max_fee_per_gas"]:
-        problems.add(cpath / "max_priority_fee_per_gas", "must not exceed max_fee_per_gas")
-        return Sessions()
-    for k in ("receipt_timeout", "poll_interval"):
-        if k in times:
-            kw[k] = times[k]
-    chain = Chain(rpc_url=url, relayer_key=key, **kw)
+    assert isinstance(escrow, str)
     return Sessions(
         "onchain",
         OnchainChannels(
