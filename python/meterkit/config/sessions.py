@@ -79,7 +79,7 @@ def parse_sessions(value: Any, path: KeyPath, problems: Problems) -> Sessions:
     problems.unknown_keys(cpath, ch, ONCHAIN_KEYS)
     ok = True
     escrow = ch.get("escrow")
-    if not isinstance(escrow, str) or not _ADDRESS.match(escrow):
+    if not isinstance(escrow, str) or not _ADDRESS.fullmatch(escrow):
         problems.add(cpath / "escrow", "the escrow contract's address (0x + 40 hex digits)")
         ok = False
     times: dict[str, float] = {}

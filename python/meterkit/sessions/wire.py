@@ -15,10 +15,11 @@ PROFILES: dict[str, Literal["evm", "tempo-v1"]] = {"evm": "evm", "tempo": "tempo
 ACTIONS = ("open", "topUp", "voucher", "close")
 UINT128_MAX = 2**128 - 1
 
-_HEX32 = re.compile(r"^0x[0-9a-fA-F]{64}$")
-_ADDRESS = re.compile(r"^0x[0-9a-fA-F]{40}$")
-_SIG = re.compile(r"^0x(?:[0-9a-fA-F]{128}|[0-9a-fA-F]{130})$")
-_UINT = re.compile(r"^[0-9]{1,39}$")
+# Matched whole (`fullmatch`): `$` would let a trailing newline through to the Rust core.
+_HEX32 = re.compile(r"0x[0-9a-fA-F]{64}")
+_ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
+_SIG = re.compile(r"0x(?:[0-9a-fA-F]{128}|[0-9a-fA-F]{130})")
+_UINT = re.compile(r"[0-9]{1,39}")
 
 
 @dataclass(frozen=True)
@@ -39,14 +40,14 @@ class SessionPayload:
 
 def _uint(p: dict[str, Any], key: str) -> int:
     v = p.get(key)
-    if not isinstance(v, str) or not _UINT.match(v) or int(v) > UINT128_MAX:
+    if not isinstance(v, str) or not _UINT.fullmatch(v) or int(v) > UINT128_MAX:
         raise MalformedCredential(f"payload.{key} must be a decimal uint128 string", reason=key)
     return int(v)
 
 
 def _match(p: dict[str, Any], key: str, pattern: re.Pattern[str], what: str) -> str:
     v = p.get(key)
-    if not isinstance(v, str) or not pattern.match(v):
+    if not isinstance(v, str) or not pattern.fullmatch(v):
         raise MalformedCredential(f"payload.{key} must be {what}", reason=key)
     return v
 

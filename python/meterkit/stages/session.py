@@ -157,12 +157,16 @@ class SessionStage(Stage):
     async def on_request(self, ctx: RequestContext) -> Answer | None:
         if ctx.route.payment.session is None:
             return None
-        found = mpp.request_credential(ctx.request.headers)
-        if found is None:
-            return None
-        cred = mpp.decode_credential(found[1])
-        ch = cred.challenge
-        if ch.intent != "session":
+        try:
+            found = mpp.request_credential(ctx.request.headers)
+            if found is None:
+                return None
+            cred = mpp.decode_credential(found[1])
+        except PaymentProblem as e:
+            if ctx.route.payment.priced:
+                return None  # the payment stage answers for the credential it may own
+            return self._refuse(ctx, e)
+        if cred.challenge.intent != "session":
             return None  # a one-time charge: the payment stage's
         ctx.state["session_credential"] = True
         try:
