@@ -36,8 +36,11 @@ fn deltas(n: usize) -> Vec<String> {
         seed
     };
     let mut text = String::new();
-    while text.chars().count() < n * 13 {
-        text.push_str(PARTS[(next() % PARTS.len() as u64) as usize]);
+    let mut chars = 0;
+    while chars < n * 13 {
+        let part = PARTS[(next() % PARTS.len() as u64) as usize];
+        text.push_str(part);
+        chars += part.chars().count();
     }
     let chars: Vec<char> = text.chars().collect();
     let sizes = [1usize, 2, 3, 3, 4, 4, 5, 6, 8, 12];
@@ -145,6 +148,7 @@ fn main() {
     ];
     let mut names = vec!["count-1".to_string(), "count-64".to_string()];
     for (f, _) in formats {
+        names.push(format!("frame-{f}"));
         names.push(format!("scan-{f}"));
         names.push(format!("walk-{f}"));
         names.push(format!("meter-{f}-1"));
@@ -218,6 +222,16 @@ fn run(p: &Prepared, ds: &[String]) -> (f64, usize) {
         }
         "scan" | "walk" => {
             black_box(frame_extract(&p.bytes, p.format, p.kind == "walk"));
+        }
+        "frame" => {
+            let mut d = SseDecoder::default();
+            let mut n = 0usize;
+            d.feed(&p.bytes, |ev| {
+                n += ev.data.len();
+                Flow::Continue
+            })
+            .expect("framing");
+            black_box(n);
         }
         _ => {
             black_box(meter(&p.chunks, p.format));
