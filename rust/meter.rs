@@ -16,6 +16,7 @@
 //!   exactly that event. `truncate` ends a paused stream instead.
 
 use crate::endings::{ending, EndingParams, EndingStyle, StreamSnapshot};
+use crate::extract::template::Template;
 use crate::extract::{
     extract, Anomaly, AnomalyKind, Channel, EventKind, Extracted, Format, StreamError, StreamInfo,
     Usage,
@@ -209,6 +210,8 @@ struct Core {
     prompt_tokens: Option<u64>,
     /// Events of this read forwarded with rewritten bytes: (start, end, replacement).
     edits: Vec<(u64, u64, Vec<u8>)>,
+    /// The repeated shape of this stream's delta events (see `extract::template`).
+    template: Template,
 }
 
 impl Core {
@@ -324,12 +327,25 @@ impl Core {
                 }
             },
         };
-        let ex = match extract(format, ev.event, ev.data) {
-            Ok(ex) => ex,
-            Err(msg) => {
-                self.anomaly(AnomalyKind::MalformedJson, msg, ev.start);
-                return Verdict::Forward;
-            }
+        // The template leaves out `info`, which matters only until the stream's identity is
+        // known: from then on it is used whenever an event has the learned shape.
+        let templated = if self.info.is_some() || !self.template.drops_info() {
+            self.template.apply(ev.event, ev.data)
+        } else {
+            None
+        };
+        let ex = match templated {
+            Some(ex) => ex,
+            None => match extract(format, ev.event, ev.data) {
+                Ok(ex) => {
+                    self.template.learn(ev.event, ev.data, &ex);
+                    ex
+                }
+                Err(msg) => {
+                    self.anomaly(AnomalyKind::MalformedJson, msg, ev.start);
+                    return Verdict::Forward;
+                }
+            },
         };
         // The stream's identity is kept even from an event that is held back, so an ending
         // sent instead of it still names the stream's own id and model.
@@ -575,6 +591,7 @@ impl StreamMeter {
                 partial_usage: cfg.partial_usage,
                 prompt_tokens: cfg.prompt_tokens,
                 edits: Vec::new(),
+                template: Template::default(),
             },
             ending_style: cfg.ending,
             prompt_tokens: cfg.prompt_tokens,

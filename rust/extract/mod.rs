@@ -13,6 +13,7 @@ pub mod json;
 pub mod openai;
 pub mod responses;
 pub mod scan;
+pub mod template;
 
 use json::{each_key, Cursor, Walk};
 

@@ -116,27 +116,24 @@ impl<'j> Scan<'j> {
         let mut escaped = false;
         let mut high = false;
         loop {
-            // Most strings here are short (keys, ids, one-word deltas): a table-driven byte
-            // loop beat an eight-bytes-at-a-time (SWAR) pre-scan on them (see module notes).
-            let Some(off) = d[j..]
-                .iter()
-                .position(|&b| STRING_CLASS[b as usize] != PLAIN)
-            else {
+            // The end or an escape, found with memchr's vector search; the bytes before it are
+            // then checked for control characters and non-ASCII in one vectorised pass each.
+            // Measured against a table-driven byte loop and an eight-byte SWAR pre-scan: see
+            // the module notes.
+            let Some(off) = memchr::memchr2(b'"', b'\\', &d[j..]) else {
                 return give_up();
             };
-            j += off;
-            match STRING_CLASS[d[j] as usize] {
-                QUOTE => break,
-                HIGH => {
-                    high = true;
-                    j += 1;
-                }
-                BACKSLASH => {
-                    escaped = true;
-                    j = escape_end(d, j)?;
-                }
-                _ => return give_up(),
+            let run = &d[j..j + off];
+            if run.iter().any(|&b| b < 0x20) {
+                return give_up();
             }
+            high |= !run.is_ascii();
+            j += off;
+            if d[j] == b'"' {
+                break;
+            }
+            escaped = true;
+            j = escape_end(d, j)?;
         }
         self.i = j + 1;
         Ok(StrInfo {
@@ -173,7 +170,7 @@ impl<'j> Scan<'j> {
         Ok(Some(
             names
                 .iter()
-                .position(|n| n.len() == k.len() && n.as_bytes() == k)
+                .position(|n| n.len() == k.len() && n.bytes().zip(k).all(|(a, b)| a == *b))
                 .unwrap_or(UNKNOWN),
         ))
     }
