@@ -52,8 +52,94 @@ impl Encoding {
     /// real special tokens).
     pub fn count(self, text: &str) -> usize {
         let tok = self.tokenizer();
-        tok.split(text).map(|p| tok.bpe.count(p.as_bytes())).sum()
+        tok.split(text)
+            .map(|p| self.count_piece(tok, p.as_bytes()) as usize)
+            .sum()
     }
+
+    /// BPE count of one pre-tokenizer piece, memoised per thread (see [`PieceCache`]).
+    #[inline]
+    fn count_piece(self, tok: &Tokenizer, piece: &[u8]) -> u64 {
+        if piece.len() > PIECE_MAX {
+            return tok.bpe.count(piece) as u64;
+        }
+        PIECES.with(|c| {
+            let mut c = c.borrow_mut();
+            let slot = c.slot(self, piece);
+            if let Some(n) = slot.get(piece) {
+                return n;
+            }
+            let n = tok.bpe.count(piece) as u64;
+            slot.set(piece, n);
+            n
+        })
+    }
+}
+
+/// Longest piece the cache keeps (longer pieces are rare and their BPE cost dominates).
+const PIECE_MAX: usize = 22;
+/// Entries per encoding; direct-mapped, so a colliding piece simply replaces the older one.
+const PIECE_SLOTS: usize = 2048;
+
+#[derive(Clone, Copy)]
+struct PieceSlot {
+    len: u8,
+    bytes: [u8; PIECE_MAX],
+    count: u32,
+}
+
+impl PieceSlot {
+    const EMPTY: PieceSlot = PieceSlot {
+        // Longer than any cached piece: never matches.
+        len: u8::MAX,
+        bytes: [0; PIECE_MAX],
+        count: 0,
+    };
+
+    #[inline]
+    fn get(&self, piece: &[u8]) -> Option<u64> {
+        (usize::from(self.len) == piece.len() && &self.bytes[..piece.len()] == piece)
+            .then_some(u64::from(self.count))
+    }
+
+    #[inline]
+    fn set(&mut self, piece: &[u8], count: u64) {
+        self.len = piece.len() as u8;
+        self.bytes[..piece.len()].copy_from_slice(piece);
+        self.count = count as u32;
+    }
+}
+
+/// A memo of `bpe.count(piece)` for short pieces: LLM text repeats the same words, and the
+/// BPE count of a piece (an allocating backtracking encoder) was the largest single cost of
+/// incremental counting. A piece's count is a pure function of its bytes and the encoding,
+/// so the memo cannot change a count. Per thread, so no locking on the hot path.
+struct PieceCache {
+    slots: Vec<PieceSlot>,
+}
+
+impl PieceCache {
+    #[inline]
+    fn slot(&mut self, enc: Encoding, piece: &[u8]) -> &mut PieceSlot {
+        // FxHash-style mixing of the bytes, eight at a time.
+        let mut h: u64 = piece.len() as u64;
+        for chunk in piece.chunks(8) {
+            let mut w = [0u8; 8];
+            w[..chunk.len()].copy_from_slice(chunk);
+            h = (h.rotate_left(5) ^ u64::from_le_bytes(w)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+        }
+        let base = match enc {
+            Encoding::Cl100kBase => 0,
+            Encoding::O200kBase => PIECE_SLOTS,
+        };
+        &mut self.slots[base + (h >> 32) as usize % PIECE_SLOTS]
+    }
+}
+
+thread_local! {
+    static PIECES: std::cell::RefCell<PieceCache> = std::cell::RefCell::new(PieceCache {
+        slots: vec![PieceSlot::EMPTY; 2 * PIECE_SLOTS],
+    });
 }
 
 /// Where a count came from. `Counted` is exact for the model's own tokenizer; `Estimated`
@@ -227,7 +313,9 @@ impl IncrementalCounter {
                 .find(|(o, l, _)| *o == pos && *l == len)
             {
                 Some(&(_, _, n)) => n,
-                None => tok.bpe.count(&self.tail.as_bytes()[pos..pos + len]) as u64,
+                None => self
+                    .encoding
+                    .count_piece(tok, &self.tail.as_bytes()[pos..pos + len]),
             };
             if i < keep_from {
                 self.committed += n;
