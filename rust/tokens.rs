@@ -52,8 +52,13 @@ impl Encoding {
     /// real special tokens).
     pub fn count(self, text: &str) -> usize {
         let tok = self.tokenizer();
-        tok.split(text)
-            .map(|p| self.count_piece(tok, p.as_bytes()) as usize)
+        let mut pos = 0;
+        crate::pretokenize::split(self, text)
+            .map(|len| {
+                let piece = &text.as_bytes()[pos..pos + len];
+                pos += len;
+                self.count_piece(tok, piece) as usize
+            })
             .sum()
     }
 
@@ -297,7 +302,7 @@ impl IncrementalCounter {
         let tok = self.encoding.tokenizer();
         let mut lens = std::mem::take(&mut self.scratch);
         lens.clear();
-        lens.extend(tok.split(&self.tail).map(str::len));
+        lens.extend(crate::pretokenize::split(self.encoding, &self.tail));
         let keep_from = lens.len().saturating_sub(KEEP_PIECES);
         // Count piece by piece: re-splitting the committed text on its own would merge a
         // trailing whitespace piece differently (`"\t "` + `" "` is one piece at the end of a
