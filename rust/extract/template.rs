@@ -119,27 +119,45 @@ impl Template {
     /// The extraction of `data` when it has the learned shape (`info` left empty), else
     /// `None`.
     pub fn apply<'a>(&self, event: &[u8], data: &'a [u8]) -> Option<Extracted<'a>> {
-        if !self.valid || event != self.event.as_slice() || !data.ends_with(&self.suffix) {
+        let d = self.read(event, data)?;
+        let mut out = Extracted::new(EventKind::Data);
+        out.choices_seen = self.choices_seen.clone();
+        out.sequence_number = d.sequence_number;
+        out.delta(d.choice, d.part, d.channel, d.text);
+        Some(out)
+    }
+
+    /// What [`apply`](Self::apply) would return, without building an [`Extracted`]: the
+    /// event is a plain delta event whose only other readings are [`Self::choices_seen`].
+    #[inline]
+    pub fn read<'a>(&self, event: &[u8], data: &'a [u8]) -> Option<TemplatedDelta<'a>> {
+        if !self.valid
+            || !same(event, &self.event)
+            || data.len() < self.suffix.len()
+            || !same(&data[data.len() - self.suffix.len()..], &self.suffix)
+        {
             return None;
         }
         let mut sequence_number = None;
         let body_start = match self.seq {
             None => {
-                if !data.starts_with(&self.prefix) {
+                if data.len() < self.prefix.len() || !same(&data[..self.prefix.len()], &self.prefix)
+                {
                     return None;
                 }
                 self.prefix.len()
             }
             Some((s, e)) => {
                 // Prefix before the digits, a valid integer, the rest of the prefix.
-                if !data.starts_with(&self.prefix[..s]) {
+                if data.len() < s || !same(&data[..s], &self.prefix[..s]) {
                     return None;
                 }
                 let digits = data[s..].iter().take_while(|b| b.is_ascii_digit()).count();
                 let n = parse_int(&data[s..s + digits])?;
                 let rest = &self.prefix[e..];
                 let after = s + digits;
-                if !data[after..].starts_with(rest) {
+                if data.len() < after + rest.len() || !same(&data[after..after + rest.len()], rest)
+                {
                     return None;
                 }
                 sequence_number = Some(n);
@@ -152,12 +170,52 @@ impl Template {
         }
         let content = &data[body_start..body_end];
         let text = string_content(content, &data[body_start - 1..body_end + 1])?;
-        let mut out = Extracted::new(EventKind::Data);
-        out.choices_seen = self.choices_seen.clone();
-        out.sequence_number = sequence_number;
-        out.delta(self.choice, self.part, self.channel, text);
-        Some(out)
+        Some(TemplatedDelta {
+            choice: self.choice,
+            part: self.part,
+            channel: self.channel,
+            text,
+            sequence_number,
+        })
     }
+
+    /// Choice indexes the learned event named (OpenAI chat: its one choice).
+    pub fn choices_seen(&self) -> &[u32] {
+        &self.choices_seen
+    }
+}
+
+/// One templated event's reading: a non-empty delta and the sequence number.
+#[derive(Debug)]
+pub struct TemplatedDelta<'a> {
+    pub choice: u32,
+    pub part: u32,
+    pub channel: Channel,
+    pub text: Cow<'a, str>,
+    pub sequence_number: Option<u64>,
+}
+
+/// Byte equality without a call to libc's `memcmp`: an OR of XORs over eight-byte words,
+/// which the compiler vectorises. Measured: `memcmp` of the ~240 prefix and suffix bytes of an
+/// OpenAI chunk was 14-16% of a metered event (python.rs → on_event, perf), far more than
+/// the comparison itself needs; this loop has no early exit, which the usual case (equal)
+/// never takes anyway.
+#[inline]
+fn same(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut acc = 0u64;
+    let (wa, wb) = (a.chunks_exact(8), b.chunks_exact(8));
+    for (x, y) in wa.remainder().iter().zip(wb.remainder()) {
+        acc |= u64::from(x ^ y);
+    }
+    for (x, y) in wa.zip(wb) {
+        let x = u64::from_le_bytes(x.try_into().expect("eight bytes"));
+        let y = u64::from_le_bytes(y.try_into().expect("eight bytes"));
+        acc |= x ^ y;
+    }
+    acc == 0
 }
 
 /// The delta string's value, validated as the walk validates it; `None` when it is not a
