@@ -33,8 +33,7 @@ enum Class {
     NonAscii,
 }
 
-#[inline]
-fn class(b: u8) -> Class {
+const fn classify(b: u8) -> Class {
     match b {
         b'A'..=b'Z' => Class::Upper,
         b'a'..=b'z' => Class::Lower,
@@ -44,6 +43,21 @@ fn class(b: u8) -> Class {
         0x80..=0xFF => Class::NonAscii,
         _ => Class::Other,
     }
+}
+
+static CLASSES: [Class; 256] = {
+    let mut t = [Class::Other; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = classify(i as u8);
+        i += 1;
+    }
+    t
+};
+
+#[inline]
+fn class(b: u8) -> Class {
+    CLASSES[b as usize]
 }
 
 /// Class of `t[i]`, `None` past the end.
