@@ -20,13 +20,14 @@
 //! events per read, o200k; `meterkit bench core` for the ratios, in benches/RESULTS.md):
 //! - Start: 0.78 (OpenAI chat) / 0.57 (Anthropic). Framing was 0.05 of it, the jiter
 //!   walk ~0.45 / 0.28, incremental counting ~0.19, the rest per-event bookkeeping.
-//! - Kept: a general scanner before the walk (`extract/scan.rs`): ~10% of extraction.
+//! - Kept: a general scanner before the walk (`extract/scan.rs`): 0-14% of extraction
+//!   across runs, i.e. marginal (see its notes).
 //! - Kept, the main lever: a template per stream (`extract/template.rs`). Delta events repeat
 //!   the same bytes around the delta, so after one full extraction the next events are read by
 //!   comparing prefix and suffix and validating only the delta (and a Responses sequence
 //!   number): meter-openai-64 0.78 -> 0.55 with it, then 0.47 once its comparisons stopped
 //!   calling libc memcmp (14-16% of an event under perf, far above the work it does).
-//! - Kept: counting (`tokens.rs`): piece memo and ASCII pre-tokenizer, 0.19 -> 0.11 per delta.
+//! - Kept: counting (`tokens.rs`): piece memo and ASCII pre-tokenizer, 0.19 -> 0.07 per delta.
 //! - Kept: when nothing but counting is asked (no limit, credit or rewriting), a templated
 //!   event updates the meter directly instead of building and moving an `Extracted`
 //!   (differential test `template_path_tests`); and the SSE decoder dispatches the common

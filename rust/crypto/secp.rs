@@ -7,17 +7,21 @@
 //! OpenZeppelin's ECDSA.recover does: otherwise (r, n - s) with the other parity would be a
 //! second valid signature of the same message by the same key.
 //!
-//! Performance notes (recoveries per second, one thread, `meterkit bench payments`, same run):
-//! - `k256` 0.14 `VerifyingKey::recover_from_prehash`: 8.7k/s through the binding, where
-//!   libsecp256k1 through `coincurve` plus a keccak did ~16k/s (issue 14 quoted 18k vs 32k on
-//!   a quieter machine). k256 recovers with a generic double-scalar multiplication and
-//!   verifies the result again afterwards; libsecp256k1 uses GLV endomorphism splitting and
-//!   precomputed static tables for both multiplications.
-//! - Kept: libsecp256k1 through the `secp256k1` crate (its C code is compiled from source by
-//!   `cc`; no system library). The range, low-s and parity rules stay here, in the same
-//!   order and with the same errors, before the library sees the signature: r and s in
-//!   [1, n), s <= n/2, v's parity as the recovery id. The figures are in benches/RESULTS.md.
-//! - Not tried: precomputed tables for k256 (a larger change for at best libsecp256k1's speed).
+//! Performance notes (recoveries per second through the binding, one thread, 2,000 distinct
+//! signatures, best of 5-7; this shared 2-core machine moves every figure by +-30% between
+//! runs, so pairs were alternated in fresh processes):
+//! - `k256` 0.14 `VerifyingKey::recover_from_prehash`: 7.6k-11.5k/s where libsecp256k1 through
+//!   `coincurve` plus pycryptodome's keccak did ~16k/s (issue 14 quoted 18k vs 32k on a
+//!   quieter machine). k256 uses a generic double-scalar multiplication and verifies the
+//!   recovered key again; libsecp256k1 splits scalars with the GLV endomorphism and uses
+//!   large precomputed tables.
+//! - Kept: libsecp256k1 through the `secp256k1` crate (its C sources compiled by `cc`, no
+//!   system library): 12k-20k/s, ahead of coincurve + keccak in 5 of 6 alternated pairs
+//!   (1.1-1.3x; the recorded `meterkit bench payments` run: 12.8k vs 11.0k/s). Both are the
+//!   same C library, so the margin is call overhead. The range, low-s and parity rules stay
+//!   here, in the same order and with the same errors, before the library sees the
+//!   signature: r and s in [1, n), s <= n/2, v's parity as the recovery id.
+//! - Not tried: precomputed tables for k256 (more code for at best libsecp256k1's speed).
 //!   Signing stays on k256: it is not on a hot path and its RFC 6979 output is pinned by the
 //!   published vectors below.
 

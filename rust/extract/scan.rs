@@ -19,11 +19,14 @@
 //! Performance notes (`benches/work.rs`, framing + extraction of a 20,000-event stream, scanner
 //! and walk interleaved in one run, best of 5-7; absolute figures move with the load on this
 //! shared 2-core machine, the ratios much less):
-//! - Kept, modest: this scanner over the jiter walk, 0.51 vs 0.56 us per OpenAI event and
-//!   0.33 vs 0.35 per Anthropic event (~10%, framing included). The walk is already lean; the
-//!   cost that remains is spread thin (key lookup, per-string validation, building the
+//! - Kept, marginal: this scanner over the jiter walk measured 9-14% faster per event in
+//!   three interleaved runs while it was being tuned (e.g. 0.51 vs 0.56 us per OpenAI event,
+//!   0.33 vs 0.35 Anthropic, framing included) and 0-5% in the last one (0.595 vs 0.594
+//!   OpenAI, 0.343 vs 0.361 Anthropic, 0.427 vs 0.419 Responses): the walk is already lean
+//!   and what remains is spread thin (key lookup, per-string validation, building the
 //!   `Extracted`). The large win is the template (`template.rs`), which this scanner backs: it
 //!   reads every event the template does not, and finds the sequence number's bytes for it.
+//!   Worth revisiting: if a quieter machine confirms ~0%, the walk alone is simpler.
 //! - Tried for string scanning: an eight-byte SWAR pre-scan, a table-driven byte loop, and
 //!   memchr2 for the end plus vectorised checks of the run (kept: best on the 36-byte ids and
 //!   short keys of real events, and the SWAR variant only broke even); key lookup by length
