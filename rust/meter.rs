@@ -1476,6 +1476,23 @@ mod template_path_tests {
         s += &ev("", &format!("{base}{{}},\"finish_reason\":\"stop\"}}]}}"));
         s += &ev("", "[DONE]");
         streams.push((Format::OpenAiChat, s));
+        // Usage asked for: `"usage":null` in every chunk, then the usage chunk.
+        let mut s = String::new();
+        for t in texts {
+            s += &ev(
+                "",
+                &format!(
+                    "{base}{{\"content\":{}}},\"finish_reason\":null}}],\"usage\":null}}",
+                    j(t)
+                ),
+            );
+        }
+        s += &ev(
+            "",
+            r#"{"id":"chatcmpl-1","choices":[],"usage":{"prompt_tokens":2,"completion_tokens":9,"total_tokens":11}}"#,
+        );
+        s += &ev("", "[DONE]");
+        streams.push((Format::OpenAiChat, s));
         let mut s = ev(
             "message_start",
             r#"{"type":"message_start","message":{"id":"msg_1","model":"claude-x","usage":{"input_tokens":3,"output_tokens":1}}}"#,

@@ -37,6 +37,9 @@ pub struct Template {
     choices_seen: SmallVec<[u32; 1]>,
     /// The learned event carried stream identity, which `apply` does not return.
     has_info: bool,
+    /// A `"usage": null` member (OpenAI chunks when usage was asked for): its span, counted
+    /// from the start when it lies in the prefix, from the end when in the suffix.
+    usage_member: Option<UsageSpan>,
     valid: bool,
 }
 
@@ -52,6 +55,7 @@ impl Default for Template {
             channel: Channel::Content,
             choices_seen: SmallVec::new(),
             has_info: false,
+            usage_member: None,
             valid: false,
         }
     }
@@ -69,7 +73,6 @@ impl Template {
             && ex.error.is_none()
             && ex.block_opened.is_none()
             && ex.block_closed.is_none()
-            && ex.usage_member.is_none()
             && !ex.usage_only;
         if !plain {
             return;
@@ -84,6 +87,14 @@ impl Template {
         if start == 0 || end >= data.len() || data[start - 1] != b'"' || data[end] != b'"' {
             return;
         }
+        let usage_member = match ex.usage_member {
+            None => None,
+            Some((s, e)) if e <= start && ex.sequence_number.is_none() => {
+                Some(UsageSpan::FromStart(s, e))
+            }
+            Some((s, e)) if s >= end => Some(UsageSpan::FromEnd(data.len() - s, data.len() - e)),
+            Some(_) => return,
+        };
         let seq = match ex.sequence_number {
             None => None,
             Some(n) => match sequence_span(data) {
@@ -108,6 +119,7 @@ impl Template {
         self.channel = d.channel;
         self.choices_seen = ex.choices_seen.clone();
         self.has_info = ex.info.is_some();
+        self.usage_member = usage_member;
         self.valid = true;
     }
 
@@ -123,6 +135,10 @@ impl Template {
         let mut out = Extracted::new(EventKind::Data);
         out.choices_seen = self.choices_seen.clone();
         out.sequence_number = d.sequence_number;
+        out.usage_member = self.usage_member.map(|u| match u {
+            UsageSpan::FromStart(s, e) => (s, e),
+            UsageSpan::FromEnd(s, e) => (data.len() - s, data.len() - e),
+        });
         out.delta(d.choice, d.part, d.channel, d.text);
         Some(out)
     }
@@ -183,6 +199,12 @@ impl Template {
     pub fn choices_seen(&self) -> &[u32] {
         &self.choices_seen
     }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum UsageSpan {
+    FromStart(usize, usize),
+    FromEnd(usize, usize),
 }
 
 /// One templated event's reading: a non-empty delta and the sequence number.
@@ -342,6 +364,27 @@ mod tests {
         ev.push(("", format!("{base}\"a\\\"}},\"finish_reason\":null}}]}}")));
         ev.push(("", format!("{base}\"after\"}},\"finish_reason\":null}}]}}")));
         assert!(agree(Format::OpenAiChat, &ev) >= 10);
+        // With `"usage": null` (usage asked for), after the choices and before them.
+        let with_usage: Vec<(&str, String)> = TEXTS
+            .iter()
+            .map(|t| {
+                let j = serde_json::to_string(t).unwrap();
+                (
+                    "",
+                    format!("{base}{j}}},\"finish_reason\":null}}],\"usage\":null}}"),
+                )
+            })
+            .collect();
+        assert!(agree(Format::OpenAiChat, &with_usage) >= 10);
+        let first = r#"{"usage":null,"id":"c","choices":[{"index":0,"delta":{"content":"#;
+        let usage_first: Vec<(&str, String)> = TEXTS
+            .iter()
+            .map(|t| {
+                let j = serde_json::to_string(t).unwrap();
+                ("", format!("{first}{j}}}}}]}}"))
+            })
+            .collect();
+        assert!(agree(Format::OpenAiChat, &usage_first) >= 10);
         // Invalid UTF-8 cannot be built from `&str` events: check it directly.
         let mut t = Template::default();
         let good = format!("{base}\"a\"}},\"finish_reason\":null}}]}}");
