@@ -10,6 +10,7 @@ pub mod crypto;
 pub mod endings;
 pub mod extract;
 pub mod meter;
+pub mod pretokenize;
 pub mod sse;
 pub mod tokens;
 

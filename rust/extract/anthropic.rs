@@ -2,7 +2,8 @@
 //! Usage: `message_start.message.usage` (input and cache fields, a first output figure),
 //! then `message_delta.usage.output_tokens`, which is cumulative.
 
-use super::json::{each_key, Result, Walk};
+use super::json::{each_key, Cursor, Result, Walk};
+use super::scan::Scan;
 use super::{
     parse_error, parse_usage, typed_event, Channel, EventKind, Extracted, StreamError, StreamInfo,
     Usage,
@@ -37,7 +38,23 @@ struct Fields<'j> {
 }
 
 pub fn extract<'a>(event_type: &[u8], data: &'a [u8]) -> Result<Extracted<'a>> {
-    let mut w = Walk::new(data)?;
+    // The scanner first; anything it does not take is read (or refused) by the jiter walk.
+    match extract_with(Scan::new(data), event_type, data) {
+        Ok(ex) => Ok(ex),
+        Err(_) => extract_with(Walk::new(data)?, event_type, data),
+    }
+}
+
+/// The jiter walk alone: the reference the scanner is tested and measured against.
+pub fn extract_walk<'a>(event_type: &[u8], data: &'a [u8]) -> Result<Extracted<'a>> {
+    extract_with(Walk::new(data)?, event_type, data)
+}
+
+fn extract_with<'a, W: Cursor<'a>>(
+    mut w: W,
+    event_type: &[u8],
+    _data: &'a [u8],
+) -> Result<Extracted<'a>> {
     let mut f = Fields::default();
     let is_object = each_key(&mut w, TOP, |w, k| {
         match k {

@@ -16,6 +16,38 @@ fn err(e: jiter::JiterError) -> String {
     e.to_string()
 }
 
+/// The walk the extractors are written against. Two implementations: [`Walk`] (jiter, exact
+/// error messages, accepts all JSON) and [`Scan`] (a hand-written scanner for the common
+/// shapes, which gives up on anything unusual; see the module notes).
+pub trait Cursor<'j>: Sized {
+    /// After the walk: only whitespace may follow the document.
+    fn finish(self) -> Result<()>;
+    /// Offset of the next value's first byte (whitespace skipped).
+    fn value_start(&mut self) -> Result<usize>;
+    fn is_string(&mut self) -> Result<bool>;
+    fn skip(&mut self) -> Result<()>;
+    /// Enter an object. `Ok(None)` for `null`; otherwise the first key (see [`Key`]).
+    fn object(&mut self, names: &[&str]) -> Result<Option<Key>>;
+    /// The next key of the object being walked.
+    fn next_key(&mut self, names: &[&str]) -> Result<Key>;
+    /// Enter an array: `Ok(false)` for `null` or an empty array.
+    fn array(&mut self) -> Result<bool>;
+    /// Step to the next array element: `false` at the end.
+    fn array_step(&mut self) -> Result<bool>;
+    /// A string, borrowed from the input when it holds no escapes; `None` for `null`.
+    fn opt_str(&mut self) -> Result<Option<Cow<'j, str>>>;
+    fn opt_string(&mut self) -> Result<Option<String>> {
+        Ok(self.opt_str()?.map(Cow::into_owned))
+    }
+    /// A non-negative integer, or `None` for `null`.
+    fn opt_u64(&mut self) -> Result<Option<u64>>;
+    fn opt_i64(&mut self) -> Result<Option<i64>>;
+    /// An error `code`, which APIs send as a string or a number.
+    fn opt_code(&mut self) -> Result<Option<String>>;
+    /// Offset just past the last value read.
+    fn index(&self) -> usize;
+}
+
 pub struct Walk<'j> {
     j: Jiter<'j>,
     data: &'j [u8],
@@ -29,22 +61,30 @@ impl<'j> Walk<'j> {
         })
     }
 
-    /// After the walk: only whitespace may follow the document.
-    pub fn finish(mut self) -> Result<()> {
-        self.j.finish().map_err(err)
-    }
-
     pub fn peek(&mut self) -> Result<Peek> {
         self.j.peek().map_err(err)
     }
+}
 
-    pub fn skip(&mut self) -> Result<()> {
+impl<'j> Cursor<'j> for Walk<'j> {
+    fn finish(mut self) -> Result<()> {
+        self.j.finish().map_err(err)
+    }
+
+    fn value_start(&mut self) -> Result<usize> {
+        self.peek()?;
+        Ok(self.j.current_index())
+    }
+
+    fn is_string(&mut self) -> Result<bool> {
+        Ok(self.peek()? == Peek::String)
+    }
+
+    fn skip(&mut self) -> Result<()> {
         self.j.next_skip().map_err(err)
     }
 
-    /// Enter an object. `Ok(None)` for `null`; otherwise the index in `names` of the first key
-    /// (`Some(None)` for an unknown key, `Some(Some(None))`... see `Key`).
-    pub fn object(&mut self, names: &[&str]) -> Result<Option<Key>> {
+    fn object(&mut self, names: &[&str]) -> Result<Option<Key>> {
         match self.peek()? {
             Peek::Null => {
                 self.j.known_null().map_err(err)?;
@@ -58,14 +98,12 @@ impl<'j> Walk<'j> {
         }
     }
 
-    /// The next key of the object being walked.
-    pub fn next_key(&mut self, names: &[&str]) -> Result<Key> {
+    fn next_key(&mut self, names: &[&str]) -> Result<Key> {
         let k = self.j.next_key().map_err(err)?;
         Ok(lookup(k, names))
     }
 
-    /// Enter an array: `Ok(false)` for `null` or an empty array.
-    pub fn array(&mut self) -> Result<bool> {
+    fn array(&mut self) -> Result<bool> {
         match self.peek()? {
             Peek::Null => {
                 self.j.known_null().map_err(err)?;
@@ -76,13 +114,11 @@ impl<'j> Walk<'j> {
         }
     }
 
-    /// Step to the next array element: `false` at the end.
-    pub fn array_step(&mut self) -> Result<bool> {
+    fn array_step(&mut self) -> Result<bool> {
         Ok(self.j.array_step().map_err(err)?.is_some())
     }
 
-    /// A string, borrowed from the input when it holds no escapes; `None` for `null`.
-    pub fn opt_str(&mut self) -> Result<Option<Cow<'j, str>>> {
+    fn opt_str(&mut self) -> Result<Option<Cow<'j, str>>> {
         match self.peek()? {
             Peek::Null => {
                 self.j.known_null().map_err(err)?;
@@ -107,12 +143,7 @@ impl<'j> Walk<'j> {
         }
     }
 
-    pub fn opt_string(&mut self) -> Result<Option<String>> {
-        Ok(self.opt_str()?.map(Cow::into_owned))
-    }
-
-    /// A non-negative integer, or `None` for `null`.
-    pub fn opt_u64(&mut self) -> Result<Option<u64>> {
+    fn opt_u64(&mut self) -> Result<Option<u64>> {
         match self.peek()? {
             Peek::Null => {
                 self.j.known_null().map_err(err)?;
@@ -126,7 +157,7 @@ impl<'j> Walk<'j> {
         }
     }
 
-    pub fn opt_i64(&mut self) -> Result<Option<i64>> {
+    fn opt_i64(&mut self) -> Result<Option<i64>> {
         match self.peek()? {
             Peek::Null => {
                 self.j.known_null().map_err(err)?;
@@ -139,8 +170,7 @@ impl<'j> Walk<'j> {
         }
     }
 
-    /// An error `code`, which APIs send as a string or a number.
-    pub fn opt_code(&mut self) -> Result<Option<String>> {
+    fn opt_code(&mut self) -> Result<Option<String>> {
         match self.peek()? {
             Peek::String | Peek::Null => self.opt_string(),
             p if p.is_num() => {
@@ -154,12 +184,8 @@ impl<'j> Walk<'j> {
         }
     }
 
-    pub fn index(&self) -> usize {
+    fn index(&self) -> usize {
         self.j.current_index()
-    }
-
-    pub fn slice_from(&self, start: usize) -> &'j [u8] {
-        &self.data[start..self.j.current_index()]
     }
 }
 
@@ -175,9 +201,9 @@ fn lookup(key: Option<&str>, names: &[&str]) -> Key {
 
 /// Walk every key of an object, calling `f(walk, index)` for known keys and skipping the
 /// values of unknown ones. `Ok(false)` when the value was `null`.
-pub fn each_key<'j, F>(w: &mut Walk<'j>, names: &[&str], mut f: F) -> Result<bool>
+pub fn each_key<'j, W: Cursor<'j>, F>(w: &mut W, names: &[&str], mut f: F) -> Result<bool>
 where
-    F: FnMut(&mut Walk<'j>, usize) -> Result<()>,
+    F: FnMut(&mut W, usize) -> Result<()>,
 {
     each_member(w, names, |w, i, _| f(w, i))
 }
@@ -185,11 +211,11 @@ where
 /// Like [`each_key`], also passing where each member starts: the offset just after the `{`
 /// for the first member, else the offset of the end of the previous value (so the range up to
 /// the end of this member's value holds its leading comma). Used to cut a member out.
-pub fn each_member<'j, F>(w: &mut Walk<'j>, names: &[&str], mut f: F) -> Result<bool>
+pub fn each_member<'j, W: Cursor<'j>, F>(w: &mut W, names: &[&str], mut f: F) -> Result<bool>
 where
-    F: FnMut(&mut Walk<'j>, usize, usize) -> Result<()>,
+    F: FnMut(&mut W, usize, usize) -> Result<()>,
 {
-    let mut start = w.peek().map(|_| w.index() + 1)?;
+    let mut start = w.value_start()? + 1;
     let Some(mut key) = w.object(names)? else {
         return Ok(false);
     };
@@ -206,9 +232,9 @@ where
 }
 
 /// Walk every element of an array (or nothing for `null`).
-pub fn each_item<'j, F>(w: &mut Walk<'j>, mut f: F) -> Result<()>
+pub fn each_item<'j, W: Cursor<'j>, F>(w: &mut W, mut f: F) -> Result<()>
 where
-    F: FnMut(&mut Walk<'j>) -> Result<()>,
+    F: FnMut(&mut W) -> Result<()>,
 {
     if !w.array()? {
         return Ok(());

@@ -12,8 +12,10 @@ pub mod anthropic;
 pub mod json;
 pub mod openai;
 pub mod responses;
+pub mod scan;
+pub mod template;
 
-use json::{each_key, Walk};
+use json::{each_key, Cursor, Walk};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Format {
@@ -192,7 +194,7 @@ const USAGE: &[&str] = &[
 
 /// A usage object in any format: OpenAI chat/completions names, Responses names and
 /// Anthropic names all map onto [`Usage`]. `None` for `null`.
-pub(crate) fn parse_usage(w: &mut Walk<'_>) -> json::Result<Option<Usage>> {
+pub(crate) fn parse_usage<'j, W: Cursor<'j>>(w: &mut W) -> json::Result<Option<Usage>> {
     let mut u = Usage::default();
     let mut cache_read = None;
     let present = each_key(w, USAGE, |w, k| {
@@ -375,6 +377,21 @@ pub fn extract<'a>(
     }
 }
 
+/// [`extract`] with the jiter walk only (no scanner): the reference for the scanner's
+/// differential tests and benches.
+#[doc(hidden)]
+pub fn extract_walk<'a>(
+    format: Format,
+    event_type: &[u8],
+    data: &'a [u8],
+) -> Result<Extracted<'a>, String> {
+    match format {
+        Format::OpenAiChat | Format::OpenAiCompletions => openai::extract_walk(data),
+        Format::OpenAiResponses => responses::extract_walk(event_type, data),
+        Format::Anthropic => anthropic::extract_walk(event_type, data),
+    }
+}
+
 /// A typed event (Anthropic, Responses) must be a JSON object with a `type`; the `event:`
 /// line, when present, must agree with it (the data's `type` is authoritative; a bare
 /// `message` event type is the SSE default and says nothing).
@@ -400,7 +417,7 @@ pub(crate) fn typed_event<'j>(
 
 /// Error objects come as `{"type","message","code"}` in every format (the code may be a
 /// string or a number). `None` for `null`.
-pub(crate) fn parse_error(w: &mut Walk<'_>) -> json::Result<Option<StreamError>> {
+pub(crate) fn parse_error<'j, W: Cursor<'j>>(w: &mut W) -> json::Result<Option<StreamError>> {
     let mut e = StreamError {
         kind: "error".into(),
         message: String::new(),

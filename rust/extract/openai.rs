@@ -2,7 +2,8 @@
 //! Both share one chunk shape: chat text is in `choices[i].delta`, legacy text in
 //! `choices[i].text`.
 
-use super::json::{each_item, each_key, each_member, Result, Walk};
+use super::json::{each_item, each_key, each_member, Cursor, Result, Walk};
+use super::scan::Scan;
 use super::{parse_error, parse_usage, Channel, EventKind, Extracted, StreamInfo};
 
 const TOP: &[&str] = &[
@@ -32,7 +33,22 @@ pub fn extract(data: &[u8]) -> Result<Extracted<'_>> {
     if data.trim_ascii() == b"[DONE]" {
         return Ok(Extracted::new(EventKind::Data).with_kind(EventKind::Done));
     }
-    let mut w = Walk::new(data)?;
+    // The scanner first; anything it does not take is read (or refused) by the jiter walk.
+    match extract_with(Scan::new(data), data) {
+        Ok(ex) => Ok(ex),
+        Err(_) => extract_with(Walk::new(data)?, data),
+    }
+}
+
+/// The jiter walk alone: the reference the scanner is tested and measured against.
+pub fn extract_walk(data: &[u8]) -> Result<Extracted<'_>> {
+    if data.trim_ascii() == b"[DONE]" {
+        return Ok(Extracted::new(EventKind::Data).with_kind(EventKind::Done));
+    }
+    extract_with(Walk::new(data)?, data)
+}
+
+fn extract_with<'a, W: Cursor<'a>>(mut w: W, data: &'a [u8]) -> Result<Extracted<'a>> {
     let mut out = Extracted::new(EventKind::Data);
     let mut info = StreamInfo::default();
     let mut has_info = false;
@@ -102,7 +118,7 @@ fn member_span(data: &[u8], start: usize, end: usize) -> (usize, usize) {
     }
 }
 
-fn choice<'j>(w: &mut Walk<'j>, out: &mut Extracted<'j>) -> Result<()> {
+fn choice<'j, W: Cursor<'j>>(w: &mut W, out: &mut Extracted<'j>) -> Result<()> {
     let mut index = 0u32;
     let mut texts: smallvec::SmallVec<[(u32, Channel, std::borrow::Cow<'j, str>); 2]> =
         smallvec::SmallVec::new();

@@ -2,7 +2,8 @@
 //! Billed text arrives in typed `*.delta` events; usage only in the terminal
 //! `response.completed` / `response.incomplete` / `response.failed` event.
 
-use super::json::{each_key, Result, Walk};
+use super::json::{each_key, Cursor, Result, Walk};
+use super::scan::Scan;
 use super::{
     parse_error, parse_usage, typed_event, Channel, EventKind, Extracted, StreamError, StreamInfo,
 };
@@ -51,7 +52,7 @@ struct Response<'j> {
     error: Option<StreamError>,
 }
 
-fn response<'j>(w: &mut Walk<'j>) -> Result<Option<Response<'j>>> {
+fn response<'j, W: Cursor<'j>>(w: &mut W) -> Result<Option<Response<'j>>> {
     let mut r = Response::default();
     let present = each_key(w, RESPONSE, |w, k| {
         match k {
@@ -89,7 +90,23 @@ fn channel_of(kind: &str) -> Option<Channel> {
 }
 
 pub fn extract<'a>(event_type: &[u8], data: &'a [u8]) -> Result<Extracted<'a>> {
-    let mut w = Walk::new(data)?;
+    // The scanner first; anything it does not take is read (or refused) by the jiter walk.
+    match extract_with(Scan::new(data), event_type, data) {
+        Ok(ex) => Ok(ex),
+        Err(_) => extract_with(Walk::new(data)?, event_type, data),
+    }
+}
+
+/// The jiter walk alone: the reference the scanner is tested and measured against.
+pub fn extract_walk<'a>(event_type: &[u8], data: &'a [u8]) -> Result<Extracted<'a>> {
+    extract_with(Walk::new(data)?, event_type, data)
+}
+
+fn extract_with<'a, W: Cursor<'a>>(
+    mut w: W,
+    event_type: &[u8],
+    _data: &'a [u8],
+) -> Result<Extracted<'a>> {
     let mut f = Fields::default();
     let is_object = each_key(&mut w, TOP, |w, k| {
         match k {
@@ -99,7 +116,7 @@ pub fn extract<'a>(event_type: &[u8], data: &'a [u8]) -> Result<Extracted<'a>> {
             3 | 4 => f.part = w.opt_u64()?,
             5 => {
                 // `delta` is a string in text events; other event kinds may use objects.
-                if w.peek()? == jiter::Peek::String {
+                if w.is_string()? {
                     f.delta = w.opt_str()?;
                 } else {
                     w.skip()?;
@@ -108,7 +125,7 @@ pub fn extract<'a>(event_type: &[u8], data: &'a [u8]) -> Result<Extracted<'a>> {
             6 => f.response = response(w)?,
             7 => f.code = w.opt_code()?,
             _ => {
-                if w.peek()? == jiter::Peek::String {
+                if w.is_string()? {
                     f.message = w.opt_string()?;
                 } else {
                     w.skip()?;

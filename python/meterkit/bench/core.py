@@ -1,9 +1,11 @@
 """`meterkit bench core`: the Rust core against pure-Python baselines and `tiktoken`.
 
 What is measured (all single-threaded, same process, same data, best of several runs):
-1. The metering pipeline (SSE framing + extraction + exact count) on realistic OpenAI chat and
-   Anthropic streams, one event per read and many events per read: meterkit's StreamMeter
-   versus `PythonPipeline` (bytes scanning + orjson + one tiktoken call at the end).
+1. The metering pipeline (SSE framing + extraction + exact count) on realistic OpenAI chat,
+   Anthropic and OpenAI Responses streams, one event per read and many events per read:
+   meterkit's StreamMeter versus `PythonPipeline` (bytes scanning + orjson + one tiktoken
+   call at the end; `ResponsesPipeline` adds the Responses delta events). JSON: `pipeline`
+   (OpenAI chat and Anthropic, as in earlier runs) and `pipeline_responses`.
 2. Framing + extraction alone, in Rust (one call for the whole buffer) versus the same
    pure-Python framing and orjson extraction.
 3. Token counting: meterkit versus tiktoken's `encode_ordinary` on the same text, and the
@@ -22,7 +24,6 @@ import orjson
 
 from meterkit import StreamMeter, _core, synth
 from meterkit.bench.baseline import PythonPipeline
-from meterkit.bench.baseline import frame_and_extract as py_frame_and_extract
 from meterkit.bench.reference import load_tiktoken
 from meterkit.bench.timing import best_of, environment, table
 
@@ -58,10 +59,48 @@ def deltas_of(text: str, seed: int = 1) -> list[str]:
     return out
 
 
+FORMATS = ("openai-chat", "anthropic", "openai-responses")
+
+
 def stream(fmt: str, deltas: list[str]) -> bytes:
     if fmt == "openai-chat":
         return synth.stream_bytes(synth.chat_events(deltas))
+    if fmt == "openai-responses":
+        return synth.stream_bytes(synth.responses_events(deltas))
     return synth.stream_bytes(synth.anthropic_events(deltas))
+
+
+class ResponsesPipeline(PythonPipeline):
+    """The same pure-Python pipeline, also reading Responses text deltas (the billed
+    `response.output_text.delta` events; the `.done` echo of the whole text is not billed)."""
+
+    def _event(self, block: bytes) -> None:
+        data = []
+        for line in block.split(b"\n"):
+            if line.startswith(b"data:"):
+                v = line[5:]
+                data.append(v[1:] if v.startswith(b" ") else v)
+        if not data:
+            return
+        self.events += 1
+        obj = orjson.loads(b"\n".join(data))
+        if obj.get("type") == "response.output_text.delta":
+            text = obj.get("delta")
+            if text:
+                self.parts.append(text)
+
+
+def baseline(fmt: str, enc: Any) -> PythonPipeline:
+    """The pure-Python pipeline for `fmt` (the Responses one only where needed, so the other
+    formats pay no extra method call)."""
+    return ResponsesPipeline(fmt, enc) if fmt == "openai-responses" else PythonPipeline(fmt, enc)
+
+
+def py_frame_and_extract(data: bytes, fmt: str) -> int:
+    """Framing + extraction only (no counting), the baseline of `_core.frame_and_extract`."""
+    p = baseline(fmt, None)
+    p.feed(data)
+    return len(p.parts)
 
 
 def reads(data: bytes, events_per_read: int) -> list[bytes]:
@@ -82,7 +121,7 @@ def run_meter(chunks: list[bytes], fmt: str) -> int:
 
 
 def run_python(chunks: list[bytes], fmt: str, enc: Any) -> int:
-    p = PythonPipeline(fmt, enc)
+    p = baseline(fmt, enc)
     for c in chunks:
         p.feed(c)
     return p.finish()
@@ -114,7 +153,7 @@ def main(quick: bool = False, json_out: str | None = None) -> int:
     deltas = deltas_of(text)
     rows = []
     pipeline: list[dict[str, Any]] = []
-    for fmt in ("openai-chat", "anthropic"):
+    for fmt in FORMATS:
         data = stream(fmt, deltas)
         for per_read in (1, 64):
             chunks = reads(data, per_read)
@@ -151,7 +190,10 @@ def main(quick: bool = False, json_out: str | None = None) -> int:
                     f"{r['speedup']:.1f}x",
                 ]
             )
-    results["pipeline"] = pipeline
+    # "pipeline" keeps the two formats every earlier run recorded (its shape is what
+    # tests/test_bench.py checks and what runs are compared by); Responses rows sit beside it.
+    results["pipeline"] = [r for r in pipeline if r["format"] != "openai-responses"]
+    results["pipeline_responses"] = [r for r in pipeline if r["format"] == "openai-responses"]
     print(f"\n1. Framing + extraction + exact count ({len(deltas)} deltas per stream)")
     print(
         table(
@@ -171,7 +213,7 @@ def main(quick: bool = False, json_out: str | None = None) -> int:
     # 2. Framing + extraction alone ---------------------------------------------------------
     rows = []
     framing: list[dict[str, Any]] = []
-    for fmt in ("openai-chat", "anthropic"):
+    for fmt in FORMATS:
         data = stream(fmt, deltas)
         n_events = data.count(b"\n\n")
         t_ours = best_of(partial(_core.frame_and_extract, data, fmt), repeat)

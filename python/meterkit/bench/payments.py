@@ -2,7 +2,9 @@
 
 1. Signature verifications per second: an EIP-3009 authorization's EIP-712 digest plus
    secp256k1 recovery in the Rust core, versus `eth-account` (encode_typed_data +
-   recover_message) on the same signatures, in the same run; and recovery alone.
+   recover_message) on the same signatures, in the same run; and recovery alone, also versus
+   libsecp256k1 through `coincurve` plus pycryptodome's keccak (public key → address bytes,
+   no checksum and no low-s check: favourable to that baseline).
 2. The pay-and-retry round trip through the proxy: a paid request (402, sign, retry,
    settle) versus the same route unpaid, p50/p99 — with the deferred settler (no network)
    and with the mock facilitator (one extra HTTP round trip).
@@ -16,6 +18,7 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from decimal import Decimal
 from pathlib import Path
@@ -84,16 +87,44 @@ def verify_rate(n: int, repeat: int) -> dict[str, float]:
         for d, sig in digests:
             Account._recover_hash(d, signature=sig)
 
-    t = {
-        name: best_of(fn, repeat)
-        for name, fn in (
-            ("meterkit_full", meterkit_full),
-            ("eth_full", eth_full),
-            ("meterkit_recover", meterkit_recover),
-            ("eth_recover", eth_recover),
-        )
-    }
+    fns = [
+        ("meterkit_full", meterkit_full),
+        ("eth_full", eth_full),
+        ("meterkit_recover", meterkit_recover),
+        ("eth_recover", eth_recover),
+    ]
+    libsecp = _libsecp_recover(digests)
+    if libsecp is not None:
+        fns.append(("libsecp256k1_recover", libsecp))
+    t = {name: best_of(fn, repeat) for name, fn in fns}
     return {k: n / v for k, v in t.items()}
+
+
+def _libsecp_recover(digests: list[tuple[bytes, bytes]]) -> Callable[[], None] | None:
+    """Recovery with libsecp256k1 (coincurve) + keccak, checked against meterkit once;
+    `None` when coincurve (the `bench` extra) is not installed."""
+    try:
+        from coincurve import PublicKey
+        from Crypto.Hash import keccak
+    except ImportError:
+        print("(coincurve not installed: no libsecp256k1 baseline)", file=sys.stderr)
+        return None
+    # coincurve takes r ‖ s ‖ recovery id (0/1), not Ethereum's v.
+    prepared = [(d, sig[:64] + bytes([sig[64] - 27])) for d, sig in digests]
+
+    def address(d: bytes, sig: bytes) -> bytes:
+        point = PublicKey.from_signature_and_message(sig, d, hasher=None).format(compressed=False)
+        return keccak.new(data=point[1:], digest_bits=256).digest()[12:]
+
+    for (d, sig), (_, raw) in zip(prepared, digests, strict=True):
+        expected = _core.recover_address(d, raw)
+        assert "0x" + address(d, sig).hex() == expected.lower()
+
+    def run() -> None:
+        for d, sig in prepared:
+            address(d, sig)
+
+    return run
 
 
 async def round_trips(url: str, n: int) -> dict[str, float]:
@@ -172,6 +203,20 @@ def main(quick: bool = False, json_out: str | None = None) -> int:
             ],
         )
     )
+    if "libsecp256k1_recover" in rates:
+        print(
+            table(
+                ["recovery only", "meterkit /s", "coincurve + keccak /s", "ratio"],
+                [
+                    [
+                        "libsecp256k1 baseline",
+                        f"{rates['meterkit_recover']:.0f}",
+                        f"{rates['libsecp256k1_recover']:.0f}",
+                        f"{rates['meterkit_recover'] / rates['libsecp256k1_recover']:.2f}x",
+                    ]
+                ],
+            )
+        )
     rows = []
     with ExitStack() as stack:
         d = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="meterkit-bench-")))
