@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import tempfile
+import textwrap
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,11 +88,26 @@ def _figure(width: float = 7.5, height: float = 4.5) -> tuple[Figure, Axes]:
 def _save(fig: Figure, path: Path, title: str, note: str) -> Path:
     fig.suptitle(title, fontsize=12, fontweight="bold")
     if note:
-        fig.text(0.5, 0.0, note, ha="center", va="bottom", fontsize=7.5, color="#555555")
-        fig.get_layout_engine().set(h_pad=0.2)  # type: ignore[call-arg,union-attr]
+        lines = textwrap.wrap(note, max(40, int(fig.get_figwidth() * 15)))
+        # a figure-level x label: the layout keeps it clear of the axes' own labels
+        fig.supxlabel("\n".join(lines), fontsize=7.5, color="#555555")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png")
     return path
+
+
+def _log_scale(ax: Axes, values: Sequence[float]) -> bool:
+    """A log value axis when the bars span more than 30×, so the small one stays visible."""
+    positive = [v for v in values if v == v and v > 0]
+    if len(positive) == len(values) and positive and max(positive) / min(positive) > 30:
+        ax.set_yscale("log")
+        return True
+    return False
+
+
+def _value_label(unit: str, higher_is_better: bool, log: bool) -> str:
+    better = "higher is better" if higher_is_better else "lower is better"
+    return f"{unit} ({better}{', log scale' if log else ''})"
 
 
 def _legend(ax: Axes) -> None:
@@ -142,7 +158,7 @@ def bars(
     for x, n in zip(xs, names, strict=True):
         text = _fmt(values[n]) + ("×" if ratio_line else "")
         if base and n != baseline:
-            text += f"\n{values[n] / base:.2f}× baseline"
+            text += f"\n{_fmt(values[n] / base)}× baseline"
         ax.annotate(
             text,
             (x, values[n]),
@@ -152,10 +168,11 @@ def bars(
             xytext=(0, 2),
             textcoords="offset points",
         )
+    log = _log_scale(ax, list(values.values()))
     if ratio_line:
         ax.axhline(1.0, color="#555555", ls="--", lw=1, label="baseline (1×)")
         _legend(ax)
-    ax.set_ylabel(unit + (" (higher is better)" if higher_is_better else " (lower is better)"))
+    ax.set_ylabel(_value_label(unit, higher_is_better, log))
     ax.margins(y=0.2)
     ax.grid(axis="y", alpha=0.3)
     ax.set_axisbelow(True)
@@ -194,7 +211,8 @@ def grouped_bars(
         bars_ = ax.bar(xs, ys, width=width * 0.95, color=color, label=label)
         ax.bar_label(bars_, labels=[_fmt(y) if y == y else "" for y in ys], fontsize=8, padding=2)
     ax.set_xticks(range(len(categories)), categories)
-    ax.set_ylabel(unit + (" (higher is better)" if higher_is_better else " (lower is better)"))
+    log = _log_scale(ax, [v for g in groups.values() for v in g.values()])
+    ax.set_ylabel(_value_label(unit, higher_is_better, log))
     ax.margins(y=0.15)
     ax.grid(axis="y", alpha=0.3)
     ax.set_axisbelow(True)
@@ -230,10 +248,12 @@ def cdf(
         ax.axhline(q, color="#cccccc", lw=0.8, zorder=0)
         ax.annotate(
             f"p{round(q * 100)}",
-            (0, q),
+            (1, q),
             xycoords=("axes fraction", "data"),
-            xytext=(3, 2),
+            xytext=(3, 0),
             textcoords="offset points",
+            ha="left",
+            va="center",
             fontsize=8,
             color="#777777",
         )
