@@ -86,9 +86,14 @@ def _figure(width: float = 7.5, height: float = 4.5) -> tuple[Figure, Axes]:
 
 
 def _save(fig: Figure, path: Path, title: str, note: str) -> Path:
-    fig.suptitle(title, fontsize=12, fontweight="bold")
+    # about 10 bold 12-point characters per inch: longer titles wrap instead of overflowing
+    fig.suptitle(
+        "\n".join(textwrap.wrap(title, int(fig.get_figwidth() * 10))),
+        fontsize=12,
+        fontweight="bold",
+    )
     if note:
-        lines = textwrap.wrap(note, max(40, int(fig.get_figwidth() * 15)))
+        lines = textwrap.wrap(note, max(40, int(fig.get_figwidth() * 17)))
         # a figure-level x label: the layout keeps it clear of the axes' own labels
         fig.supxlabel("\n".join(lines), fontsize=7.5, color="#555555")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -105,9 +110,16 @@ def _log_scale(ax: Axes, values: Sequence[float]) -> bool:
     return False
 
 
-def _value_label(unit: str, higher_is_better: bool, log: bool) -> str:
-    better = "higher is better" if higher_is_better else "lower is better"
-    return f"{unit} ({better}{', log scale' if log else ''})"
+def _value_label(unit: str, higher_is_better: bool | None, log: bool) -> str:
+    """The value axis label: unit, which way is better (None: neither) and a log scale."""
+    notes = (
+        []
+        if higher_is_better is None
+        else ["higher is better" if higher_is_better else "lower is better"]
+    )
+    if log:
+        notes.append("log scale")
+    return f"{unit} ({', '.join(notes)})" if notes else unit
 
 
 def _legend(ax: Axes) -> None:
@@ -141,14 +153,14 @@ def bars(
     unit: str,
     *,
     baseline: str | None = None,
-    higher_is_better: bool = False,
+    higher_is_better: bool | None = False,
     ratio_line: bool = False,
     note: str = "",
 ) -> Path:
     """One bar per item (e.g. CPU µs per event for each proxy); the baseline grey, every other
     bar annotated with its value and its ratio to the baseline. `ratio_line`: the values are
     ratios to a baseline; a dashed line marks 1× (the baseline)."""
-    fig, ax = _figure(min(12.0, max(5.0, 1.5 * len(values) + 2.5)))
+    fig, ax = _figure(min(12.0, max(6.5, 1.5 * len(values) + 2.5)))
     names = list(values)
     colors = [BASELINE_COLOR if n == baseline else COLORS[0] for n in names]
     xs = range(len(names))
@@ -186,7 +198,7 @@ def grouped_bars(
     unit: str,
     *,
     baseline: str | None = None,
-    higher_is_better: bool = False,
+    higher_is_better: bool | None = False,
     note: str = "",
 ) -> Path:
     """Bars side by side per group: `groups[category][series]`, e.g. p50 and p99 latency per
