@@ -113,10 +113,11 @@ def test_progress_is_silent_unless_enabled(monkeypatch: Any) -> None:
     err = io.StringIO()
     monkeypatch.setattr(sys, "stderr", err)
     progress = Progress()
-    progress("proxy", "TTFT", 3, 5)
+    progress.suite = "proxy"
+    progress("TTFT", 3, 5)
     assert err.getvalue() == ""
     progress.enabled = True
-    progress("proxy", "TTFT", 3, 5)
+    progress("TTFT", 3, 5)
     assert "proxy: TTFT 3/5 …" in err.getvalue()
     out = io.StringIO()
     progress.wrap(out).write("table\n")

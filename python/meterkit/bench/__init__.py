@@ -68,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
     out, temporary = _plot_output(args)
     main = importlib.import_module(f"meterkit.bench.{args.suite}").main
     progress.enabled = sys.stderr.isatty() and not getattr(args, "quiet", False)
+    progress.suite = args.suite
     try:
         with (
             contextlib.redirect_stdout(progress.wrap(sys.stdout))

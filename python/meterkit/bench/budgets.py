@@ -45,7 +45,7 @@ async def admission(redis_url: str | None, n: int) -> dict[str, dict[str, float]
         times = []
         for i in range(n):
             if i % 100 == 0:
-                progress("budgets", f"admission, {b.name} store", i, n)
+                progress(f"admission, {b.name} store", i, n)
             rid = f"r{i}"
             t0 = time.perf_counter()
             await b.admit(who, limits, 500, 120, rid, 60)
@@ -182,7 +182,7 @@ def main(quick: bool = False, json_out: str | None = None, plots: Output | None 
                     cwd=workdir,
                 )
             )
-            progress("budgets", "CPU per event, enforcement off and on")
+            progress("CPU per event, enforcement off and on")
             cpu = loop.run_until_complete(
                 cpu_per_event(
                     {"off": (plain.url, plain.pid), "on": (enforced.url, enforced.pid)},
@@ -233,7 +233,7 @@ def main(quick: bool = False, json_out: str | None = None, plots: Output | None 
                     cwd=workdir,
                 )
             )
-            progress("budgets", f"overshoot, {streams} streams on one key")
+            progress(f"overshoot, {streams} streams on one key")
             o = loop.run_until_complete(overshoot(shared.url, streams, want))
             prompt = count_chat_prompt(orjson.loads(BODY)["messages"], "gpt-4o")
             consumed = o["delivered"] + o["admitted"] * prompt
@@ -277,7 +277,7 @@ def main(quick: bool = False, json_out: str | None = None, plots: Output | None 
     if json_out:
         Path(json_out).write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
     if plots is not None:
-        progress("budgets", "plots")
+        progress("plots")
         figures(plots, results)
     return 0
 

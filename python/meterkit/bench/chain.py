@@ -139,7 +139,7 @@ def main(quick: bool = False) -> dict[str, Any] | None:
         rows = []
         try:
             for name, settler in paths:
-                progress("payments", f"settlement on anvil, {name}")
+                progress(f"settlement on anvil, {name}")
                 lat = loop.run_until_complete(_latencies(settler, _requests(asset, n, payer_key)))
                 results[f"settle_{name}"] = {
                     "p50_ms": _pct(lat, 0.5) * 1e3,
@@ -153,7 +153,7 @@ def main(quick: bool = False) -> dict[str, Any] | None:
                     ]
                 )
             print(table(["settlement", "p50 ms", "p99 ms"], rows))
-            progress("payments", "round trip with on-chain settlement")
+            progress("round trip with on-chain settlement")
             trips = _proxy_round_trips(stack, loop, node, asset, payer_key, n)
             results["round_trip_onchain"] = trips
         finally:

@@ -119,7 +119,7 @@ def main(quick: bool = False, json_out: str | None = None, plots: Output | None 
     for fmt in ("openai-chat", "anthropic"):
         data = stream(fmt, deltas)
         for per_read in (1, 64):
-            progress("core", f"pipeline {fmt}, {per_read} event(s)/read", len(pipeline) + 1, 4)
+            progress(f"pipeline {fmt}, {per_read} event(s)/read", len(pipeline) + 1, 4)
             chunks = reads(data, per_read)
             n_events = sum(c.count(b"\n\n") for c in chunks)
             ours = run_meter(chunks, fmt)
@@ -175,7 +175,7 @@ def main(quick: bool = False, json_out: str | None = None, plots: Output | None 
     rows = []
     framing: list[dict[str, Any]] = []
     for fmt in ("openai-chat", "anthropic"):
-        progress("core", f"framing + extraction {fmt}", len(framing) + 1, 2)
+        progress(f"framing + extraction {fmt}", len(framing) + 1, 2)
         data = stream(fmt, deltas)
         n_events = data.count(b"\n\n")
         t_ours = best_of(partial(_core.frame_and_extract, data, fmt), repeat)
@@ -204,7 +204,7 @@ def main(quick: bool = False, json_out: str | None = None, plots: Output | None 
     rows = []
     counting: list[dict[str, Any]] = []
     for name in ("cl100k_base", "o200k_base"):
-        progress("core", f"counting {name}", len(counting) + 1, 2)
+        progress(f"counting {name}", len(counting) + 1, 2)
         enc = encodings[name]
         assert _core.count_tokens(big, name) == len(enc.encode_ordinary(big))
         t_ours = best_of(partial(_core.count_tokens, big, name), repeat)
@@ -252,7 +252,7 @@ def main(quick: bool = False, json_out: str | None = None, plots: Output | None 
     pieces = [
         event[i : i + len(event) // 1024 + 1] for i in range(0, len(event), len(event) // 1024 + 1)
     ]
-    progress("core", "linearity")
+    progress("linearity")
     t_one = best_of(lambda: run_meter([event], "openai-chat"), repeat)
     t_many = best_of(lambda: run_meter(pieces, "openai-chat"), repeat)
     results["linearity"] = {
@@ -274,7 +274,7 @@ def main(quick: bool = False, json_out: str | None = None, plots: Output | None 
         with open(json_out, "wb") as f:
             f.write(orjson.dumps(results, option=orjson.OPT_INDENT_2))
     if plots is not None:
-        progress("core", "plots")
+        progress("plots")
         figures(plots, results)
     return 0
 

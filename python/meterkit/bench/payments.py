@@ -94,7 +94,7 @@ def verify_rate(n: int, repeat: int) -> dict[str, float]:
     )
     t = {}
     for i, (name, fn) in enumerate(steps):
-        progress("payments", f"signature verifications, {name}", i + 1, len(steps))
+        progress(f"signature verifications, {name}", i + 1, len(steps))
         t[name] = best_of(fn, repeat)
     return {k: n / v for k, v in t.items()}
 
@@ -107,7 +107,7 @@ async def round_trips(url: str, n: int) -> dict[str, float]:
             for _ in range(3):  # warm-up
                 await client.request("POST", url + "/paid", json=BODY)
             for i in range(n):
-                progress("payments", "pay-and-retry round trip", i + 1, n)
+                progress("pay-and-retry round trip", i + 1, n)
                 t0 = time.perf_counter()
                 async with session.post(url + "/free", json=BODY) as r:
                     await r.read()
@@ -230,7 +230,7 @@ def main(quick: bool = False, json_out: str | None = None, plots: Output | None 
     if json_out:
         Path(json_out).write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
     if plots is not None:
-        progress("payments", "plots")
+        progress("plots")
         figures(plots, results)
     return 0
 

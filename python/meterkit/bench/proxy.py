@@ -155,12 +155,12 @@ async def ttft(
         for n in levels:
             row: dict[str, Any] = {"streams": n}
             for name, base in (("direct", direct), ("proxy", proxy), ("plain", plain)):
-                progress("proxy", f"TTFT {name}, {n} streams: opening")
+                progress(f"TTFT {name}, {n} streams: opening")
                 tasks, stop = await _open_many(session, base, n - 1, tps=5)
                 await asyncio.sleep(0.2)
                 times = []
                 for i in range(probes):
-                    progress("proxy", f"TTFT {name}, {n} streams: probe", i + 1, probes)
+                    progress(f"TTFT {name}, {n} streams: probe", i + 1, probes)
                     times.append(await _first_token(session, base, probe_headers))
                 await _close_many(tasks, stop)
                 if samples is not None:
@@ -204,7 +204,7 @@ async def cpu_per_event(
             await one(base)  # warm up
             best = float("inf")
             for i in range(3):
-                progress("proxy", f"CPU per event, {name}: run", i + 1, 3)
+                progress(f"CPU per event, {name}: run", i + 1, 3)
                 c0 = _cpu_seconds(pid)
                 await asyncio.gather(*(one(base) for _ in range(streams)))
                 best = min(best, _cpu_seconds(pid) - c0)
@@ -219,7 +219,7 @@ async def memory(targets: dict[str, tuple[str, int]], streams: int) -> dict[str,
         connector=connector, timeout=aiohttp.ClientTimeout(total=None)
     ) as session:
         for name, (base, pid) in targets.items():
-            progress("proxy", f"memory, {name}: {streams} streams")
+            progress(f"memory, {name}: {streams} streams")
             idle = _rss_bytes(pid)
             tasks, stop = await _open_many(session, base, streams, tps=0.2)
             await asyncio.sleep(1)
@@ -240,7 +240,7 @@ async def disconnect(proxy: str, mock: str, trials: int) -> dict[str, float]:
         connector=connector, timeout=aiohttp.ClientTimeout(total=None)
     ) as session:
         for i in range(trials):
-            progress("proxy", "disconnect", i + 1, trials)
+            progress("disconnect", i + 1, trials)
             rid = uuid.uuid4().hex
             headers = {
                 "X-Request-Id": rid,
@@ -403,7 +403,7 @@ def main(quick: bool = False, json_out: str | None = None, plots: Output | None 
     if json_out:
         Path(json_out).write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
     if plots is not None:
-        progress("proxy", "plots")
+        progress("plots")
         figures(plots, results, samples)
     return 0
 

@@ -175,7 +175,7 @@ async def resume_round_trips(base: str, payers: list[Payer], tokens: int, step: 
                             t0 = None
 
         for i, p in enumerate(payers):  # one stream at a time: the round trip, not a queue
-            progress("sessions", "resume round trips: stream", i + 1, len(payers))
+            progress("resume round trips: stream", i + 1, len(payers))
             await one(p)
     return out
 
@@ -205,7 +205,7 @@ async def cpu_per_event(base: str, pid: int, payers: list[Payer], length: int) -
             await one(path, headers[0] if path == PAID else {})  # warm up
             best = float("inf")
             for i in range(3):
-                progress("sessions", f"CPU per event, {name}: run", i + 1, 3)
+                progress(f"CPU per event, {name}: run", i + 1, 3)
                 c0 = _cpu_seconds(pid)
                 await asyncio.gather(*(one(path, h if path == PAID else {}) for h in headers))
                 best = min(best, _cpu_seconds(pid) - c0)
@@ -226,7 +226,7 @@ def verify_rates(n: int, repeat: int) -> dict[str, float]:
         for i, s in enumerate(sigs):
             _core.recover_address(voucher_digest("evm", ASSET.chain_id, PAY_TO, cid, 1000 + i), s)
 
-    progress("sessions", "voucher verifications: meterkit")
+    progress("voucher verifications: meterkit")
     out = {"meterkit": n / best_of(meterkit, repeat)}
     try:
         import coincurve
@@ -239,7 +239,7 @@ def verify_rates(n: int, repeat: int) -> dict[str, float]:
                 )
                 keccak.new(digest_bits=256, data=rec.format(compressed=False)[1:]).digest()
 
-        progress("sessions", "voucher verifications: coincurve")
+        progress("voucher verifications: coincurve")
         out["coincurve"] = n / best_of(libsecp256k1, repeat)
     except ImportError:
         pass
@@ -249,7 +249,7 @@ def verify_rates(n: int, repeat: int) -> dict[str, float]:
         for d, s in zip(digests, sigs, strict=True):
             Account._recover_hash(d, signature=s)
 
-    progress("sessions", "voucher verifications: eth-account")
+    progress("voucher verifications: eth-account")
     out["eth_account"] = n / best_of(eth, repeat)
     return out
 
@@ -260,7 +260,7 @@ async def overrun(base: str, mock: str, payer: Payer, trials: int) -> dict[str, 
     extra: list[int] = []
     async with aiohttp.ClientSession() as session:
         for i in range(trials):
-            progress("sessions", "overrun after a disconnect", i + 1, trials)
+            progress("overrun after a disconnect", i + 1, trials)
             rid = f"overrun-{i}-{os.urandom(4).hex()}"
             h = {
                 "Content-Type": "application/json",
@@ -287,7 +287,7 @@ async def overrun(base: str, mock: str, payer: Payer, trials: int) -> dict[str, 
 
 
 async def paused_memory(base: str, pid: int, payers: list[Payer]) -> dict[str, float]:
-    progress("sessions", f"memory, {len(payers)} paused streams")
+    progress(f"memory, {len(payers)} paused streams")
     rss0 = _rss_bytes(pid)
     paused = 0
     stop = asyncio.Event()
@@ -340,7 +340,7 @@ def main(quick: bool = False, json_out: str | None = None, plots: Output | None 
         f"meterkit bench sessions: {env['build']} build, Python {env['python']}, {env['cpus']} CPUs"
     )
     results: dict[str, Any] = {"environment": env}
-    progress("sessions", "setting up channels, mock and proxy")
+    progress("setting up channels, mock and proxy")
     with ExitStack() as stack:
         d = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="meterkit-bench-")))
         loop = new_event_loop()
@@ -417,7 +417,7 @@ def main(quick: bool = False, json_out: str | None = None, plots: Output | None 
     if json_out:
         Path(json_out).write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
     if plots is not None:
-        progress("sessions", "plots")
+        progress("plots")
         figures(plots, results, [t * 1e3 for t in trips], n_cpu)
     return 0
 

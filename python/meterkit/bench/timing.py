@@ -72,15 +72,20 @@ class Progress:
     def __init__(self) -> None:
         self.enabled = False
         self.shown = False
+        self.suite = "bench"
 
-    def __call__(self, suite: str, step: str, i: int | None = None, n: int | None = None) -> None:
+    def __call__(self, step: str, i: int | None = None, n: int | None = None) -> None:
+        """Show `<suite>: <step> [i/n] …`, replacing the line shown before."""
         if not self.enabled:
             return
-        text = f"{suite}: {step}" + (f" {i}/{n}" if i is not None and n is not None else "") + " …"
+        text = f"{self.suite}: {step}" + (f" {i}/{n}" if i is not None and n is not None else "")
+        text += " …"
         try:
             cols = os.get_terminal_size(sys.stderr.fileno()).columns
         except (OSError, ValueError):
-            cols = 80
+            cols = 0
+        if cols < 20:  # unknown (a pseudo-terminal without a size) or absurdly narrow
+            cols = 100
         sys.stderr.write("\r\x1b[K" + text[: max(10, cols - 1)])
         sys.stderr.flush()
         self.shown = True
