@@ -74,12 +74,13 @@ lint: install ## ruff, rustfmt, clippy, mypy and stubtest of the hand-written st
 	$(BIN)/mypy
 	$(BIN)/python -m mypy.stubtest meterkit._core
 
-bench: install ## benchmarks (release build, baselines in the same run): criterion + every meterkit bench suite
+bench: install ## benchmarks (release build, baselines in the same run): criterion + every meterkit bench suite, PNG plots in benches/results/plots/
 	cargo bench --bench core
 	$(BIN)/meterkit bench core
 	$(BIN)/meterkit bench proxy
 	$(BIN)/meterkit bench budgets
 	$(BIN)/meterkit bench payments
+	$(BIN)/meterkit bench sessions
 
 clean: ## remove build outputs and the virtualenv
 	rm -rf target $(VENV) $(CHAIN_DIR) python/meterkit/*.so .pytest_cache .hypothesis

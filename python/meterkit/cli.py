@@ -280,6 +280,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--quick", action="store_true", help="small sizes: a smoke run, not a measurement"
     )
     b.add_argument("--json", dest="json_out", help="also write the figures as JSON to this file")
+    b.add_argument(
+        "--plots",
+        metavar="DIR",
+        help="write the PNG plots here (default: benches/results/plots/ when run from the "
+        "repository, else a temporary directory, printed at the end)",
+    )
+    b.add_argument("--no-plots", action="store_true", help="draw no plots")
+    b.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress line on stderr (it is only shown when stderr is a terminal)",
+    )
     b.set_defaults(func=_bench)
     return p
 

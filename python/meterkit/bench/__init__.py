@@ -8,6 +8,11 @@ Suites:
 - ``sessions``: per-token streamed payments (pause/resume round trip, CPU per paid event,
   voucher verifications, overrun after a disconnect, memory of paused streams).
 
+Each suite prints its tables and draws PNG plots of the same figures (`bench/plots.py`) into
+`--plots DIR` (default `benches/results/plots/` in the repository, else a temporary
+directory); a one-line progress indicator runs on stderr when it is a terminal (`--quiet`
+turns it off).
+
 Figures are only meaningful on a release build of the extension; the harness says which
 build it measured and marks debug figures as such.
 """
@@ -15,37 +20,70 @@ build it measured and marks debug figures as such.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib
+import sys
+from pathlib import Path
+from typing import Any
 
 __all__ = ["run"]
 
 
-def run(args: argparse.Namespace) -> int:
-    if args.quick:
-        import sys
+SUITES = ("core", "proxy", "budgets", "payments", "sessions")
 
+
+def _plot_output(args: argparse.Namespace) -> tuple[Any, bool]:
+    """The suite's plots.Output (None: no plots) and whether its directory is temporary."""
+    from meterkit.bench import plots
+    from meterkit.bench.timing import environment
+
+    if getattr(args, "no_plots", False):
+        return None, False
+    if not plots.available():
+        print(
+            f"meterkit bench {args.suite}: matplotlib is not installed, no plots "
+            "(`pip install 'meterkit[bench]'` adds it)",
+            file=sys.stderr,
+        )
+        return None, False
+    if getattr(args, "plots", None):
+        directory, temporary = Path(args.plots).expanduser(), False
+    else:
+        directory, temporary = plots.default_directory()
+    note = plots.footnote(environment(), args.quick)
+    return plots.Output(directory, args.suite, note), temporary
+
+
+def run(args: argparse.Namespace) -> int:
+    from meterkit.bench.timing import progress
+
+    if args.suite not in SUITES:
+        raise SystemExit(f"unknown suite {args.suite!r}")
+    if args.quick:
         print(
             f"meterkit bench {args.suite}: --quick runs small sizes: a smoke run, "
             "not a measurement; do not quote these figures",
             file=sys.stderr,
         )
-    if args.suite == "core":
-        from meterkit.bench.core import main
-
-        return main(quick=args.quick, json_out=args.json_out)
-    if args.suite == "payments":
-        from meterkit.bench.payments import main as payments_main
-
-        return payments_main(quick=args.quick, json_out=args.json_out)
-    if args.suite == "budgets":
-        from meterkit.bench.budgets import main as budgets_main
-
-        return budgets_main(quick=args.quick, json_out=args.json_out)
-    if args.suite == "sessions":
-        from meterkit.bench.sessions import main as sessions_main
-
-        return sessions_main(quick=args.quick, json_out=args.json_out)
-    if args.suite == "proxy":
-        from meterkit.bench.proxy import main as proxy_main
-
-        return proxy_main(quick=args.quick, json_out=args.json_out)
-    raise SystemExit(f"unknown suite {args.suite!r}")
+    out, temporary = _plot_output(args)
+    main = importlib.import_module(f"meterkit.bench.{args.suite}").main
+    progress.enabled = sys.stderr.isatty() and not getattr(args, "quiet", False)
+    progress.suite = args.suite
+    try:
+        with (
+            contextlib.redirect_stdout(progress.wrap(sys.stdout))
+            if progress.enabled
+            else (contextlib.nullcontext())
+        ):
+            code: int = main(quick=args.quick, json_out=args.json_out, plots=out)
+    finally:
+        progress.clear()
+        progress.enabled = False
+    if out is not None and out.written:
+        where = (
+            " (a temporary directory: pass --plots DIR to keep them elsewhere)" if temporary else ""
+        )
+        print(f"\nPlots written to {out.directory}{where}:")
+        for p in out.written:
+            print(f"  {p}")
+    return code

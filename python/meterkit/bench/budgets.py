@@ -25,9 +25,11 @@ import orjson
 import yaml
 
 from meterkit import StreamMeter, count_chat_prompt
+from meterkit.bench import plots as draw
+from meterkit.bench.plots import Output
 from meterkit.bench.processes import running
 from meterkit.bench.proxy import BODY, CHAT, _pct, cpu_per_event
-from meterkit.bench.timing import environment, table
+from meterkit.bench.timing import environment, progress, table
 from meterkit.budgets import Identity, Limits, MemoryBackend, RedisBackend
 from meterkit.runtime import new_event_loop
 
@@ -42,6 +44,8 @@ async def admission(redis_url: str | None, n: int) -> dict[str, dict[str, float]
         who = Identity("bench", "ak_bench")
         times = []
         for i in range(n):
+            if i % 100 == 0:
+                progress(f"admission, {b.name} store", i, n)
             rid = f"r{i}"
             t0 = time.perf_counter()
             await b.admit(who, limits, 500, 120, rid, 60)
@@ -112,7 +116,7 @@ def _config(
     return path
 
 
-def main(quick: bool = False, json_out: str | None = None) -> int:
+def main(quick: bool = False, json_out: str | None = None, plots: Output | None = None) -> int:
     env = environment()
     redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
     try:
@@ -178,6 +182,7 @@ def main(quick: bool = False, json_out: str | None = None) -> int:
                     cwd=workdir,
                 )
             )
+            progress("CPU per event, enforcement off and on")
             cpu = loop.run_until_complete(
                 cpu_per_event(
                     {"off": (plain.url, plain.pid), "on": (enforced.url, enforced.pid)},
@@ -228,6 +233,7 @@ def main(quick: bool = False, json_out: str | None = None) -> int:
                     cwd=workdir,
                 )
             )
+            progress(f"overshoot, {streams} streams on one key")
             o = loop.run_until_complete(overshoot(shared.url, streams, want))
             prompt = count_chat_prompt(orjson.loads(BODY)["messages"], "gpt-4o")
             consumed = o["delivered"] + o["admitted"] * prompt
@@ -270,7 +276,47 @@ def main(quick: bool = False, json_out: str | None = None) -> int:
         loop.close()
     if json_out:
         Path(json_out).write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
+    if plots is not None:
+        progress("plots")
+        figures(plots, results)
     return 0
+
+
+def figures(out: Output, results: dict[str, Any]) -> None:
+    """Admission latency per store, CPU per event with enforcement beside without, and what
+    concurrent streams consumed beside the bucket's capacity."""
+    draw.grouped_bars(
+        out.path("admission"),
+        "Admission decision latency per budget store",
+        {
+            f"{name} store": {"p50": v["p50_us"], "p99": v["p99_us"]}
+            for name, v in results["admission"].items()
+        },
+        "latency, µs",
+        note=out.note,
+    )
+    if "cpu_per_event_us" in results:
+        cpu = results["cpu_per_event_us"]
+        draw.bars(
+            out.path("cpu-per-event"),
+            "Proxy CPU per streamed event, budget enforcement off versus on",
+            {"enforcement off": cpu["off"], "enforcement on": cpu["on"]},
+            "CPU µs per event",
+            baseline="enforcement off",
+            note=out.note,
+        )
+    if "overshoot" in results:
+        o = results["overshoot"]
+        draw.bars(
+            out.path("overshoot"),
+            f"{o['admitted']} concurrent streams on one key: tokens consumed versus the bucket "
+            f"({o['store']} store)",
+            {"bucket capacity": o["capacity"], "consumed (with prompts)": o["consumed"]},
+            "tokens",
+            baseline="bucket capacity",
+            higher_is_better=None,
+            note=out.note,
+        )
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ import yaml
 from meterkit import _core
 from meterkit.bench.processes import running
 from meterkit.bench.proxy import _pct
-from meterkit.bench.timing import table
+from meterkit.bench.timing import progress, table
 from meterkit.chain import token
 from meterkit.chain.anvil import ACCOUNT_KEYS, Anvil, find_anvil, funded_key
 from meterkit.client import PayingClient
@@ -139,6 +139,7 @@ def main(quick: bool = False) -> dict[str, Any] | None:
         rows = []
         try:
             for name, settler in paths:
+                progress(f"settlement on anvil, {name}")
                 lat = loop.run_until_complete(_latencies(settler, _requests(asset, n, payer_key)))
                 results[f"settle_{name}"] = {
                     "p50_ms": _pct(lat, 0.5) * 1e3,
@@ -152,6 +153,7 @@ def main(quick: bool = False) -> dict[str, Any] | None:
                     ]
                 )
             print(table(["settlement", "p50 ms", "p99 ms"], rows))
+            progress("round trip with on-chain settlement")
             trips = _proxy_round_trips(stack, loop, node, asset, payer_key, n)
             results["round_trip_onchain"] = trips
         finally:

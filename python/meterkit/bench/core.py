@@ -23,9 +23,11 @@ from typing import Any
 import orjson
 
 from meterkit import StreamMeter, _core, synth
+from meterkit.bench import plots as draw
 from meterkit.bench.baseline import PythonPipeline
+from meterkit.bench.plots import Output
 from meterkit.bench.reference import load_tiktoken
-from meterkit.bench.timing import best_of, environment, table
+from meterkit.bench.timing import best_of, environment, progress, table
 
 CORPUS_PARTS = [
     "The quick brown fox jumps over the lazy dog. It's 2026 and we'll meter every token.\n",
@@ -127,7 +129,7 @@ def run_python(chunks: list[bytes], fmt: str, enc: Any) -> int:
     return p.finish()
 
 
-def main(quick: bool = False, json_out: str | None = None) -> int:
+def main(quick: bool = False, json_out: str | None = None, plots: Output | None = None) -> int:
     env = environment()
     encodings = load_tiktoken()
     if encodings is None:
@@ -156,6 +158,7 @@ def main(quick: bool = False, json_out: str | None = None) -> int:
     for fmt in FORMATS:
         data = stream(fmt, deltas)
         for per_read in (1, 64):
+            progress(f"pipeline {fmt}, {per_read} event(s)/read", len(pipeline) + 1, 4)
             chunks = reads(data, per_read)
             n_events = sum(c.count(b"\n\n") for c in chunks)
             ours = run_meter(chunks, fmt)
@@ -214,6 +217,7 @@ def main(quick: bool = False, json_out: str | None = None) -> int:
     rows = []
     framing: list[dict[str, Any]] = []
     for fmt in FORMATS:
+        progress(f"framing + extraction {fmt}", len(framing) + 1, len(FORMATS))
         data = stream(fmt, deltas)
         n_events = data.count(b"\n\n")
         t_ours = best_of(partial(_core.frame_and_extract, data, fmt), repeat)
@@ -242,6 +246,7 @@ def main(quick: bool = False, json_out: str | None = None) -> int:
     rows = []
     counting: list[dict[str, Any]] = []
     for name in ("cl100k_base", "o200k_base"):
+        progress(f"counting {name}", len(counting) + 1, 2)
         enc = encodings[name]
         assert _core.count_tokens(big, name) == len(enc.encode_ordinary(big))
         t_ours = best_of(partial(_core.count_tokens, big, name), repeat)
@@ -289,6 +294,7 @@ def main(quick: bool = False, json_out: str | None = None) -> int:
     pieces = [
         event[i : i + len(event) // 1024 + 1] for i in range(0, len(event), len(event) // 1024 + 1)
     ]
+    progress("linearity")
     t_one = best_of(lambda: run_meter([event], "openai-chat"), repeat)
     t_many = best_of(lambda: run_meter(pieces, "openai-chat"), repeat)
     results["linearity"] = {
@@ -309,4 +315,60 @@ def main(quick: bool = False, json_out: str | None = None) -> int:
     if json_out:
         with open(json_out, "wb") as f:
             f.write(orjson.dumps(results, option=orjson.OPT_INDENT_2))
+    if plots is not None:
+        progress("plots")
+        figures(plots, results)
     return 0
+
+
+def figures(out: Output, results: dict[str, Any]) -> None:
+    """The core figures as PNGs: time per event beside the pure-Python baseline, and counting
+    throughput beside tiktoken."""
+    label = {"openai-chat": "OpenAI", "anthropic": "Anthropic", "openai-responses": "Responses"}
+    draw.grouped_bars(
+        out.path("pipeline"),
+        "Framing + extraction + exact count, per SSE event",
+        {
+            f"{label[r['format']]}\n{r['events_per_read']} event(s)/read": {
+                "meterkit": r["meterkit_us_per_event"],
+                "pure Python": r["python_us_per_event"],
+            }
+            for r in results["pipeline"]
+        },
+        "µs per event",
+        baseline="pure Python",
+        note=out.note,
+    )
+    draw.bars(
+        out.path("speedups"),
+        "meterkit speedup over its baselines (same data, same run)",
+        {
+            **{
+                f"pipeline {label[r['format']]}\n{r['events_per_read']} ev/read": r["speedup"]
+                for r in results["pipeline"]
+            },
+            **{
+                f"framing {label[r['format']]}": r["speedup"] for r in results["framing_extraction"]
+            },
+            **{
+                f"count {r['encoding']}\nvs tiktoken": r["speedup_vs_tiktoken"]
+                for r in results["counting"]
+            },
+        },
+        "speedup (× the baseline)",
+        higher_is_better=True,
+        ratio_line=True,
+        note=out.note,
+    )
+    draw.grouped_bars(
+        out.path("counting"),
+        "Token counting throughput, single thread",
+        {
+            r["encoding"]: {"meterkit": r["meterkit_mb_s"], "tiktoken": r["tiktoken_mb_s"]}
+            for r in results["counting"]
+        },
+        "MB/s",
+        baseline="tiktoken",
+        higher_is_better=True,
+        note=out.note,
+    )

@@ -29,9 +29,11 @@ import orjson
 import yaml
 
 from meterkit import _core
+from meterkit.bench import plots as draw
+from meterkit.bench.plots import Output
 from meterkit.bench.processes import running
 from meterkit.bench.proxy import _pct
-from meterkit.bench.timing import best_of, environment, table
+from meterkit.bench.timing import best_of, environment, progress, table
 from meterkit.client import PayingClient
 from meterkit.config.payments import KNOWN_ASSETS
 from meterkit.payments import evm
@@ -96,7 +98,10 @@ def verify_rate(n: int, repeat: int) -> dict[str, float]:
     libsecp = _libsecp_recover(digests)
     if libsecp is not None:
         fns.append(("libsecp256k1_recover", libsecp))
-    t = {name: best_of(fn, repeat) for name, fn in fns}
+    t = {}
+    for i, (name, fn) in enumerate(fns):
+        progress(f"signature verifications, {name}", i + 1, len(fns))
+        t[name] = best_of(fn, repeat)
     return {k: n / v for k, v in t.items()}
 
 
@@ -134,7 +139,8 @@ async def round_trips(url: str, n: int) -> dict[str, float]:
         async with PayingClient(key, session=session, max_total=Decimal(10**6)) as client:
             for _ in range(3):  # warm-up
                 await client.request("POST", url + "/paid", json=BODY)
-            for _ in range(n):
+            for i in range(n):
+                progress("pay-and-retry round trip", i + 1, n)
                 t0 = time.perf_counter()
                 async with session.post(url + "/free", json=BODY) as r:
                     await r.read()
@@ -172,7 +178,7 @@ def _config(mock: str, settlement: dict[str, Any], d: Path, name: str) -> Path:
     return p
 
 
-def main(quick: bool = False, json_out: str | None = None) -> int:
+def main(quick: bool = False, json_out: str | None = None, plots: Output | None = None) -> int:
     env = environment()
     n_sigs, repeat, n_trips = (200, 2, 20) if quick else (2000, 5, 300)
     print(
@@ -270,7 +276,72 @@ def main(quick: bool = False, json_out: str | None = None) -> int:
     results["chain"] = chain_main(quick)
     if json_out:
         Path(json_out).write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
+    if plots is not None:
+        progress("plots")
+        figures(plots, results)
     return 0
+
+
+def figures(out: Output, results: dict[str, Any]) -> None:
+    """Verification rates beside eth-account, the pay-and-retry round trip beside the unpaid
+    request, and settlement latency per path when the chain section ran."""
+    rates = results["verifications_per_second"]
+    draw.grouped_bars(
+        out.path("verifications"),
+        "EIP-3009 signature verifications per second, one thread",
+        {
+            "EIP-712 digest + recovery": {
+                "meterkit": rates["meterkit_full"],
+                "eth-account": rates["eth_full"],
+            },
+            "recovery only": {
+                "meterkit": rates["meterkit_recover"],
+                "eth-account": rates["eth_recover"],
+            },
+        },
+        "verifications per second",
+        baseline="eth-account",
+        higher_is_better=True,
+        note=out.note,
+    )
+    trips = {
+        name: results[f"round_trip_{name}"]
+        for name in ("deferred", "facilitator")
+        if f"round_trip_{name}" in results
+    }
+    chain = results.get("chain")
+    if chain and "round_trip_onchain" in chain:
+        trips["on-chain (anvil)"] = chain["round_trip_onchain"]
+    draw.grouped_bars(
+        out.path("round-trip"),
+        "Pay-and-retry round trip through the proxy, by settlement",
+        {
+            f"{name} settlement": {
+                "unpaid p50": r["free_p50_ms"],
+                "paid p50": r["paid_p50_ms"],
+                "paid p99": r["paid_p99_ms"],
+            }
+            for name, r in trips.items()
+        },
+        "latency, ms",
+        baseline="unpaid p50",
+        note=out.note,
+    )
+    if chain:
+        draw.grouped_bars(
+            out.path("settlement"),
+            "Settlement latency per path (local anvil, automine)",
+            {
+                name: {
+                    "p50": chain[f"settle_{name}"]["p50_ms"],
+                    "p99": chain[f"settle_{name}"]["p99_ms"],
+                }
+                for name in ("deferred", "onchain", "facilitator")
+                if f"settle_{name}" in chain
+            },
+            "settlement latency, ms",
+            note=out.note,
+        )
 
 
 if __name__ == "__main__":

@@ -32,8 +32,10 @@ import orjson
 import yaml
 
 from meterkit import StreamMeter
+from meterkit.bench import plots as draw
+from meterkit.bench.plots import Output
 from meterkit.bench.processes import Process, running
-from meterkit.bench.timing import environment, table
+from meterkit.bench.timing import environment, progress, table
 from meterkit.runtime import new_event_loop
 
 CHAT = "/v1/chat/completions"
@@ -130,8 +132,15 @@ async def _close_many(tasks: list[asyncio.Task[None]], stop: asyncio.Event) -> N
 
 
 async def ttft(
-    direct: str, proxy: str, plain: str, levels: list[int], probes: int
+    direct: str,
+    proxy: str,
+    plain: str,
+    levels: list[int],
+    probes: int,
+    samples: dict[int, dict[str, list[float]]] | None = None,
 ) -> list[dict[str, Any]]:
+    """TTFT p50/p99 per level and target; with `samples`, also every probe's time (ms) by
+    level and target, for the distribution plots."""
     out = []
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(
@@ -146,12 +155,16 @@ async def ttft(
         for n in levels:
             row: dict[str, Any] = {"streams": n}
             for name, base in (("direct", direct), ("proxy", proxy), ("plain", plain)):
+                progress(f"TTFT {name}, {n} streams: opening")
                 tasks, stop = await _open_many(session, base, n - 1, tps=5)
                 await asyncio.sleep(0.2)
                 times = []
-                for _ in range(probes):
+                for i in range(probes):
+                    progress(f"TTFT {name}, {n} streams: probe", i + 1, probes)
                     times.append(await _first_token(session, base, probe_headers))
                 await _close_many(tasks, stop)
+                if samples is not None:
+                    samples.setdefault(n, {})[name] = [t * 1000 for t in times]
                 row[f"{name}_p50_ms"] = _pct(times, 0.5) * 1000
                 row[f"{name}_p99_ms"] = _pct(times, 0.99) * 1000
             row["added_p50_ms"] = row["proxy_p50_ms"] - row["direct_p50_ms"]
@@ -190,7 +203,8 @@ async def cpu_per_event(
         for name, (base, pid) in targets.items():
             await one(base)  # warm up
             best = float("inf")
-            for _ in range(3):
+            for i in range(3):
+                progress(f"CPU per event, {name}: run", i + 1, 3)
                 c0 = _cpu_seconds(pid)
                 await asyncio.gather(*(one(base) for _ in range(streams)))
                 best = min(best, _cpu_seconds(pid) - c0)
@@ -205,6 +219,7 @@ async def memory(targets: dict[str, tuple[str, int]], streams: int) -> dict[str,
         connector=connector, timeout=aiohttp.ClientTimeout(total=None)
     ) as session:
         for name, (base, pid) in targets.items():
+            progress(f"memory, {name}: {streams} streams")
             idle = _rss_bytes(pid)
             tasks, stop = await _open_many(session, base, streams, tps=0.2)
             await asyncio.sleep(1)
@@ -224,7 +239,8 @@ async def disconnect(proxy: str, mock: str, trials: int) -> dict[str, float]:
     async with aiohttp.ClientSession(
         connector=connector, timeout=aiohttp.ClientTimeout(total=None)
     ) as session:
-        for _ in range(trials):
+        for i in range(trials):
+            progress("disconnect", i + 1, trials)
             rid = uuid.uuid4().hex
             headers = {
                 "X-Request-Id": rid,
@@ -272,7 +288,7 @@ def _proxy_config(mock_url: str, workdir: Path) -> Path:
     return path
 
 
-def main(quick: bool = False, json_out: str | None = None) -> int:
+def main(quick: bool = False, json_out: str | None = None, plots: Output | None = None) -> int:
     env = environment()
     levels = [1, 20] if quick else [1, 100, 500]
     probes = 10 if quick else 200
@@ -284,6 +300,7 @@ def main(quick: bool = False, json_out: str | None = None) -> int:
         "mock, proxies and load generator in separate processes over loopback"
     )
     results: dict[str, Any] = {"environment": env}
+    samples: dict[int, dict[str, list[float]]] = {}
     with ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="meterkit-bench-")))
         mock: Process = stack.enter_context(running(["mock-llm", "--port", "0", "--ttft", "0"]))
@@ -299,7 +316,7 @@ def main(quick: bool = False, json_out: str | None = None) -> int:
         loop = new_event_loop()
         try:
             results["ttft"] = rows = loop.run_until_complete(
-                ttft(mock.url, proxy.url, plain.url, levels, probes)
+                ttft(mock.url, proxy.url, plain.url, levels, probes, samples)
             )
             print(
                 "\n1. Time to first token (ms): direct to the mock, through meterkit, and (for scale)"
@@ -385,7 +402,64 @@ def main(quick: bool = False, json_out: str | None = None) -> int:
             loop.close()
     if json_out:
         Path(json_out).write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
+    if plots is not None:
+        progress("plots")
+        figures(plots, results, samples)
     return 0
+
+
+NAMES = {"direct": "direct to the mock", "proxy": "meterkit", "plain": "plain proxy"}
+
+
+def figures(
+    out: Output, results: dict[str, Any], samples: dict[int, dict[str, list[float]]]
+) -> None:
+    """TTFT versus open streams (p50, p99) and its distribution at the highest level, CPU per
+    event and memory per stream, each beside its baseline."""
+    rows = results["ttft"]
+    levels = [r["streams"] for r in rows]
+    for q in ("p50", "p99"):
+        draw.versus(
+            out.path(f"ttft-{q}"),
+            f"Time to first token {q} versus concurrent streams",
+            levels,
+            {NAMES[k]: [r[f"{k}_{q}_ms"] for r in rows] for k in ("direct", "proxy", "plain")},
+            "concurrent streams open (probe included)",
+            f"TTFT {q}, ms",
+            baseline=NAMES["direct"],
+            note=out.note,
+        )
+    if samples:
+        top = max(samples)
+        draw.cdf(
+            out.path("ttft-cdf"),
+            f"Time to first token, distribution with {top} streams open",
+            {NAMES[k]: v for k, v in samples[top].items()},
+            "TTFT, ms",
+            baseline=NAMES["direct"],
+            note=out.note,
+        )
+    cpu = results["cpu_per_event_us"]
+    draw.bars(
+        out.path("cpu-per-event"),
+        "Proxy CPU per streamed event (user + system)",
+        {"plain proxy": cpu["plain"], "meterkit": cpu["meterkit"]},
+        "CPU µs per event",
+        baseline="plain proxy",
+        note=out.note,
+    )
+    mem = results["memory"]
+    draw.bars(
+        out.path("memory"),
+        f"Proxy memory per open stream ({mem['streams']} slow streams)",
+        {
+            "plain proxy": mem["plain"]["per_stream_kib"],
+            "meterkit": mem["meterkit"]["per_stream_kib"],
+        },
+        "RSS added per stream, KiB",
+        baseline="plain proxy",
+        note=out.note,
+    )
 
 
 if __name__ == "__main__":

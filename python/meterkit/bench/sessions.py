@@ -29,9 +29,11 @@ import orjson
 import yaml
 
 from meterkit import SseDecoder, _core
+from meterkit.bench import plots as draw
+from meterkit.bench.plots import Output
 from meterkit.bench.processes import running
 from meterkit.bench.proxy import _cpu_seconds, _pct, _rss_bytes
-from meterkit.bench.timing import best_of, environment, table
+from meterkit.bench.timing import best_of, environment, progress, table
 from meterkit.config.payments import KNOWN_ASSETS
 from meterkit.payments import mpp
 from meterkit.runtime import new_event_loop
@@ -172,7 +174,8 @@ async def resume_round_trips(base: str, payers: list[Payer], tokens: int, step: 
                             out.append(time.perf_counter() - t0)
                             t0 = None
 
-        for p in payers:  # one stream at a time: the round trip, not a queue
+        for i, p in enumerate(payers):  # one stream at a time: the round trip, not a queue
+            progress("resume round trips: stream", i + 1, len(payers))
             await one(p)
     return out
 
@@ -201,7 +204,8 @@ async def cpu_per_event(base: str, pid: int, payers: list[Payer], length: int) -
         for name, path in (("unpaid", FREE), ("session", PAID)):
             await one(path, headers[0] if path == PAID else {})  # warm up
             best = float("inf")
-            for _ in range(3):
+            for i in range(3):
+                progress(f"CPU per event, {name}: run", i + 1, 3)
                 c0 = _cpu_seconds(pid)
                 await asyncio.gather(*(one(path, h if path == PAID else {}) for h in headers))
                 best = min(best, _cpu_seconds(pid) - c0)
@@ -222,6 +226,7 @@ def verify_rates(n: int, repeat: int) -> dict[str, float]:
         for i, s in enumerate(sigs):
             _core.recover_address(voucher_digest("evm", ASSET.chain_id, PAY_TO, cid, 1000 + i), s)
 
+    progress("voucher verifications: meterkit")
     out = {"meterkit": n / best_of(meterkit, repeat)}
     try:
         import coincurve
@@ -234,6 +239,7 @@ def verify_rates(n: int, repeat: int) -> dict[str, float]:
                 )
                 keccak.new(digest_bits=256, data=rec.format(compressed=False)[1:]).digest()
 
+        progress("voucher verifications: coincurve")
         out["coincurve"] = n / best_of(libsecp256k1, repeat)
     except ImportError:
         pass
@@ -243,6 +249,7 @@ def verify_rates(n: int, repeat: int) -> dict[str, float]:
         for d, s in zip(digests, sigs, strict=True):
             Account._recover_hash(d, signature=s)
 
+    progress("voucher verifications: eth-account")
     out["eth_account"] = n / best_of(eth, repeat)
     return out
 
@@ -253,6 +260,7 @@ async def overrun(base: str, mock: str, payer: Payer, trials: int) -> dict[str, 
     extra: list[int] = []
     async with aiohttp.ClientSession() as session:
         for i in range(trials):
+            progress("overrun after a disconnect", i + 1, trials)
             rid = f"overrun-{i}-{os.urandom(4).hex()}"
             h = {
                 "Content-Type": "application/json",
@@ -279,6 +287,7 @@ async def overrun(base: str, mock: str, payer: Payer, trials: int) -> dict[str, 
 
 
 async def paused_memory(base: str, pid: int, payers: list[Payer]) -> dict[str, float]:
+    progress(f"memory, {len(payers)} paused streams")
     rss0 = _rss_bytes(pid)
     paused = 0
     stop = asyncio.Event()
@@ -323,7 +332,7 @@ async def paused_memory(base: str, pid: int, payers: list[Payer]) -> dict[str, f
     }
 
 
-def main(quick: bool = False, json_out: str | None = None) -> int:
+def main(quick: bool = False, json_out: str | None = None, plots: Output | None = None) -> int:
     env = environment()
     n_sigs, repeat = (200, 2) if quick else (2000, 5)
     n_resume, n_cpu, n_paused = (3, 10, 50) if quick else (20, 50, 1000)
@@ -331,6 +340,7 @@ def main(quick: bool = False, json_out: str | None = None) -> int:
         f"meterkit bench sessions: {env['build']} build, Python {env['python']}, {env['cpus']} CPUs"
     )
     results: dict[str, Any] = {"environment": env}
+    progress("setting up channels, mock and proxy")
     with ExitStack() as stack:
         d = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="meterkit-bench-")))
         loop = new_event_loop()
@@ -406,7 +416,45 @@ def main(quick: bool = False, json_out: str | None = None) -> int:
     print(table(["RSS MiB", "added MiB"], [[f"{mem['rss_mib']:.0f}", f"{mem['added_mib']:.0f}"]]))
     if json_out:
         Path(json_out).write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
+    if plots is not None:
+        progress("plots")
+        figures(plots, results, [t * 1e3 for t in trips], n_cpu)
     return 0
+
+
+def figures(out: Output, results: dict[str, Any], trips_ms: list[float], n_cpu: int) -> None:
+    """The resume round trip's distribution, CPU per event paid versus unpaid, and voucher
+    verification rates beside their baselines."""
+    r = results["resume"]
+    if trips_ms:
+        draw.cdf(
+            out.path("resume-cdf"),
+            f"need-voucher → resumed round trip, loopback (p50 {r['p50_ms']:.2f} ms, "
+            f"p99 {r['p99_ms']:.2f} ms)",
+            {f"session-paid stream ({r['pauses']} pauses)": trips_ms},
+            "round trip, ms",
+            note=out.note,
+        )
+    cpu = results["cpu_per_event_us"]
+    draw.bars(
+        out.path("cpu-per-event"),
+        f"Proxy CPU per streamed event ({n_cpu} concurrent streams)",
+        {"unpaid": cpu["unpaid"], "session-paid": cpu["session"]},
+        "CPU µs per event",
+        baseline="unpaid",
+        note=out.note,
+    )
+    rates = results["voucher_verifications_per_second"]
+    names = {"meterkit": "meterkit (Rust)", "coincurve": "coincurve", "eth_account": "eth-account"}
+    draw.bars(
+        out.path("verifications"),
+        "Voucher verifications per second, one thread",
+        {names[k]: v for k, v in rates.items()},
+        "verifications per second",
+        baseline="eth-account",
+        higher_is_better=True,
+        note=out.note,
+    )
 
 
 if __name__ == "__main__":
