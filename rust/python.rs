@@ -74,6 +74,9 @@ fn parse_format(name: &str) -> PyResult<Option<Format>> {
 
 // ---------------------------------------------------------------- SSE
 
+/// One server-sent event as the WHATWG parser dispatches it: `event` (the type, "message"
+/// when the stream named none), `data` (its data lines joined by "\n"), `id` (the last event
+/// id, None when never set) and `retry` (milliseconds, when the event set it).
 #[pyclass(frozen, module = "meterkit._core", name = "SseEvent")]
 pub struct PySseEvent {
     #[pyo3(get)]
@@ -135,6 +138,10 @@ impl PySseEvent {
     }
 }
 
+/// An incremental `text/event-stream` decoder, exact to the WHATWG rules: feed it bytes as
+/// they arrive, split anywhere (CRLF and a BOM split across reads included), and it returns
+/// the events completed so far. An event larger than `max_event_size` bytes raises
+/// `SseError` rather than growing without bound.
 #[pyclass(frozen, module = "meterkit._core", name = "SseDecoder")]
 pub struct PySseDecoder {
     inner: Mutex<sse::SseDecoder>,
@@ -195,6 +202,8 @@ impl PySseDecoder {
     }
 }
 
+/// One SSE event as bytes: `data` split into `data:` lines (CR, LF and CRLF all split),
+/// with optional `event`, `id` and `retry`, ended by a blank line.
 #[pyfunction]
 #[pyo3(signature = (data, *, event = None, id = None, retry = None))]
 fn encode_event<'py>(
@@ -210,6 +219,7 @@ fn encode_event<'py>(
     Ok(PyBytes::new(py, &out))
 }
 
+/// An SSE comment line (`: text`), e.g. a keep-alive; clients ignore it.
 #[pyfunction]
 fn encode_comment<'py>(py: Python<'py>, text: &str) -> Bound<'py, PyBytes> {
     let mut out = Vec::new();
@@ -219,6 +229,8 @@ fn encode_comment<'py>(py: Python<'py>, text: &str) -> Bound<'py, PyBytes> {
 
 // ---------------------------------------------------------------- tokens
 
+/// The exact number of tokens of `text` in `encoding` (cl100k_base, o200k_base…), the
+/// count `tiktoken`'s `encode_ordinary` would give, without building the token list.
 #[pyfunction]
 #[pyo3(signature = (text, encoding))]
 fn count_tokens(py: Python<'_>, text: &str, encoding: &str) -> PyResult<usize> {
@@ -293,6 +305,11 @@ fn resolve_model(model: &str) -> (&'static str, &'static str) {
     (enc.name(), prov.name())
 }
 
+/// An incremental token count for one growing text: `push(delta)` as the pieces arrive,
+/// `total` is always exactly the one-shot count of the joined text (BPE merges across delta
+/// boundaries are re-counted, not summed). Built for an encoding name or a model name;
+/// unknown models raise unless `allow_estimate=True` (then counted with o200k_base and
+/// `provenance == "estimated"`).
 #[pyclass(frozen, module = "meterkit._core", name = "TokenCounter")]
 pub struct PyTokenCounter {
     inner: Mutex<IncrementalCounter>,
@@ -358,6 +375,9 @@ impl PyTokenCounter {
 
 // ---------------------------------------------------------------- extraction
 
+/// The usage an upstream reported in its stream, normalised across formats:
+/// `input_tokens`, `output_tokens`, `cached_input_tokens`, `reasoning_tokens`,
+/// `cache_creation_input_tokens`, `total_tokens` (None where the upstream said nothing).
 #[pyclass(frozen, module = "meterkit._core", name = "Usage")]
 #[derive(Clone)]
 pub struct PyUsage {
@@ -434,6 +454,9 @@ impl PyUsage {
     }
 }
 
+/// Something in a stream that was not what its format promises (malformed JSON, an event
+/// after the end, a usage that went down…): `kind`, `detail`, and the `event` index. The
+/// bytes still pass; anomalies are reported, never fatal.
 #[pyclass(frozen, module = "meterkit._core", name = "Anomaly")]
 pub struct PyAnomaly {
     #[pyo3(get)]
@@ -464,6 +487,8 @@ impl PyAnomaly {
     }
 }
 
+/// What one event of a wire format carries: its `kind`, the billed text `deltas`
+/// (choice, part, channel, text), `finish_reasons`, `usage` and an upstream `error`.
 #[pyclass(frozen, module = "meterkit._core", name = "ParsedEvent")]
 pub struct PyParsedEvent {
     /// data / done / ping / error / other
@@ -542,6 +567,10 @@ fn detect_format(
 
 // ---------------------------------------------------------------- meter
 
+/// What one `StreamMeter` call released: `forward` (the bytes to write to the client now —
+/// the input itself when every event in it passes whole), `events` and their byte `spans`,
+/// the running `completion_tokens` and `usage`, the meter's `state`, whether this call
+/// `truncated` the stream or left it `paused` for credit, and the new `anomalies`.
 #[pyclass(frozen, module = "meterkit._core", name = "FeedResult")]
 pub struct PyFeedResult {
     /// Bytes to write to the client now (the input object itself when it passes whole).
@@ -601,6 +630,30 @@ impl PyFeedResult {
     }
 }
 
+/// The per-stream meter: one `feed(chunk)` per network read frames the SSE events, extracts
+/// the billed text of the wire format (`format`: openai-chat, openai-completions,
+/// openai-responses, anthropic, or "auto" from `path`/the first event), counts it exactly
+/// with the model's BPE (`model`, or `encoding`), and decides per event:
+///
+/// - `limit`: at most this many completion tokens reach the client; the event that would go
+///   over is replaced by the format's ending (`ending="graceful"`: finish_reason "length" /
+///   stop_reason "max_tokens" / response.incomplete, then the end marker; `"error_chunk"`: the
+///   format's error event). With `shadow=True` nothing is cut: `would_truncate_at` records
+///   where it would have been.
+/// - `credit`: tokens the stream may deliver before it must be granted more. The meter pauses
+///   *before* the event that would overrun it (`state == "paused"`, nothing of that event
+///   released); `grant(n)` resumes at exactly that event, `clear_credit()` removes the gate.
+/// - `strip_usage`: drop the usage the upstream sends when the client did not ask for it
+///   (OpenAI's usage-only chunk and null `usage` members), while still reading it.
+/// - `partial_usage`: add the running usage (prompt and completion so far) to every
+///   forwarded event.
+/// - `prompt_tokens`: the prompt's count, for partial usage and endings.
+/// - `max_event_size`: an upstream event larger than this fails the stream with a clear
+///   error instead of being held.
+///
+/// `close()` at the end of the upstream body; `truncate()` and `fail()` end it early with
+/// the right bytes. Readings: `completion_tokens`, `tokens_by_channel`, `usage`,
+/// `provenance` ("counted" or "estimated"), `finish_reasons`, `anomalies`, `stream_error`.
 #[pyclass(frozen, module = "meterkit._core", name = "StreamMeter")]
 pub struct PyStreamMeter {
     inner: Mutex<meter::StreamMeter>,
@@ -916,6 +969,7 @@ fn verify_challenge_id(
     )
 }
 
+/// Keccak-256 of `data` (Ethereum's hash, not NIST SHA3-256).
 #[pyfunction]
 fn keccak256<'py>(py: Python<'py>, data: &[u8]) -> Bound<'py, PyBytes> {
     PyBytes::new(py, &crypto::keccak256(data))

@@ -18,17 +18,16 @@ request died with its process.
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
-import threading
 import time
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import orjson
+
+from meterkit.sqlite_thread import SqliteThread
 
 T = TypeVar("T")
 
@@ -229,29 +228,11 @@ class SqliteLedger:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        # One thread owns the connection: sqlite3 objects stay on their thread, and writes
-        # are serialised without blocking the event loop.
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="meterkit-ledger")
-        self._conn: sqlite3.Connection | None = None
-        self._lock = threading.Lock()
-
-    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        def call() -> T:
-            assert self._conn is not None, "ledger is not open"
-            with self._lock:
-                return fn(self._conn)
-
-        return await asyncio.get_running_loop().run_in_executor(self._pool, call)
+        self._db = SqliteThread(self.path, "ledger")
+        self._run = self._db.run
 
     async def open(self) -> None:
-        def connect() -> None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(
-                self.path, isolation_level=None, timeout=30, check_same_thread=False
-            )
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")  # a commit survives power loss
-            conn.execute("PRAGMA busy_timeout=30000")
+        def migrate(conn: sqlite3.Connection) -> None:
             conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
             conn.execute("BEGIN IMMEDIATE")
             try:
@@ -266,18 +247,11 @@ class SqliteLedger:
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
-            self._conn = conn
 
-        await asyncio.get_running_loop().run_in_executor(self._pool, connect)
+        await self._db.open(migrate)
 
     async def close(self) -> None:
-        def shut() -> None:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
-
-        await asyncio.get_running_loop().run_in_executor(self._pool, shut)
-        self._pool.shutdown(wait=True)
+        await self._db.close()
 
     async def schema_version(self) -> int:
         return int(

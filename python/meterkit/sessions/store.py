@@ -6,17 +6,14 @@ SQLite in the ledger's file (its own table, its own connection thread)."""
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
-import threading
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import fields
 from pathlib import Path
 from typing import TypeVar
 
 from meterkit.sessions.channels import Channel
+from meterkit.sqlite_thread import SqliteThread
 
 T = TypeVar("T")
 
@@ -67,39 +64,17 @@ def _channel(r: tuple[object, ...]) -> Channel:
 class SessionStore:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="meterkit-sessions")
-        self._conn: sqlite3.Connection | None = None
-        self._lock = threading.Lock()
-
-    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        def call() -> T:
-            assert self._conn is not None, "session store is not open"
-            with self._lock:
-                return fn(self._conn)
-
-        return await asyncio.get_running_loop().run_in_executor(self._pool, call)
+        self._db = SqliteThread(self.path, "sessions")
+        self._run = self._db.run
 
     async def open(self) -> None:
-        def connect() -> None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(
-                self.path, isolation_level=None, timeout=30, check_same_thread=False
-            )
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
+        def schema(conn: sqlite3.Connection) -> None:
             conn.execute(_SCHEMA)
-            self._conn = conn
 
-        await asyncio.get_running_loop().run_in_executor(self._pool, connect)
+        await self._db.open(schema)
 
     async def close(self) -> None:
-        def shut() -> None:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
-
-        await asyncio.get_running_loop().run_in_executor(self._pool, shut)
-        self._pool.shutdown(wait=True)
+        await self._db.close()
 
     async def get(self, channel_id: str) -> Channel | None:
         def go(c: sqlite3.Connection) -> Channel | None:
