@@ -1,4 +1,4 @@
-//! Synthetic events that end a stream early in a format-correct way (PROTOCOLS §1): a client
+//! Synthetic events that end a stream early in a format-correct way: a client
 //! SDK sees the same end it would see if the model itself had stopped at its limit, or a
 //! well-formed error event when the policy wants the client to know.
 
