@@ -383,3 +383,29 @@ def test_only_vouchers_that_buy_nothing_are_rate_limited(tmp_path: Path) -> None
     rising, same = asyncio.run(go())
     assert rising == [204] * 25  # each raises the total: never limited
     assert 429 in same and same[0] == 204
+
+
+def test_a_budget_refusal_after_the_session_stage_charges_nothing(tmp_path: Path) -> None:
+    db = tmp_path / "ledger.sqlite3"
+
+    async def go() -> None:
+        k = key()
+        cid = await prepaid(db, k, 10_000)
+        t = tree(db, prompt_price="$0.00001")
+        t["budgets"] = {
+            "b": {"key": {"header": "X-User"}, "tokens_per_day": 50, "max_completion_tokens": 100}
+        }
+        t["routes"][f"POST {CHAT}"]["budget"] = "b"
+        async with gateway(t) as g:
+            _, headers, _ = await g.post(CHAT, chat(), {"X-User": "u"})
+            ch = _first_challenge(headers)
+            client = SessionClient(k, cid, max_total=Decimal("0.01"), session=g.session)
+            status, _, problem = await g.post(
+                CHAT, chat(), {**client._voucher(ch, PRICE * 200), "X-User": "u"}
+            )
+            assert status == 429, problem
+            await g.records(2)
+            c = await channel(db, cid)
+            assert (c.accepted, c.spent, c.units) == (PRICE * 200, 0, 0)
+
+    asyncio.run(go())

@@ -45,7 +45,7 @@ from meterkit.problems import Problem
 from meterkit.sessions import wire
 from meterkit.sessions.channels import Channel, accept
 from meterkit.sessions.offers import METHODS, SessionOffer, session_challenges, session_offers
-from meterkit.sessions.problems import InsufficientBalance, TooManyVouchers
+from meterkit.sessions.problems import ChannelNotFound, InsufficientBalance, TooManyVouchers
 from meterkit.sessions.sources import ChannelSource, PrepaidSource
 from meterkit.sessions.store import SessionStore
 from meterkit.usage import UsageRecord
@@ -255,7 +255,22 @@ class SessionStage(Stage):
             return self._receipt_response(state, channel)
         if management:
             return self._receipt_response(state, channel)
-        return await self._open_stream(ctx, state, channel)
+        # An LLM request: its prompt is charged and its credit reserved only once every stage
+        # admitted it (`before_upstream`): a later refusal (a budget's 429) costs nothing.
+        state.extra["open"] = True
+        return None
+
+    async def before_upstream(self, ctx: RequestContext) -> Answer | None:
+        state: SessionState | None = ctx.state.get("session")
+        if state is None or not state.extra.get("open"):
+            return None
+        channel = await self.source.get(state.channel_id)
+        try:
+            if channel is None:
+                raise ChannelNotFound("the channel is gone", reason="channel")
+            return await self._open_stream(ctx, state, channel)
+        except PaymentProblem as e:
+            return self._refuse(ctx, e)
 
     def _receipt(self, state: SessionState, channel: Channel) -> dict[str, Any]:
         out: dict[str, Any] = {
