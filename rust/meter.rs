@@ -1431,6 +1431,198 @@ mod tests {
 }
 
 #[cfg(test)]
+mod schema_deviation_tests {
+    //! Issue 12 #7: unbilled fields of another type than the schema's (a float `created`, a
+    //! numeric `id`, extra members, objects where strings were expected) must not make events
+    //! "malformed": the billed text and usage are read whatever those fields look like.
+    use super::*;
+
+    fn ev(event: &str, data: &str) -> String {
+        let head = if event.is_empty() {
+            String::new()
+        } else {
+            format!("event: {event}\n")
+        };
+        format!("{head}data: {data}\n\n")
+    }
+
+    const TEXTS: &[&str] = &[" one", " two", " three", " four", " five", " six", " seven"];
+
+    /// A stream of `format` carrying `TEXTS`, its unbilled fields clean or deviant.
+    fn stream(format: Format, deviant: bool) -> String {
+        let j = |t: &str| serde_json::to_string(t).unwrap();
+        let mut s = String::new();
+        match format {
+            Format::OpenAiChat | Format::OpenAiCompletions => {
+                let head = if deviant {
+                    r#""id":12345,"object":{"x":1},"created":1700000000.25,"model":["gpt-4o"],"system_fingerprint":7,"extra":{"deep":[1,2,{"a":null}]},"#
+                } else {
+                    r#""id":"c1","object":"chat.completion.chunk","created":1700000000,"model":"gpt-4o","#
+                };
+                let (idx, fin) = if deviant {
+                    (
+                        r#""index":0.0"#,
+                        r#""finish_reason":false,"logprobs":"none""#,
+                    )
+                } else {
+                    (r#""index":0"#, r#""finish_reason":null"#)
+                };
+                for t in TEXTS {
+                    let body = if format == Format::OpenAiChat {
+                        format!(r#""delta":{{"content":{}}}"#, j(t))
+                    } else {
+                        format!(r#""text":{}"#, j(t))
+                    };
+                    s += &ev(
+                        "",
+                        &format!("{{{head}\"choices\":[{{{idx},{body},{fin}}}]}}"),
+                    );
+                }
+                let usage =
+                    r#""usage":{"prompt_tokens":3,"completion_tokens":7,"total_tokens":10}"#;
+                s += &ev("", &format!("{{{head}\"choices\":[],{usage}}}"));
+                s += &ev("", "[DONE]");
+            }
+            Format::Anthropic => {
+                let (id, model, extra) = if deviant {
+                    (
+                        "42",
+                        "{\"name\":\"claude\"}",
+                        ",\"created\":1.5,\"extra\":[true]",
+                    )
+                } else {
+                    ("\"msg_1\"", "\"claude-x\"", "")
+                };
+                s += &ev(
+                    "message_start",
+                    &format!(
+                        r#"{{"type":"message_start","message":{{"id":{id},"model":{model},"usage":{{"input_tokens":3,"output_tokens":1}}{extra}}}{extra}}}"#
+                    ),
+                );
+                let index = if deviant { "\"0\"" } else { "0" };
+                for t in TEXTS {
+                    s += &ev(
+                        "content_block_delta",
+                        &format!(
+                            r#"{{"type":"content_block_delta","index":{index},"delta":{{"type":"text_delta","text":{}{extra}}}{extra}}}"#,
+                            j(t)
+                        ),
+                    );
+                }
+                let stop = if deviant { "{\"r\":1}" } else { "\"end_turn\"" };
+                s += &ev(
+                    "message_delta",
+                    &format!(
+                        r#"{{"type":"message_delta","delta":{{"stop_reason":{stop}}},"usage":{{"output_tokens":7}}{extra}}}"#
+                    ),
+                );
+                s += &ev("message_stop", r#"{"type":"message_stop"}"#);
+            }
+            Format::OpenAiResponses => {
+                let (id, created, seq_of, extra) = if deviant {
+                    ("7", "1.7e9", "\"seq\"", ",\"extra\":{\"a\":[1.5]}")
+                } else {
+                    ("\"resp_1\"", "1700000000", "", "")
+                };
+                let seq = |n: usize| {
+                    if seq_of.is_empty() {
+                        n.to_string()
+                    } else {
+                        seq_of.to_string()
+                    }
+                };
+                s += &ev(
+                    "response.created",
+                    &format!(
+                        r#"{{"type":"response.created","sequence_number":{},"response":{{"id":{id},"model":"gpt-4o","created_at":{created},"status":"in_progress","usage":null{extra}}}{extra}}}"#,
+                        seq(0)
+                    ),
+                );
+                let out_index = if deviant { "\"0\"" } else { "0" };
+                for (i, t) in TEXTS.iter().enumerate() {
+                    s += &ev(
+                        "response.output_text.delta",
+                        &format!(
+                            r#"{{"type":"response.output_text.delta","sequence_number":{},"item_id":5,"output_index":{out_index},"content_index":0,"delta":{}{extra}}}"#,
+                            seq(i + 1),
+                            j(t)
+                        ),
+                    );
+                }
+                s += &ev(
+                    "response.completed",
+                    &format!(
+                        r#"{{"type":"response.completed","sequence_number":{},"response":{{"id":{id},"created_at":{created},"status":"completed","usage":{{"input_tokens":3,"output_tokens":7,"total_tokens":10}}{extra}}}}}"#,
+                        seq(9)
+                    ),
+                );
+            }
+        }
+        s
+    }
+
+    fn meter(format: Format, limit: Option<u64>) -> StreamMeter {
+        StreamMeter::new(MeterConfig {
+            format: Some(format),
+            model: Some("gpt-4o".into()),
+            limit,
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn deviant_unbilled_fields_are_metered_like_a_clean_stream() {
+        for format in Format::ALL {
+            let clean = stream(format, false);
+            let deviant = stream(format, true);
+            assert_ne!(clean, deviant);
+            for split in [1, 13, usize::MAX] {
+                let mut readings = Vec::new();
+                for s in [&clean, &deviant] {
+                    let mut m = meter(format, None);
+                    for c in s.as_bytes().chunks(split.min(s.len())) {
+                        m.feed(c);
+                    }
+                    m.close();
+                    assert!(m.anomalies().is_empty(), "{format:?}: {:?}", m.anomalies());
+                    readings.push((
+                        m.completion_tokens(),
+                        m.usage().map(|u| (u.input_tokens, u.output_tokens)),
+                        m.state(),
+                    ));
+                }
+                assert_eq!(readings[0], readings[1], "{format:?} split {split}");
+                assert_eq!(readings[0].0, 7, "{format:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn deviant_unbilled_fields_do_not_lift_the_limit() {
+        for format in Format::ALL {
+            for deviant in [false, true] {
+                let s = stream(format, deviant);
+                let mut m = meter(format, Some(5));
+                let mut out = Vec::new();
+                for c in s.as_bytes().chunks(17) {
+                    out.extend(m.feed(c).forward.to_vec(c));
+                }
+                assert_eq!(m.state(), MeterState::Truncated, "{format:?} {deviant}");
+                assert_eq!(m.completion_tokens(), 5, "{format:?} {deviant}");
+                // What went out parses, and carries exactly five words.
+                let text = String::from_utf8(out).unwrap();
+                let words = TEXTS.iter().filter(|t| text.contains(&j_esc(t))).count();
+                assert_eq!(words, 5, "{format:?} {deviant}");
+            }
+        }
+    }
+
+    fn j_esc(t: &str) -> String {
+        serde_json::to_string(t).unwrap()
+    }
+}
+
+#[cfg(test)]
 mod template_path_tests {
     use super::*;
 

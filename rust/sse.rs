@@ -50,7 +50,9 @@ pub struct RawEvent<'a> {
     /// Data lines joined with `\n`, without the final trailing newline.
     pub data: &'a [u8],
     /// The last-event-id buffer at dispatch (it persists across events, per the spec); `None`
-    /// while empty.
+    /// until an `id` field set it. An empty `id:` field sets it to `Some("")`: WHATWG resets
+    /// the last event id to the empty string, which is not the same as never having had one
+    /// (a proxy relaying `Last-Event-ID` must be able to tell a reset from silence).
     pub id: Option<&'a [u8]>,
     /// A valid `retry` field seen in this event's block.
     pub retry: Option<u64>,
@@ -86,6 +88,8 @@ pub struct SseDecoder {
     data: Vec<u8>,
     event: Vec<u8>,
     last_id: Vec<u8>,
+    /// An `id` field has set `last_id` (possibly to the empty string).
+    id_set: bool,
     retry: Option<u64>,
     /// Absolute number of bytes consumed.
     pos: u64,
@@ -116,6 +120,7 @@ impl SseDecoder {
             data: Vec::new(),
             event: Vec::new(),
             last_id: Vec::new(),
+            id_set: false,
             retry: None,
             pos: 0,
             block_start: 0,
@@ -273,11 +278,7 @@ impl SseDecoder {
                         let flow = on_event(RawEvent {
                             event,
                             data,
-                            id: if self.last_id.is_empty() {
-                                None
-                            } else {
-                                Some(&self.last_id)
-                            },
+                            id: self.id_set.then_some(&self.last_id[..]),
                             retry: self.retry.take(),
                             start,
                             end: self.pos,
@@ -367,6 +368,7 @@ impl SseDecoder {
             b"id" if !value.contains(&0) => {
                 self.last_id.clear();
                 self.last_id.extend_from_slice(value);
+                self.id_set = true;
             }
             b"retry" if !value.is_empty() && value.iter().all(u8::is_ascii_digit) => {
                 // Saturate instead of overflowing on absurd values.
@@ -395,11 +397,7 @@ impl SseDecoder {
         let flow = on_event(RawEvent {
             event: &self.event,
             data: &self.data[..data_len],
-            id: if self.last_id.is_empty() {
-                None
-            } else {
-                Some(&self.last_id)
-            },
+            id: self.id_set.then_some(&self.last_id[..]),
             retry,
             start,
             end: self.pos,
@@ -665,6 +663,63 @@ mod tests {
         let ev = decode(b"id: 1\n\nid: a\0b\nretry: 12x\nretry: \ndata: x\n\n");
         assert_eq!(ev[0].id.as_deref(), Some("1"));
         assert_eq!(ev[0].retry, None);
+    }
+
+    #[test]
+    fn empty_id_field_resets_the_last_event_id_to_empty() {
+        // Issue 12 #11: WHATWG sets the last event id buffer to the field value, "" included.
+        let ev = decode(b"data: a\n\nid: 7\ndata: b\n\nid\ndata: c\n\nid:\ndata: d\n\ndata: e\n\n");
+        let ids: Vec<Option<&str>> = ev.iter().map(|e| e.id.as_deref()).collect();
+        assert_eq!(ids, [None, Some("7"), Some(""), Some(""), Some("")]);
+        // Through the whole-block fast path too (an `id:` block, then simple blocks).
+        let mut d = SseDecoder::default();
+        let ev = d.feed_owned(b"id: \ndata: x\n\ndata: y\n\n").unwrap();
+        assert_eq!(ev[0].id.as_deref(), Some(""));
+        assert_eq!(ev[1].id.as_deref(), Some(""));
+        assert_eq!(d.last_event_id(), b"");
+    }
+
+    /// Property: the id reported with every event is the value of the last `id` field (NUL-free)
+    /// before it, `None` when there was none, for random field sequences and random splits.
+    #[test]
+    fn reported_id_is_the_last_id_field_property() {
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for _ in 0..400 {
+            let mut s = Vec::new();
+            let mut expect = Vec::new();
+            let mut last: Option<String> = None;
+            for _ in 0..(next() % 8) {
+                match next() % 5 {
+                    0 => {
+                        s.extend_from_slice(b"id\n");
+                        last = Some(String::new());
+                    }
+                    1 => {
+                        s.extend_from_slice(b"id:\n");
+                        last = Some(String::new());
+                    }
+                    2 => {
+                        let v = (next() % 3).to_string();
+                        s.extend_from_slice(format!("id: {v}\n").as_bytes());
+                        last = Some(v);
+                    }
+                    3 => s.extend_from_slice(b"id: x\0y\n"),
+                    _ => {}
+                }
+                s.extend_from_slice(b"data: d\n\n");
+                expect.push(last.clone());
+            }
+            let cut = (next() as usize) % (s.len() + 1);
+            let ev = decode_chunks(&[&s[..cut], &s[cut..]]);
+            let got: Vec<Option<String>> = ev.into_iter().map(|e| e.id).collect();
+            assert_eq!(got, expect, "{:?}", String::from_utf8_lossy(&s));
+        }
     }
 
     #[test]
