@@ -707,8 +707,18 @@ impl StreamMeter {
             paused: false,
         };
         if result.is_err() {
-            // The oversized block will never be forwarded; do not keep it.
+            // The oversized block will never be forwarded; do not keep it. The client's stream
+            // ends here with the format's error ending, right after the last whole event
+            // (issue 12 #5: it used to end silently, or as an empty 200 when no event had
+            // completed).
             self.held = Vec::new();
+            let tail = self.end_with(
+                EndingStyle::Error,
+                "api_error",
+                "event_too_large",
+                "an upstream event exceeded the maximum event size",
+            );
+            self.append(&mut out.forward, chunk, tail);
         }
         match stop {
             Some((Verdict::Cut, _)) => {
@@ -908,9 +918,9 @@ impl StreamMeter {
         bytes
     }
 
-    /// Upstream end of stream. Returns the remaining held bytes (an unfinished event is passed
-    /// through as the upstream sent it and reported as an anomaly). While paused, the stash
-    /// stays until `grant` or `truncate`.
+    /// Upstream end of stream. Returns the remaining held bytes of whole events; an unfinished
+    /// event is dropped (a client's parser would discard it at EOF anyway) and reported as an
+    /// anomaly. While paused, the stash stays until `grant` or `truncate`.
     pub fn close(&mut self) -> FeedOutcome {
         self.upstream_closed = true;
         let mut out = FeedOutcome::empty();
@@ -926,9 +936,14 @@ impl StreamMeter {
         out
     }
 
-    /// Upstream EOF: dispatch an event whose blank line ended the stream, report an
-    /// unfinished one, and release the held bytes (the unfinished event passes through as
-    /// the upstream sent it; the client's parser discards it just as ours did).
+    /// Upstream EOF: dispatch an event whose blank line ended the stream, report and drop an
+    /// unfinished one, and release the rest of the held bytes.
+    ///
+    /// The unfinished block is never forwarded (issue 12 #6): the caller usually follows a
+    /// stream that ended mid-event with `fail`, and an error ending written after half a block
+    /// would become part of that block (its lines join the unfinished event's data, and an
+    /// SDK raises a JSON error instead of seeing the ending). Dropped, the block is discarded
+    /// exactly as the client's parser would discard it at EOF.
     fn finalize_close(&mut self) -> Option<Vec<u8>> {
         let offset = self.decoder.block_start();
         let held_start = self.decoder.position() - self.held.len() as u64;
@@ -968,7 +983,8 @@ impl StreamMeter {
                 offset,
             );
         }
-        let held = std::mem::take(&mut self.held);
+        let mut held = std::mem::take(&mut self.held);
+        held.truncate(held.len().saturating_sub(discarded as usize));
         let edits = std::mem::take(&mut self.core.edits);
         let held = if edits.is_empty() {
             held
@@ -1426,7 +1442,103 @@ mod tests {
         let r = m.feed(big.as_bytes());
         assert_eq!(m.state(), MeterState::Failed);
         assert_eq!(r.anomalies[0].kind, AnomalyKind::EventTooLarge);
-        assert!(r.forward.to_vec(&[]).is_empty());
+        // Nothing of the oversized event goes out, only the error ending.
+        let out = String::from_utf8(r.forward.to_vec(&[])).unwrap();
+        assert!(!out.contains("xxx"));
+        assert!(out.starts_with("data: {\"error\""), "{out}");
+        assert!(out.ends_with("data: [DONE]\n\n"));
+        assert!(m.fail("api_error", "x", "y").is_empty(), "one ending only");
+    }
+
+    /// Issue 12 #5: every format ends with its error ending, after the whole events that came
+    /// before the oversized one, whether or not the oversized event ever ends, however the
+    /// stream is split.
+    #[test]
+    fn oversized_event_ends_with_the_formats_error_ending() {
+        let head: [(Format, &str); 3] = [
+            (Format::OpenAiChat, &chat_chunk("Hi")),
+            (
+                Format::Anthropic,
+                "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"m\",\"model\":\"claude-x\",\"usage\":{\"input_tokens\":1,\"output_tokens\":1}}}\n\n",
+            ),
+            (
+                Format::OpenAiResponses,
+                "event: response.created\ndata: {\"type\":\"response.created\",\"sequence_number\":0,\"response\":{\"id\":\"r\",\"status\":\"in_progress\"}}\n\n",
+            ),
+        ];
+        for (format, first) in head {
+            for blank in [true, false] {
+                for events_before in [0, 2] {
+                    for split in [7, 1000, usize::MAX] {
+                        let mut s = first.repeat(events_before).into_bytes();
+                        let kept = s.len();
+                        s.extend_from_slice(b"data: ");
+                        s.extend(std::iter::repeat_n(b'x', 5000));
+                        if blank {
+                            s.extend_from_slice(b"\n\n");
+                        }
+                        let mut m = StreamMeter::new(MeterConfig {
+                            format: Some(format),
+                            max_event_size: 4096,
+                            ..Default::default()
+                        });
+                        let mut out = Vec::new();
+                        for c in s.chunks(split.min(s.len())) {
+                            out.extend(m.feed(c).forward.to_vec(c));
+                        }
+                        out.extend(m.close().forward.to_vec(b""));
+                        out.extend(m.fail("api_error", "upstream_error", "closed"));
+                        assert_eq!(m.state(), MeterState::Failed);
+                        assert_eq!(&out[..kept], &s[..kept], "{format:?}");
+                        let events = SseDecoder::default().feed_owned(&out[kept..]).unwrap();
+                        let last = events
+                            .iter()
+                            .rfind(|e| e.data != "[DONE]")
+                            .expect("an error event");
+                        let ex = crate::extract::extract(
+                            format,
+                            if last.event == "message" { b"" } else { last.event.as_bytes() },
+                            last.data.as_bytes(),
+                        )
+                        .unwrap();
+                        assert_eq!(ex.kind, EventKind::Error, "{format:?} {blank} {split}");
+                        assert!(!String::from_utf8_lossy(&out).contains("xxx"));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Issue 12 #6: an upstream that closes inside an event (here 1 MiB of `data:` lines, and
+    /// a half line) gets its error ending on a clean block boundary: the partial block is
+    /// dropped, so a client parses exactly the whole events, then the error ending.
+    #[test]
+    fn error_ending_after_an_unfinished_event_is_not_glued_to_it() {
+        for partial in [
+            "data: {\"id\":\"c1\",\"choices\":[{\"delta\":{\"content\":\"".to_string(),
+            "data: x\n".repeat(1 << 17),
+            "data: x\r\ndata: y\r".to_string(),
+            ": comment without line end".to_string(),
+        ] {
+            let whole = chat_stream(&["Hello", " world"]);
+            let whole = &whole[..whole.len() - "data: [DONE]\n\n".len()];
+            let mut s = whole.to_vec();
+            s.extend_from_slice(partial.as_bytes());
+            let mut m = StreamMeter::new(MeterConfig::default());
+            let out = run(&mut m, &s, 4096);
+            assert_eq!(out, whole, "the unfinished block is not forwarded");
+            assert_eq!(m.anomalies()[0].kind, AnomalyKind::IncompleteEvent);
+            let mut out = out;
+            out.extend(m.fail("api_error", "upstream_error", "closed mid-event"));
+            let events = SseDecoder::default().feed_owned(&out).unwrap();
+            let n = events.len();
+            assert_eq!(events[n - 1].data, "[DONE]");
+            let err: serde_json::Value = serde_json::from_str(&events[n - 2].data).unwrap();
+            assert_eq!(err["error"]["code"], "upstream_error");
+            for e in &events[..n - 2] {
+                serde_json::from_str::<serde_json::Value>(&e.data).unwrap();
+            }
+        }
     }
 }
 
