@@ -21,6 +21,34 @@ pub const DEFAULT_MAX_EVENT_SIZE: usize = 16 * 1024 * 1024;
 
 const BOM: [u8; 3] = [0xEF, 0xBB, 0xBF];
 
+/// A reused buffer whose capacity grew past this is released after its event (a stream that
+/// once carried a 16 MiB event does not keep 16 MiB for the rest of its life).
+pub const KEEP_CAPACITY: usize = 256 * 1024;
+
+/// Append `bytes` to `v`, growing it by doubling as `Vec` does but never past `cap` (when the
+/// result fits in it): a buffer bounded by the event size limit is never allocated at twice
+/// the limit (issue 12 #9).
+pub fn push_capped(v: &mut Vec<u8>, bytes: &[u8], cap: usize) {
+    let need = v.len() + bytes.len();
+    if need > v.capacity() {
+        let want = need.max(v.capacity().saturating_mul(2).min(cap)).max(64);
+        v.reserve_exact(want - v.len());
+    }
+    v.extend_from_slice(bytes);
+}
+
+/// What the decoder does with the bytes of a line that has not ended yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Partial {
+    /// Kept in `line` (the field is not known yet, or it is `event`, `id` or `retry`).
+    Line,
+    /// A `data` line: its value goes straight into `data`, so a long data line is held once,
+    /// not once as a line and again as data.
+    Data,
+    /// A comment or an ignored field: only counted against the size limit, not kept.
+    Skip,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SseError {
     /// One event block grew past the configured maximum. `offset` is the stream offset of the
@@ -83,8 +111,9 @@ pub enum Flow {
 #[derive(Debug, Clone)]
 pub struct SseDecoder {
     max_event_size: usize,
-    /// Bytes of the current line not yet terminated (never rescanned).
+    /// Bytes of the current line not yet terminated (never rescanned), see `partial`.
     line: Vec<u8>,
+    partial: Partial,
     data: Vec<u8>,
     event: Vec<u8>,
     last_id: Vec<u8>,
@@ -117,6 +146,7 @@ impl SseDecoder {
         Self {
             max_event_size: max_event_size.max(1),
             line: Vec::new(),
+            partial: Partial::Line,
             data: Vec::new(),
             event: Vec::new(),
             last_id: Vec::new(),
@@ -153,6 +183,12 @@ impl SseDecoder {
 
     pub fn last_event_id(&self) -> &[u8] {
         &self.last_id
+    }
+
+    /// Bytes the decoder itself holds for the unfinished event (its data so far and a partial
+    /// line), for memory accounting.
+    pub fn buffered_bytes(&self) -> usize {
+        self.line.capacity() + self.data.capacity() + self.event.capacity()
     }
 
     pub fn error(&self) -> Option<&SseError> {
@@ -208,6 +244,7 @@ impl SseDecoder {
     /// pause before an event and replay it on resume.
     pub fn rewind_to_block(&mut self, start: u64) {
         debug_assert!(self.line.is_empty() && self.data.is_empty() && start <= self.pos);
+        self.partial = Partial::Line;
         self.pos = start;
         self.block_start = start;
         self.skip_lf = false;
@@ -229,6 +266,7 @@ impl SseDecoder {
         }
         let discarded = self.pending_bytes();
         self.line.clear();
+        self.partial = Partial::Line;
         self.data.clear();
         self.event.clear();
         self.retry = None;
@@ -269,7 +307,11 @@ impl SseDecoder {
         }
         while i < buf.len() {
             // The common block, whole in this read: dispatched from the read's own bytes.
-            if self.line.is_empty() && self.data.is_empty() && self.event.is_empty() {
+            if self.line.is_empty()
+                && self.partial == Partial::Line
+                && self.data.is_empty()
+                && self.event.is_empty()
+            {
                 if let Some((event, data, len)) = simple_block(&buf[i..]) {
                     if self.pos + (len as u64) - self.block_start <= self.max_event_size as u64 {
                         self.pos += len as u64;
@@ -294,7 +336,7 @@ impl SseDecoder {
             let rest = &buf[i..];
             let Some(off) = memchr2(b'\n', b'\r', rest) else {
                 self.check_size(self.pos + rest.len() as u64 - self.block_start)?;
-                self.line.extend_from_slice(rest);
+                self.hold_partial(rest);
                 self.pos += rest.len() as u64;
                 return Ok(buf.len());
             };
@@ -316,12 +358,24 @@ impl SseDecoder {
             let next = end + term_len;
             self.check_size(self.pos + (next - i) as u64 - self.block_start)?;
             self.pos += (next - i) as u64;
-            if next == buf.len() && self.skip_lf && self.line.is_empty() && end == i {
+            if next == buf.len()
+                && self.skip_lf
+                && self.line.is_empty()
+                && self.partial == Partial::Line
+                && end == i
+            {
                 // A blank line ended by CR at the chunk end: wait for the next byte.
                 self.dispatch_pending = true;
                 return Ok(buf.len());
             }
-            let flow = if self.line.is_empty() {
+            let flow = if self.partial != Partial::Line {
+                if self.partial == Partial::Data {
+                    push_capped(&mut self.data, &buf[i..end], self.max_event_size);
+                    push_capped(&mut self.data, b"\n", self.max_event_size);
+                }
+                self.partial = Partial::Line;
+                Flow::Continue
+            } else if self.line.is_empty() {
                 self.process_line(&buf[i..end], on_event)
             } else {
                 let mut line = std::mem::take(&mut self.line);
@@ -337,6 +391,42 @@ impl SseDecoder {
             }
         }
         Ok(buf.len())
+    }
+
+    /// Keep the bytes of a line that has not ended: a data value goes to `data` as soon as the
+    /// field name and the optional space are known, a comment or an ignored field is dropped.
+    fn hold_partial(&mut self, bytes: &[u8]) {
+        match self.partial {
+            Partial::Data => push_capped(&mut self.data, bytes, self.max_event_size),
+            Partial::Skip => {}
+            Partial::Line => {
+                push_capped(&mut self.line, bytes, self.max_event_size);
+                let l = &self.line;
+                let skip = match memchr::memchr(b':', l) {
+                    Some(0) => true,
+                    Some(c) => match &l[..c] {
+                        b"data" => {
+                            if l.len() > c + 1 {
+                                let v = &l[c + 1..];
+                                let v = v.strip_prefix(b" ").unwrap_or(v);
+                                push_capped(&mut self.data, v, self.max_event_size);
+                                self.partial = Partial::Data;
+                                self.line.clear();
+                            }
+                            false
+                        }
+                        b"event" | b"id" | b"retry" => false,
+                        _ => true,
+                    },
+                    // A colon-less line names a field by all of it: longer than "retry", none.
+                    None => l.len() > 5,
+                };
+                if skip {
+                    self.partial = Partial::Skip;
+                    self.line.clear();
+                }
+            }
+        }
     }
 
     fn process_line<F>(&mut self, line: &[u8], on_event: &mut F) -> Flow
@@ -358,8 +448,8 @@ impl SseDecoder {
         };
         match name {
             b"data" => {
-                self.data.extend_from_slice(value);
-                self.data.push(b'\n');
+                push_capped(&mut self.data, value, self.max_event_size);
+                push_capped(&mut self.data, b"\n", self.max_event_size);
             }
             b"event" => {
                 self.event.clear();
@@ -404,6 +494,12 @@ impl SseDecoder {
         });
         self.data.clear();
         self.event.clear();
+        if self.data.capacity() > KEEP_CAPACITY {
+            self.data = Vec::new();
+        }
+        if self.line.capacity() > KEEP_CAPACITY {
+            self.line = Vec::new();
+        }
         flow
     }
 }
@@ -802,6 +898,45 @@ mod tests {
         // Exactly at the limit is fine.
         let mut d = SseDecoder::new(10);
         assert_eq!(d.feed_owned(b"data: ab\n\n").unwrap().len(), 1);
+    }
+
+    /// Partial data lines go straight to the data buffer and partial comments or ignored
+    /// fields are not kept; every split still gives the events of the whole stream.
+    #[test]
+    fn partial_lines_of_every_kind_split_anywhere() {
+        let s: &[u8] = b": a long comment\ndata: x\nfoo: ignored\ndataX\ndata:  two\ndata:\ndata\nevent: e\nid: 5\nretry: 9\nunknownfieldname\n\ndata:y\r\n\r\n";
+        let whole = decode(s);
+        assert_eq!(data(&whole), ["x\n two\n\n", "y"]);
+        for i in 0..=s.len() {
+            for j in i..=s.len() {
+                assert_eq!(decode_chunks(&[&s[..i], &s[i..j], &s[j..]]), whole, "{i},{j}");
+            }
+        }
+        let bytewise: Vec<&[u8]> = s.chunks(1).collect();
+        assert_eq!(decode_chunks(&bytewise), whole);
+    }
+
+    /// Issue 12 #9: a long unfinished data line is held once (not as a line and again as
+    /// data), in buffers never allocated past the event size limit; a comment is not held.
+    #[test]
+    fn an_unfinished_event_is_held_once_within_the_limit() {
+        let cap = 1 << 20;
+        let mut d = SseDecoder::new(cap);
+        d.feed_owned(b"data: ").unwrap();
+        for _ in 0..255 {
+            d.feed_owned(&[b'x'; 4096]).unwrap();
+        }
+        assert!(d.buffered_bytes() <= cap + 1024, "{}", d.buffered_bytes());
+        assert!(d.buffered_bytes() >= 255 * 4096);
+        let ev = d.feed_owned(b"\n\n").unwrap();
+        assert_eq!(ev[0].data.len(), 255 * 4096);
+        assert!(d.buffered_bytes() <= KEEP_CAPACITY, "released after the event");
+        let mut d = SseDecoder::new(cap);
+        d.feed_owned(b": ").unwrap();
+        for _ in 0..200 {
+            d.feed_owned(&[b'c'; 4096]).unwrap();
+        }
+        assert!(d.buffered_bytes() < 1024);
     }
 
     #[test]
