@@ -37,13 +37,14 @@
 //! - Not done: the per-read costs of the binding (a `FeedResult` object, the exact count after
 //!   every read), which dominate with one event per read; they are the API's contract.
 
+use crate::budget::{Account, Budget};
 use crate::endings::{ending, EndingParams, EndingStyle, StreamSnapshot};
 use crate::extract::template::Template;
 use crate::extract::{
     extract, Anomaly, AnomalyKind, Channel, EventKind, Extracted, Format, StreamError, StreamInfo,
     Usage,
 };
-use crate::sse::{Flow, RawEvent, SseDecoder, DEFAULT_MAX_EVENT_SIZE};
+use crate::sse::{push_capped, Flow, RawEvent, SseDecoder, DEFAULT_MAX_EVENT_SIZE, KEEP_CAPACITY};
 use crate::tokens::{resolve_model, Encoding, IncrementalCounter, Provenance};
 
 #[derive(Debug, Clone)]
@@ -66,6 +67,8 @@ pub struct MeterConfig {
     pub strip_usage: bool,
     /// Add the running usage to every forwarded event (`include_partial_usage`).
     pub partial_usage: bool,
+    /// The budget for bytes held across streams this meter reports to (`budget::GLOBAL`).
+    pub budget: &'static Budget,
 }
 
 impl Default for MeterConfig {
@@ -82,6 +85,7 @@ impl Default for MeterConfig {
             credit: None,
             strip_usage: false,
             partial_usage: false,
+            budget: &crate::budget::GLOBAL,
         }
     }
 }
@@ -608,6 +612,8 @@ pub struct StreamMeter {
     upstream_closed: bool,
     bytes_in: u64,
     bytes_out: u64,
+    /// This stream's share of the process-wide budget for held bytes.
+    account: Account,
 }
 
 impl StreamMeter {
@@ -652,20 +658,59 @@ impl StreamMeter {
             upstream_closed: false,
             bytes_in: 0,
             bytes_out: 0,
+            account: Account::new(cfg.budget),
         }
+    }
+
+    /// Bytes this meter holds for unfinished or stashed events (allocated capacity).
+    pub fn held_bytes(&self) -> u64 {
+        (self.held.capacity() + self.stash.capacity() + self.decoder.buffered_bytes()) as u64
+    }
+
+    /// Report what this meter holds to the budget; when the budget picked this stream, end it
+    /// with the format's error ending, appended to `out`.
+    fn settle_budget(&mut self, out: &mut FeedOutcome, chunk: &[u8]) {
+        if !self.account.report(self.held_bytes())
+            || matches!(self.core.state, MeterState::Truncated | MeterState::Failed)
+        {
+            return;
+        }
+        self.held = Vec::new();
+        self.stash = Vec::new();
+        self.decoder.release();
+        let before = self.core.anomalies.len();
+        self.core.anomaly(
+            AnomalyKind::PendingBudgetExceeded,
+            "the budget for unfinished events across streams ran out; this stream held the most"
+                .into(),
+            self.decoder.block_start(),
+        );
+        let tail = self.end_with(
+            EndingStyle::Error,
+            "api_error",
+            "pending_budget_exceeded",
+            "the gateway is holding too many unfinished upstream events",
+        );
+        self.core.state = MeterState::Failed;
+        self.append(&mut out.forward, chunk, tail);
+        out.anomalies
+            .extend_from_slice(&self.core.anomalies[before..]);
+        self.account.report(self.held_bytes());
     }
 
     /// One network read in, the bytes to send out.
     pub fn feed(&mut self, chunk: &[u8]) -> FeedOutcome {
         self.bytes_in += chunk.len() as u64;
-        match self.core.state {
+        let mut out = match self.core.state {
             MeterState::Truncated | MeterState::Failed => FeedOutcome::empty(),
             MeterState::Paused => {
                 self.stash.extend_from_slice(chunk);
                 FeedOutcome::empty()
             }
             MeterState::Streaming | MeterState::Finished => self.process(chunk),
-        }
+        };
+        self.settle_budget(&mut out, chunk);
+        out
     }
 
     fn process(&mut self, chunk: &[u8]) -> FeedOutcome {
@@ -712,6 +757,7 @@ impl StreamMeter {
             // (issue 12 #5: it used to end silently, or as an empty 200 when no event had
             // completed).
             self.held = Vec::new();
+            self.decoder.release();
             let tail = self.end_with(
                 EndingStyle::Error,
                 "api_error",
@@ -774,8 +820,14 @@ impl StreamMeter {
         // Only the forwarded front is removed, so a long unfinished event is appended to,
         // never copied again per read.
         self.held.drain(..held_part);
-        self.held
-            .extend_from_slice(&chunk[chunk_part.min(chunk.len())..]);
+        if self.held.is_empty() && self.held.capacity() > KEEP_CAPACITY {
+            self.held = Vec::new();
+        }
+        push_capped(
+            &mut self.held,
+            &chunk[chunk_part.min(chunk.len())..],
+            self.decoder.max_event_size(),
+        );
         Forward::Bytes(out)
     }
 
@@ -862,7 +914,9 @@ impl StreamMeter {
         if self.core.state != MeterState::Paused {
             return FeedOutcome::empty();
         }
-        self.resume()
+        let mut out = self.resume();
+        self.settle_budget(&mut out, &[]);
+        out
     }
 
     fn resume(&mut self) -> FeedOutcome {
@@ -882,7 +936,9 @@ impl StreamMeter {
         if self.core.state != MeterState::Paused {
             return FeedOutcome::empty();
         }
-        self.resume()
+        let mut out = self.resume();
+        self.settle_budget(&mut out, &[]);
+        out
     }
 
     /// End the stream now with the configured ending (used when a paused stream gets no more
@@ -891,8 +947,9 @@ impl StreamMeter {
         if matches!(self.core.state, MeterState::Truncated | MeterState::Failed) {
             return Vec::new();
         }
-        self.held.clear();
-        self.stash.clear();
+        self.held = Vec::new();
+        self.stash = Vec::new();
+        self.decoder.release();
         let bytes = self.end_with(
             self.ending_style,
             "rate_limit_error",
@@ -910,8 +967,9 @@ impl StreamMeter {
         if matches!(self.core.state, MeterState::Truncated | MeterState::Failed) {
             return Vec::new();
         }
-        self.held.clear();
-        self.stash.clear();
+        self.held = Vec::new();
+        self.stash = Vec::new();
+        self.decoder.release();
         let bytes = self.end_with(EndingStyle::Error, error_type, code, message);
         self.core.state = MeterState::Failed;
         self.bytes_out += bytes.len() as u64;
@@ -933,6 +991,7 @@ impl StreamMeter {
             out.forward = Forward::Bytes(tail);
         }
         out.anomalies = self.core.anomalies[before..].to_vec();
+        self.account.report(self.held_bytes());
         out
     }
 
@@ -1497,7 +1556,11 @@ mod tests {
                             .expect("an error event");
                         let ex = crate::extract::extract(
                             format,
-                            if last.event == "message" { b"" } else { last.event.as_bytes() },
+                            if last.event == "message" {
+                                b""
+                            } else {
+                                last.event.as_bytes()
+                            },
                             last.data.as_bytes(),
                         )
                         .unwrap();
@@ -1539,6 +1602,62 @@ mod tests {
                 serde_json::from_str::<serde_json::Value>(&e.data).unwrap();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod budget_tests {
+    use super::*;
+
+    /// Issue 12 #9: over the shared budget, the stream holding the most ends with its
+    /// format's error ending at its next read; the others go on.
+    #[test]
+    fn over_the_budget_the_largest_stream_ends_with_an_error() {
+        let budget: &'static Budget = Box::leak(Box::new(Budget::new(1 << 20)));
+        let new = || {
+            StreamMeter::new(MeterConfig {
+                format: Some(Format::OpenAiChat),
+                budget,
+                ..Default::default()
+            })
+        };
+        let (mut big, mut small) = (new(), new());
+        let mut partial = b"data: {\"choices\":[{\"delta\":{\"content\":\"".to_vec();
+        partial.extend(std::iter::repeat_n(b'x', 400 << 10));
+        assert!(big.feed(&partial).forward.to_vec(&partial).is_empty());
+        assert_eq!(big.state(), MeterState::Streaming);
+        // Held once by the decoder and once as the raw bytes to forward, within the limit.
+        assert!(
+            big.held_bytes() < 2 * (400 << 10) + (64 << 10),
+            "{}",
+            big.held_bytes()
+        );
+        let r = small.feed(&partial[..200 << 10]);
+        assert!(r.forward.to_vec(&[]).is_empty());
+        assert_eq!(
+            small.state(),
+            MeterState::Streaming,
+            "the reporter is not the largest"
+        );
+        // The largest stream ends at its next read, with an error ending and nothing of the
+        // unfinished event.
+        let r = big.feed(b"xx");
+        let out = String::from_utf8(r.forward.to_vec(b"xx")).unwrap();
+        assert!(out.starts_with("data: {\"error\""), "{out}");
+        assert!(out.contains("pending_budget_exceeded"));
+        assert!(out.ends_with("data: [DONE]\n\n"));
+        assert_eq!(big.state(), MeterState::Failed);
+        assert_eq!(r.anomalies[0].kind, AnomalyKind::PendingBudgetExceeded);
+        assert!(big.held_bytes() < 1024);
+        assert!(budget.total() < 1 << 20);
+        // The other stream finishes normally.
+        let mut rest = partial[200 << 10..].to_vec();
+        rest.extend_from_slice(b"\"}}]}\n\ndata: [DONE]\n\n");
+        small.feed(&rest);
+        assert_eq!(small.state(), MeterState::Finished);
+        assert!(small.held_bytes() <= 2 * KEEP_CAPACITY as u64);
+        drop((big, small));
+        assert_eq!(budget.total(), 0);
     }
 }
 

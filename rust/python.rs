@@ -679,6 +679,7 @@ impl PyStreamMeter {
                 credit,
                 strip_usage,
                 partial_usage,
+                budget: &crate::budget::GLOBAL,
             })),
         })
     }

@@ -191,6 +191,15 @@ impl SseDecoder {
         self.line.capacity() + self.data.capacity() + self.event.capacity()
     }
 
+    /// Give the buffers' memory back (the caller will not feed this decoder again, or only
+    /// after `close`): what a failed or abandoned stream should not keep.
+    pub fn release(&mut self) {
+        self.line = Vec::new();
+        self.data = Vec::new();
+        self.event = Vec::new();
+        self.partial = Partial::Line;
+    }
+
     pub fn error(&self) -> Option<&SseError> {
         self.failed.as_ref()
     }
@@ -400,32 +409,48 @@ impl SseDecoder {
             Partial::Data => push_capped(&mut self.data, bytes, self.max_event_size),
             Partial::Skip => {}
             Partial::Line => {
-                push_capped(&mut self.line, bytes, self.max_event_size);
-                let l = &self.line;
-                let skip = match memchr::memchr(b':', l) {
-                    Some(0) => true,
-                    Some(c) => match &l[..c] {
-                        b"data" => {
-                            if l.len() > c + 1 {
-                                let v = &l[c + 1..];
-                                let v = v.strip_prefix(b" ").unwrap_or(v);
-                                push_capped(&mut self.data, v, self.max_event_size);
-                                self.partial = Partial::Data;
-                                self.line.clear();
-                            }
-                            false
-                        }
-                        b"event" | b"id" | b"retry" => false,
-                        _ => true,
-                    },
-                    // A colon-less line names a field by all of it: longer than "retry", none.
-                    None => l.len() > 5,
+                // Classify from the line's first bytes ("retry:" and one value byte fit); the
+                // rest follows the class, so a long data line never passes through `line`.
+                const HEAD: usize = 8;
+                let take = if self.line.len() >= HEAD {
+                    bytes.len()
+                } else {
+                    (HEAD - self.line.len()).min(bytes.len())
                 };
-                if skip {
-                    self.partial = Partial::Skip;
-                    self.line.clear();
+                let (head, tail) = bytes.split_at(take);
+                push_capped(&mut self.line, head, self.max_event_size);
+                self.classify_partial();
+                if !tail.is_empty() {
+                    self.hold_partial(tail);
                 }
             }
+        }
+    }
+
+    fn classify_partial(&mut self) {
+        let l = &self.line;
+        let skip = match memchr::memchr(b':', l) {
+            Some(0) => true,
+            Some(c) => match &l[..c] {
+                b"data" => {
+                    if l.len() > c + 1 {
+                        let v = &l[c + 1..];
+                        let v = v.strip_prefix(b" ").unwrap_or(v);
+                        push_capped(&mut self.data, v, self.max_event_size);
+                        self.partial = Partial::Data;
+                        self.line.clear();
+                    }
+                    false
+                }
+                b"event" | b"id" | b"retry" => false,
+                _ => true,
+            },
+            // A colon-less line names a field by all of it: longer than "retry", none.
+            None => l.len() > 5,
+        };
+        if skip {
+            self.partial = Partial::Skip;
+            self.line.clear();
         }
     }
 
@@ -909,7 +934,11 @@ mod tests {
         assert_eq!(data(&whole), ["x\n two\n\n", "y"]);
         for i in 0..=s.len() {
             for j in i..=s.len() {
-                assert_eq!(decode_chunks(&[&s[..i], &s[i..j], &s[j..]]), whole, "{i},{j}");
+                assert_eq!(
+                    decode_chunks(&[&s[..i], &s[i..j], &s[j..]]),
+                    whole,
+                    "{i},{j}"
+                );
             }
         }
         let bytewise: Vec<&[u8]> = s.chunks(1).collect();
@@ -930,7 +959,10 @@ mod tests {
         assert!(d.buffered_bytes() >= 255 * 4096);
         let ev = d.feed_owned(b"\n\n").unwrap();
         assert_eq!(ev[0].data.len(), 255 * 4096);
-        assert!(d.buffered_bytes() <= KEEP_CAPACITY, "released after the event");
+        assert!(
+            d.buffered_bytes() <= KEEP_CAPACITY,
+            "released after the event"
+        );
         let mut d = SseDecoder::new(cap);
         d.feed_owned(b": ").unwrap();
         for _ in 0..200 {

@@ -153,7 +153,10 @@ def test_unknown_format_is_an_anomaly_not_an_error() -> None:
 def test_oversized_event_fails_cleanly() -> None:
     m = StreamMeter(max_event_size=100)
     r = m.feed(b"data: " + b"x" * 200 + b"\n\n")
-    assert r.forward == b""
+    # Issue 12 #5: nothing of the event, but the format's error ending (not a silent end).
+    assert r.forward.startswith(b'data: {"error"')
+    assert r.forward.endswith(b"data: [DONE]\n\n")
+    assert b"xxx" not in r.forward
     assert m.state == "failed"
     assert r.anomalies[0].kind == "event_too_large"
 
