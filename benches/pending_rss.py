@@ -2,7 +2,7 @@
 event of `size` bytes that never ends, in 64 KiB reads, and the process's resident set is
 read before and after. Not a test (no assertions); figures go to the notes in rust/budget.rs.
 
-    .venv/bin/python benches/pending_rss.py [streams] [MiB]
+    .venv/bin/python benches/pending_rss.py [streams] [MiB] [budget MiB or "none"]
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 
 from meterkit import StreamMeter
+from meterkit._core import set_pending_budget
 
 
 def rss_mib() -> float:
@@ -22,6 +23,8 @@ def rss_mib() -> float:
 
 def main() -> None:
     streams = int(sys.argv[1]) if len(sys.argv) > 1 else 10
+    if len(sys.argv) > 3:
+        set_pending_budget(None if sys.argv[3] == "none" else int(sys.argv[3]) << 20)
     size = int(float(sys.argv[2]) * (1 << 20)) if len(sys.argv) > 2 else 15 << 20
     read = b"x" * (64 << 10)
     before = rss_mib()

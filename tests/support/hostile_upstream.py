@@ -40,9 +40,7 @@ SECRET = "internal-db-password-7f3a"
 DEVIANT = {"x_extra": {"nested": [1, 2.5, None]}, "created": 1700000000.25}
 
 
-def sse_events(
-    fmt: str, texts: list[str], model: str = "gpt-4o", deviant: bool = False
-) -> bytes:
+def sse_events(fmt: str, texts: list[str], model: str = "gpt-4o", deviant: bool = False) -> bytes:
     """A complete stream of `fmt` carrying `texts` as deltas, with its end marker; with
     `deviant`, ids are numbers, `created` a float, and every object has an extra member."""
     out = b""
