@@ -6,6 +6,7 @@
 //! The PyO3 binding lives in `python` only, behind the `python` feature, so `cargo test`
 //! runs without Python. `crypto` holds the payment layer's signatures and digests.
 
+pub mod budget;
 pub mod crypto;
 pub mod endings;
 pub mod extract;

@@ -37,13 +37,14 @@
 //! - Not done: the per-read costs of the binding (a `FeedResult` object, the exact count after
 //!   every read), which dominate with one event per read; they are the API's contract.
 
+use crate::budget::{Account, Budget};
 use crate::endings::{ending, EndingParams, EndingStyle, StreamSnapshot};
 use crate::extract::template::Template;
 use crate::extract::{
     extract, Anomaly, AnomalyKind, Channel, EventKind, Extracted, Format, StreamError, StreamInfo,
     Usage,
 };
-use crate::sse::{Flow, RawEvent, SseDecoder, DEFAULT_MAX_EVENT_SIZE};
+use crate::sse::{push_capped, Flow, RawEvent, SseDecoder, DEFAULT_MAX_EVENT_SIZE, KEEP_CAPACITY};
 use crate::tokens::{resolve_model, Encoding, IncrementalCounter, Provenance};
 
 #[derive(Debug, Clone)]
@@ -66,6 +67,8 @@ pub struct MeterConfig {
     pub strip_usage: bool,
     /// Add the running usage to every forwarded event (`include_partial_usage`).
     pub partial_usage: bool,
+    /// The budget for bytes held across streams this meter reports to (`budget::GLOBAL`).
+    pub budget: &'static Budget,
 }
 
 impl Default for MeterConfig {
@@ -82,6 +85,7 @@ impl Default for MeterConfig {
             credit: None,
             strip_usage: false,
             partial_usage: false,
+            budget: &crate::budget::GLOBAL,
         }
     }
 }
@@ -608,6 +612,8 @@ pub struct StreamMeter {
     upstream_closed: bool,
     bytes_in: u64,
     bytes_out: u64,
+    /// This stream's share of the process-wide budget for held bytes.
+    account: Account,
 }
 
 impl StreamMeter {
@@ -652,20 +658,59 @@ impl StreamMeter {
             upstream_closed: false,
             bytes_in: 0,
             bytes_out: 0,
+            account: Account::new(cfg.budget),
         }
+    }
+
+    /// Bytes this meter holds for unfinished or stashed events (allocated capacity).
+    pub fn held_bytes(&self) -> u64 {
+        (self.held.capacity() + self.stash.capacity() + self.decoder.buffered_bytes()) as u64
+    }
+
+    /// Report what this meter holds to the budget; when the budget picked this stream, end it
+    /// with the format's error ending, appended to `out`.
+    fn settle_budget(&mut self, out: &mut FeedOutcome, chunk: &[u8]) {
+        if !self.account.report(self.held_bytes())
+            || matches!(self.core.state, MeterState::Truncated | MeterState::Failed)
+        {
+            return;
+        }
+        self.held = Vec::new();
+        self.stash = Vec::new();
+        self.decoder.release();
+        let before = self.core.anomalies.len();
+        self.core.anomaly(
+            AnomalyKind::PendingBudgetExceeded,
+            "the budget for unfinished events across streams ran out; this stream held the most"
+                .into(),
+            self.decoder.block_start(),
+        );
+        let tail = self.end_with(
+            EndingStyle::Error,
+            "api_error",
+            "pending_budget_exceeded",
+            "the gateway is holding too many unfinished upstream events",
+        );
+        self.core.state = MeterState::Failed;
+        self.append(&mut out.forward, chunk, tail);
+        out.anomalies
+            .extend_from_slice(&self.core.anomalies[before..]);
+        self.account.report(self.held_bytes());
     }
 
     /// One network read in, the bytes to send out.
     pub fn feed(&mut self, chunk: &[u8]) -> FeedOutcome {
         self.bytes_in += chunk.len() as u64;
-        match self.core.state {
+        let mut out = match self.core.state {
             MeterState::Truncated | MeterState::Failed => FeedOutcome::empty(),
             MeterState::Paused => {
                 self.stash.extend_from_slice(chunk);
                 FeedOutcome::empty()
             }
             MeterState::Streaming | MeterState::Finished => self.process(chunk),
-        }
+        };
+        self.settle_budget(&mut out, chunk);
+        out
     }
 
     fn process(&mut self, chunk: &[u8]) -> FeedOutcome {
@@ -707,8 +752,19 @@ impl StreamMeter {
             paused: false,
         };
         if result.is_err() {
-            // The oversized block will never be forwarded; do not keep it.
+            // The oversized block will never be forwarded; do not keep it. The client's stream
+            // ends here with the format's error ending, right after the last whole event
+            // (issue 12 #5: it used to end silently, or as an empty 200 when no event had
+            // completed).
             self.held = Vec::new();
+            self.decoder.release();
+            let tail = self.end_with(
+                EndingStyle::Error,
+                "api_error",
+                "event_too_large",
+                "an upstream event exceeded the maximum event size",
+            );
+            self.append(&mut out.forward, chunk, tail);
         }
         match stop {
             Some((Verdict::Cut, _)) => {
@@ -764,8 +820,14 @@ impl StreamMeter {
         // Only the forwarded front is removed, so a long unfinished event is appended to,
         // never copied again per read.
         self.held.drain(..held_part);
-        self.held
-            .extend_from_slice(&chunk[chunk_part.min(chunk.len())..]);
+        if self.held.is_empty() && self.held.capacity() > KEEP_CAPACITY {
+            self.held = Vec::new();
+        }
+        push_capped(
+            &mut self.held,
+            &chunk[chunk_part.min(chunk.len())..],
+            self.decoder.max_event_size(),
+        );
         Forward::Bytes(out)
     }
 
@@ -852,7 +914,9 @@ impl StreamMeter {
         if self.core.state != MeterState::Paused {
             return FeedOutcome::empty();
         }
-        self.resume()
+        let mut out = self.resume();
+        self.settle_budget(&mut out, &[]);
+        out
     }
 
     fn resume(&mut self) -> FeedOutcome {
@@ -872,7 +936,9 @@ impl StreamMeter {
         if self.core.state != MeterState::Paused {
             return FeedOutcome::empty();
         }
-        self.resume()
+        let mut out = self.resume();
+        self.settle_budget(&mut out, &[]);
+        out
     }
 
     /// End the stream now with the configured ending (used when a paused stream gets no more
@@ -881,8 +947,9 @@ impl StreamMeter {
         if matches!(self.core.state, MeterState::Truncated | MeterState::Failed) {
             return Vec::new();
         }
-        self.held.clear();
-        self.stash.clear();
+        self.held = Vec::new();
+        self.stash = Vec::new();
+        self.decoder.release();
         let bytes = self.end_with(
             self.ending_style,
             "rate_limit_error",
@@ -900,17 +967,18 @@ impl StreamMeter {
         if matches!(self.core.state, MeterState::Truncated | MeterState::Failed) {
             return Vec::new();
         }
-        self.held.clear();
-        self.stash.clear();
+        self.held = Vec::new();
+        self.stash = Vec::new();
+        self.decoder.release();
         let bytes = self.end_with(EndingStyle::Error, error_type, code, message);
         self.core.state = MeterState::Failed;
         self.bytes_out += bytes.len() as u64;
         bytes
     }
 
-    /// Upstream end of stream. Returns the remaining held bytes (an unfinished event is passed
-    /// through as the upstream sent it and reported as an anomaly). While paused, the stash
-    /// stays until `grant` or `truncate`.
+    /// Upstream end of stream. Returns the remaining held bytes of whole events; an unfinished
+    /// event is dropped (a client's parser would discard it at EOF anyway) and reported as an
+    /// anomaly. While paused, the stash stays until `grant` or `truncate`.
     pub fn close(&mut self) -> FeedOutcome {
         self.upstream_closed = true;
         let mut out = FeedOutcome::empty();
@@ -923,12 +991,18 @@ impl StreamMeter {
             out.forward = Forward::Bytes(tail);
         }
         out.anomalies = self.core.anomalies[before..].to_vec();
+        self.account.report(self.held_bytes());
         out
     }
 
-    /// Upstream EOF: dispatch an event whose blank line ended the stream, report an
-    /// unfinished one, and release the held bytes (the unfinished event passes through as
-    /// the upstream sent it; the client's parser discards it just as ours did).
+    /// Upstream EOF: dispatch an event whose blank line ended the stream, report and drop an
+    /// unfinished one, and release the rest of the held bytes.
+    ///
+    /// The unfinished block is never forwarded (issue 12 #6): the caller usually follows a
+    /// stream that ended mid-event with `fail`, and an error ending written after half a block
+    /// would become part of that block (its lines join the unfinished event's data, and an
+    /// SDK raises a JSON error instead of seeing the ending). Dropped, the block is discarded
+    /// exactly as the client's parser would discard it at EOF.
     fn finalize_close(&mut self) -> Option<Vec<u8>> {
         let offset = self.decoder.block_start();
         let held_start = self.decoder.position() - self.held.len() as u64;
@@ -968,7 +1042,8 @@ impl StreamMeter {
                 offset,
             );
         }
-        let held = std::mem::take(&mut self.held);
+        let mut held = std::mem::take(&mut self.held);
+        held.truncate(held.len().saturating_sub(discarded as usize));
         let edits = std::mem::take(&mut self.core.edits);
         let held = if edits.is_empty() {
             held
@@ -1426,7 +1501,355 @@ mod tests {
         let r = m.feed(big.as_bytes());
         assert_eq!(m.state(), MeterState::Failed);
         assert_eq!(r.anomalies[0].kind, AnomalyKind::EventTooLarge);
+        // Nothing of the oversized event goes out, only the error ending.
+        let out = String::from_utf8(r.forward.to_vec(&[])).unwrap();
+        assert!(!out.contains("xxx"));
+        assert!(out.starts_with("data: {\"error\""), "{out}");
+        assert!(out.ends_with("data: [DONE]\n\n"));
+        assert!(m.fail("api_error", "x", "y").is_empty(), "one ending only");
+    }
+
+    /// Issue 12 #5: every format ends with its error ending, after the whole events that came
+    /// before the oversized one, whether or not the oversized event ever ends, however the
+    /// stream is split.
+    #[test]
+    fn oversized_event_ends_with_the_formats_error_ending() {
+        let head: [(Format, &str); 3] = [
+            (Format::OpenAiChat, &chat_chunk("Hi")),
+            (
+                Format::Anthropic,
+                "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"m\",\"model\":\"claude-x\",\"usage\":{\"input_tokens\":1,\"output_tokens\":1}}}\n\n",
+            ),
+            (
+                Format::OpenAiResponses,
+                "event: response.created\ndata: {\"type\":\"response.created\",\"sequence_number\":0,\"response\":{\"id\":\"r\",\"status\":\"in_progress\"}}\n\n",
+            ),
+        ];
+        for (format, first) in head {
+            for blank in [true, false] {
+                for events_before in [0, 2] {
+                    for split in [7, 1000, usize::MAX] {
+                        let mut s = first.repeat(events_before).into_bytes();
+                        let kept = s.len();
+                        s.extend_from_slice(b"data: ");
+                        s.extend(std::iter::repeat_n(b'x', 5000));
+                        if blank {
+                            s.extend_from_slice(b"\n\n");
+                        }
+                        let mut m = StreamMeter::new(MeterConfig {
+                            format: Some(format),
+                            max_event_size: 4096,
+                            ..Default::default()
+                        });
+                        let mut out = Vec::new();
+                        for c in s.chunks(split.min(s.len())) {
+                            out.extend(m.feed(c).forward.to_vec(c));
+                        }
+                        out.extend(m.close().forward.to_vec(b""));
+                        out.extend(m.fail("api_error", "upstream_error", "closed"));
+                        assert_eq!(m.state(), MeterState::Failed);
+                        assert_eq!(&out[..kept], &s[..kept], "{format:?}");
+                        let events = SseDecoder::default().feed_owned(&out[kept..]).unwrap();
+                        let last = events
+                            .iter()
+                            .rfind(|e| e.data != "[DONE]")
+                            .expect("an error event");
+                        let ex = crate::extract::extract(
+                            format,
+                            if last.event == "message" {
+                                b""
+                            } else {
+                                last.event.as_bytes()
+                            },
+                            last.data.as_bytes(),
+                        )
+                        .unwrap();
+                        assert_eq!(ex.kind, EventKind::Error, "{format:?} {blank} {split}");
+                        assert!(!String::from_utf8_lossy(&out).contains("xxx"));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Issue 12 #6: an upstream that closes inside an event (here 1 MiB of `data:` lines, and
+    /// a half line) gets its error ending on a clean block boundary: the partial block is
+    /// dropped, so a client parses exactly the whole events, then the error ending.
+    #[test]
+    fn error_ending_after_an_unfinished_event_is_not_glued_to_it() {
+        for partial in [
+            "data: {\"id\":\"c1\",\"choices\":[{\"delta\":{\"content\":\"".to_string(),
+            "data: x\n".repeat(1 << 17),
+            "data: x\r\ndata: y\r".to_string(),
+            ": comment without line end".to_string(),
+        ] {
+            let whole = chat_stream(&["Hello", " world"]);
+            let whole = &whole[..whole.len() - "data: [DONE]\n\n".len()];
+            let mut s = whole.to_vec();
+            s.extend_from_slice(partial.as_bytes());
+            let mut m = StreamMeter::new(MeterConfig::default());
+            let out = run(&mut m, &s, 4096);
+            assert_eq!(out, whole, "the unfinished block is not forwarded");
+            assert_eq!(m.anomalies()[0].kind, AnomalyKind::IncompleteEvent);
+            let mut out = out;
+            out.extend(m.fail("api_error", "upstream_error", "closed mid-event"));
+            let events = SseDecoder::default().feed_owned(&out).unwrap();
+            let n = events.len();
+            assert_eq!(events[n - 1].data, "[DONE]");
+            let err: serde_json::Value = serde_json::from_str(&events[n - 2].data).unwrap();
+            assert_eq!(err["error"]["code"], "upstream_error");
+            for e in &events[..n - 2] {
+                serde_json::from_str::<serde_json::Value>(&e.data).unwrap();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod budget_tests {
+    use super::*;
+
+    /// Issue 12 #9: over the shared budget, the stream holding the most ends with its
+    /// format's error ending at its next read; the others go on.
+    #[test]
+    fn over_the_budget_the_largest_stream_ends_with_an_error() {
+        let budget: &'static Budget = Box::leak(Box::new(Budget::new(1 << 20)));
+        let new = || {
+            StreamMeter::new(MeterConfig {
+                format: Some(Format::OpenAiChat),
+                budget,
+                ..Default::default()
+            })
+        };
+        let (mut big, mut small) = (new(), new());
+        let mut partial = b"data: {\"choices\":[{\"delta\":{\"content\":\"".to_vec();
+        partial.extend(std::iter::repeat_n(b'x', 400 << 10));
+        assert!(big.feed(&partial).forward.to_vec(&partial).is_empty());
+        assert_eq!(big.state(), MeterState::Streaming);
+        // Held once by the decoder and once as the raw bytes to forward, within the limit.
+        assert!(
+            big.held_bytes() < 2 * (400 << 10) + (64 << 10),
+            "{}",
+            big.held_bytes()
+        );
+        let r = small.feed(&partial[..200 << 10]);
         assert!(r.forward.to_vec(&[]).is_empty());
+        assert_eq!(
+            small.state(),
+            MeterState::Streaming,
+            "the reporter is not the largest"
+        );
+        // The largest stream ends at its next read, with an error ending and nothing of the
+        // unfinished event.
+        let r = big.feed(b"xx");
+        let out = String::from_utf8(r.forward.to_vec(b"xx")).unwrap();
+        assert!(out.starts_with("data: {\"error\""), "{out}");
+        assert!(out.contains("pending_budget_exceeded"));
+        assert!(out.ends_with("data: [DONE]\n\n"));
+        assert_eq!(big.state(), MeterState::Failed);
+        assert_eq!(r.anomalies[0].kind, AnomalyKind::PendingBudgetExceeded);
+        assert!(big.held_bytes() < 1024);
+        assert!(budget.total() < 1 << 20);
+        // The other stream finishes normally.
+        let mut rest = partial[200 << 10..].to_vec();
+        rest.extend_from_slice(b"\"}}]}\n\ndata: [DONE]\n\n");
+        small.feed(&rest);
+        assert_eq!(small.state(), MeterState::Finished);
+        assert!(small.held_bytes() <= 2 * KEEP_CAPACITY as u64);
+        drop((big, small));
+        assert_eq!(budget.total(), 0);
+    }
+}
+
+#[cfg(test)]
+mod schema_deviation_tests {
+    //! Issue 12 #7: unbilled fields of another type than the schema's (a float `created`, a
+    //! numeric `id`, extra members, objects where strings were expected) must not make events
+    //! "malformed": the billed text and usage are read whatever those fields look like.
+    use super::*;
+
+    fn ev(event: &str, data: &str) -> String {
+        let head = if event.is_empty() {
+            String::new()
+        } else {
+            format!("event: {event}\n")
+        };
+        format!("{head}data: {data}\n\n")
+    }
+
+    const TEXTS: &[&str] = &[" one", " two", " three", " four", " five", " six", " seven"];
+
+    /// A stream of `format` carrying `TEXTS`, its unbilled fields clean or deviant.
+    fn stream(format: Format, deviant: bool) -> String {
+        let j = |t: &str| serde_json::to_string(t).unwrap();
+        let mut s = String::new();
+        match format {
+            Format::OpenAiChat | Format::OpenAiCompletions => {
+                let head = if deviant {
+                    r#""id":12345,"object":{"x":1},"created":1700000000.25,"model":["gpt-4o"],"system_fingerprint":7,"extra":{"deep":[1,2,{"a":null}]},"#
+                } else {
+                    r#""id":"c1","object":"chat.completion.chunk","created":1700000000,"model":"gpt-4o","#
+                };
+                let (idx, fin) = if deviant {
+                    (
+                        r#""index":0.0"#,
+                        r#""finish_reason":false,"logprobs":"none""#,
+                    )
+                } else {
+                    (r#""index":0"#, r#""finish_reason":null"#)
+                };
+                for t in TEXTS {
+                    let body = if format == Format::OpenAiChat {
+                        format!(r#""delta":{{"content":{}}}"#, j(t))
+                    } else {
+                        format!(r#""text":{}"#, j(t))
+                    };
+                    s += &ev(
+                        "",
+                        &format!("{{{head}\"choices\":[{{{idx},{body},{fin}}}]}}"),
+                    );
+                }
+                let usage =
+                    r#""usage":{"prompt_tokens":3,"completion_tokens":7,"total_tokens":10}"#;
+                s += &ev("", &format!("{{{head}\"choices\":[],{usage}}}"));
+                s += &ev("", "[DONE]");
+            }
+            Format::Anthropic => {
+                let (id, model, extra) = if deviant {
+                    (
+                        "42",
+                        "{\"name\":\"claude\"}",
+                        ",\"created\":1.5,\"extra\":[true]",
+                    )
+                } else {
+                    ("\"msg_1\"", "\"claude-x\"", "")
+                };
+                s += &ev(
+                    "message_start",
+                    &format!(
+                        r#"{{"type":"message_start","message":{{"id":{id},"model":{model},"usage":{{"input_tokens":3,"output_tokens":1}}{extra}}}{extra}}}"#
+                    ),
+                );
+                let index = if deviant { "\"0\"" } else { "0" };
+                for t in TEXTS {
+                    s += &ev(
+                        "content_block_delta",
+                        &format!(
+                            r#"{{"type":"content_block_delta","index":{index},"delta":{{"type":"text_delta","text":{}{extra}}}{extra}}}"#,
+                            j(t)
+                        ),
+                    );
+                }
+                let stop = if deviant { "{\"r\":1}" } else { "\"end_turn\"" };
+                s += &ev(
+                    "message_delta",
+                    &format!(
+                        r#"{{"type":"message_delta","delta":{{"stop_reason":{stop}}},"usage":{{"output_tokens":7}}{extra}}}"#
+                    ),
+                );
+                s += &ev("message_stop", r#"{"type":"message_stop"}"#);
+            }
+            Format::OpenAiResponses => {
+                let (id, created, seq_of, extra) = if deviant {
+                    ("7", "1.7e9", "\"seq\"", ",\"extra\":{\"a\":[1.5]}")
+                } else {
+                    ("\"resp_1\"", "1700000000", "", "")
+                };
+                let seq = |n: usize| {
+                    if seq_of.is_empty() {
+                        n.to_string()
+                    } else {
+                        seq_of.to_string()
+                    }
+                };
+                s += &ev(
+                    "response.created",
+                    &format!(
+                        r#"{{"type":"response.created","sequence_number":{},"response":{{"id":{id},"model":"gpt-4o","created_at":{created},"status":"in_progress","usage":null{extra}}}{extra}}}"#,
+                        seq(0)
+                    ),
+                );
+                let out_index = if deviant { "\"0\"" } else { "0" };
+                for (i, t) in TEXTS.iter().enumerate() {
+                    s += &ev(
+                        "response.output_text.delta",
+                        &format!(
+                            r#"{{"type":"response.output_text.delta","sequence_number":{},"item_id":5,"output_index":{out_index},"content_index":0,"delta":{}{extra}}}"#,
+                            seq(i + 1),
+                            j(t)
+                        ),
+                    );
+                }
+                s += &ev(
+                    "response.completed",
+                    &format!(
+                        r#"{{"type":"response.completed","sequence_number":{},"response":{{"id":{id},"created_at":{created},"status":"completed","usage":{{"input_tokens":3,"output_tokens":7,"total_tokens":10}}{extra}}}}}"#,
+                        seq(9)
+                    ),
+                );
+            }
+        }
+        s
+    }
+
+    fn meter(format: Format, limit: Option<u64>) -> StreamMeter {
+        StreamMeter::new(MeterConfig {
+            format: Some(format),
+            model: Some("gpt-4o".into()),
+            limit,
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn deviant_unbilled_fields_are_metered_like_a_clean_stream() {
+        for format in Format::ALL {
+            let clean = stream(format, false);
+            let deviant = stream(format, true);
+            assert_ne!(clean, deviant);
+            for split in [1, 13, usize::MAX] {
+                let mut readings = Vec::new();
+                for s in [&clean, &deviant] {
+                    let mut m = meter(format, None);
+                    for c in s.as_bytes().chunks(split.min(s.len())) {
+                        m.feed(c);
+                    }
+                    m.close();
+                    assert!(m.anomalies().is_empty(), "{format:?}: {:?}", m.anomalies());
+                    readings.push((
+                        m.completion_tokens(),
+                        m.usage().map(|u| (u.input_tokens, u.output_tokens)),
+                        m.state(),
+                    ));
+                }
+                assert_eq!(readings[0], readings[1], "{format:?} split {split}");
+                assert_eq!(readings[0].0, 7, "{format:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn deviant_unbilled_fields_do_not_lift_the_limit() {
+        for format in Format::ALL {
+            for deviant in [false, true] {
+                let s = stream(format, deviant);
+                let mut m = meter(format, Some(5));
+                let mut out = Vec::new();
+                for c in s.as_bytes().chunks(17) {
+                    out.extend(m.feed(c).forward.to_vec(c));
+                }
+                assert_eq!(m.state(), MeterState::Truncated, "{format:?} {deviant}");
+                assert_eq!(m.completion_tokens(), 5, "{format:?} {deviant}");
+                // What went out parses, and carries exactly five words.
+                let text = String::from_utf8(out).unwrap();
+                let words = TEXTS.iter().filter(|t| text.contains(&j_esc(t))).count();
+                assert_eq!(words, 5, "{format:?} {deviant}");
+            }
+        }
+    }
+
+    fn j_esc(t: &str) -> String {
+        serde_json::to_string(t).unwrap()
     }
 }
 

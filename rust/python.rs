@@ -732,6 +732,7 @@ impl PyStreamMeter {
                 credit,
                 strip_usage,
                 partial_usage,
+                budget: &crate::budget::GLOBAL,
             })),
         })
     }
@@ -925,6 +926,32 @@ fn chain_id_u64(chain_id: &Bound<'_, PyInt>) -> PyResult<u64> {
             chain_id
         ))
     })
+}
+
+/// Set the process-wide budget for bytes that streams hold for unfinished events; `None`
+/// removes it. Over it, the stream holding the most ends with its format's error ending.
+#[pyfunction]
+#[pyo3(signature = (limit))]
+fn set_pending_budget(limit: Option<u64>) -> PyResult<()> {
+    if limit == Some(0) {
+        return Err(PyValueError::new_err(
+            "the pending budget must be positive (None: no budget)",
+        ));
+    }
+    crate::budget::GLOBAL.set_limit(limit);
+    Ok(())
+}
+
+/// The process-wide budget for held bytes, `None` when unbounded.
+#[pyfunction]
+fn pending_budget() -> Option<u64> {
+    crate::budget::GLOBAL.limit()
+}
+
+/// Bytes all live meters hold for unfinished events, as last reported.
+#[pyfunction]
+fn pending_bytes_total() -> u64 {
+    crate::budget::GLOBAL.total()
 }
 
 /// MPP challenge id (draft-httpauth-payment): base64url-nopad HMAC-SHA256 of the seven
@@ -1176,6 +1203,9 @@ fn meterkit_core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(resolve_model, m)?)?;
     m.add_function(wrap_pyfunction!(parse_event, m)?)?;
     m.add_function(wrap_pyfunction!(detect_format, m)?)?;
+    m.add_function(wrap_pyfunction!(set_pending_budget, m)?)?;
+    m.add_function(wrap_pyfunction!(pending_budget, m)?)?;
+    m.add_function(wrap_pyfunction!(pending_bytes_total, m)?)?;
     m.add_function(wrap_pyfunction!(challenge_id, m)?)?;
     m.add_function(wrap_pyfunction!(verify_challenge_id, m)?)?;
     m.add_function(wrap_pyfunction!(keccak256, m)?)?;

@@ -21,6 +21,34 @@ pub const DEFAULT_MAX_EVENT_SIZE: usize = 16 * 1024 * 1024;
 
 const BOM: [u8; 3] = [0xEF, 0xBB, 0xBF];
 
+/// A reused buffer whose capacity grew past this is released after its event (a stream that
+/// once carried a 16 MiB event does not keep 16 MiB for the rest of its life).
+pub const KEEP_CAPACITY: usize = 256 * 1024;
+
+/// Append `bytes` to `v`, growing it by doubling as `Vec` does but never past `cap` (when the
+/// result fits in it): a buffer bounded by the event size limit is never allocated at twice
+/// the limit (issue 12 #9).
+pub fn push_capped(v: &mut Vec<u8>, bytes: &[u8], cap: usize) {
+    let need = v.len() + bytes.len();
+    if need > v.capacity() {
+        let want = need.max(v.capacity().saturating_mul(2).min(cap)).max(64);
+        v.reserve_exact(want - v.len());
+    }
+    v.extend_from_slice(bytes);
+}
+
+/// What the decoder does with the bytes of a line that has not ended yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Partial {
+    /// Kept in `line` (the field is not known yet, or it is `event`, `id` or `retry`).
+    Line,
+    /// A `data` line: its value goes straight into `data`, so a long data line is held once,
+    /// not once as a line and again as data.
+    Data,
+    /// A comment or an ignored field: only counted against the size limit, not kept.
+    Skip,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SseError {
     /// One event block grew past the configured maximum. `offset` is the stream offset of the
@@ -50,7 +78,9 @@ pub struct RawEvent<'a> {
     /// Data lines joined with `\n`, without the final trailing newline.
     pub data: &'a [u8],
     /// The last-event-id buffer at dispatch (it persists across events, per the spec); `None`
-    /// while empty.
+    /// until an `id` field set it. An empty `id:` field sets it to `Some("")`: WHATWG resets
+    /// the last event id to the empty string, which is not the same as never having had one
+    /// (a proxy relaying `Last-Event-ID` must be able to tell a reset from silence).
     pub id: Option<&'a [u8]>,
     /// A valid `retry` field seen in this event's block.
     pub retry: Option<u64>,
@@ -81,11 +111,14 @@ pub enum Flow {
 #[derive(Debug, Clone)]
 pub struct SseDecoder {
     max_event_size: usize,
-    /// Bytes of the current line not yet terminated (never rescanned).
+    /// Bytes of the current line not yet terminated (never rescanned), see `partial`.
     line: Vec<u8>,
+    partial: Partial,
     data: Vec<u8>,
     event: Vec<u8>,
     last_id: Vec<u8>,
+    /// An `id` field has set `last_id` (possibly to the empty string).
+    id_set: bool,
     retry: Option<u64>,
     /// Absolute number of bytes consumed.
     pos: u64,
@@ -113,9 +146,11 @@ impl SseDecoder {
         Self {
             max_event_size: max_event_size.max(1),
             line: Vec::new(),
+            partial: Partial::Line,
             data: Vec::new(),
             event: Vec::new(),
             last_id: Vec::new(),
+            id_set: false,
             retry: None,
             pos: 0,
             block_start: 0,
@@ -148,6 +183,21 @@ impl SseDecoder {
 
     pub fn last_event_id(&self) -> &[u8] {
         &self.last_id
+    }
+
+    /// Bytes the decoder itself holds for the unfinished event (its data so far and a partial
+    /// line), for memory accounting.
+    pub fn buffered_bytes(&self) -> usize {
+        self.line.capacity() + self.data.capacity() + self.event.capacity()
+    }
+
+    /// Give the buffers' memory back (the caller will not feed this decoder again, or only
+    /// after `close`): what a failed or abandoned stream should not keep.
+    pub fn release(&mut self) {
+        self.line = Vec::new();
+        self.data = Vec::new();
+        self.event = Vec::new();
+        self.partial = Partial::Line;
     }
 
     pub fn error(&self) -> Option<&SseError> {
@@ -203,6 +253,7 @@ impl SseDecoder {
     /// pause before an event and replay it on resume.
     pub fn rewind_to_block(&mut self, start: u64) {
         debug_assert!(self.line.is_empty() && self.data.is_empty() && start <= self.pos);
+        self.partial = Partial::Line;
         self.pos = start;
         self.block_start = start;
         self.skip_lf = false;
@@ -224,6 +275,7 @@ impl SseDecoder {
         }
         let discarded = self.pending_bytes();
         self.line.clear();
+        self.partial = Partial::Line;
         self.data.clear();
         self.event.clear();
         self.retry = None;
@@ -264,7 +316,11 @@ impl SseDecoder {
         }
         while i < buf.len() {
             // The common block, whole in this read: dispatched from the read's own bytes.
-            if self.line.is_empty() && self.data.is_empty() && self.event.is_empty() {
+            if self.line.is_empty()
+                && self.partial == Partial::Line
+                && self.data.is_empty()
+                && self.event.is_empty()
+            {
                 if let Some((event, data, len)) = simple_block(&buf[i..]) {
                     if self.pos + (len as u64) - self.block_start <= self.max_event_size as u64 {
                         self.pos += len as u64;
@@ -273,11 +329,7 @@ impl SseDecoder {
                         let flow = on_event(RawEvent {
                             event,
                             data,
-                            id: if self.last_id.is_empty() {
-                                None
-                            } else {
-                                Some(&self.last_id)
-                            },
+                            id: self.id_set.then_some(&self.last_id[..]),
                             retry: self.retry.take(),
                             start,
                             end: self.pos,
@@ -293,7 +345,7 @@ impl SseDecoder {
             let rest = &buf[i..];
             let Some(off) = memchr2(b'\n', b'\r', rest) else {
                 self.check_size(self.pos + rest.len() as u64 - self.block_start)?;
-                self.line.extend_from_slice(rest);
+                self.hold_partial(rest);
                 self.pos += rest.len() as u64;
                 return Ok(buf.len());
             };
@@ -315,12 +367,24 @@ impl SseDecoder {
             let next = end + term_len;
             self.check_size(self.pos + (next - i) as u64 - self.block_start)?;
             self.pos += (next - i) as u64;
-            if next == buf.len() && self.skip_lf && self.line.is_empty() && end == i {
+            if next == buf.len()
+                && self.skip_lf
+                && self.line.is_empty()
+                && self.partial == Partial::Line
+                && end == i
+            {
                 // A blank line ended by CR at the chunk end: wait for the next byte.
                 self.dispatch_pending = true;
                 return Ok(buf.len());
             }
-            let flow = if self.line.is_empty() {
+            let flow = if self.partial != Partial::Line {
+                if self.partial == Partial::Data {
+                    push_capped(&mut self.data, &buf[i..end], self.max_event_size);
+                    push_capped(&mut self.data, b"\n", self.max_event_size);
+                }
+                self.partial = Partial::Line;
+                Flow::Continue
+            } else if self.line.is_empty() {
                 self.process_line(&buf[i..end], on_event)
             } else {
                 let mut line = std::mem::take(&mut self.line);
@@ -336,6 +400,58 @@ impl SseDecoder {
             }
         }
         Ok(buf.len())
+    }
+
+    /// Keep the bytes of a line that has not ended: a data value goes to `data` as soon as the
+    /// field name and the optional space are known, a comment or an ignored field is dropped.
+    fn hold_partial(&mut self, bytes: &[u8]) {
+        match self.partial {
+            Partial::Data => push_capped(&mut self.data, bytes, self.max_event_size),
+            Partial::Skip => {}
+            Partial::Line => {
+                // Classify from the line's first bytes ("retry:" and one value byte fit); the
+                // rest follows the class, so a long data line never passes through `line`.
+                const HEAD: usize = 8;
+                let take = if self.line.len() >= HEAD {
+                    bytes.len()
+                } else {
+                    (HEAD - self.line.len()).min(bytes.len())
+                };
+                let (head, tail) = bytes.split_at(take);
+                push_capped(&mut self.line, head, self.max_event_size);
+                self.classify_partial();
+                if !tail.is_empty() {
+                    self.hold_partial(tail);
+                }
+            }
+        }
+    }
+
+    fn classify_partial(&mut self) {
+        let l = &self.line;
+        let skip = match memchr::memchr(b':', l) {
+            Some(0) => true,
+            Some(c) => match &l[..c] {
+                b"data" => {
+                    if l.len() > c + 1 {
+                        let v = &l[c + 1..];
+                        let v = v.strip_prefix(b" ").unwrap_or(v);
+                        push_capped(&mut self.data, v, self.max_event_size);
+                        self.partial = Partial::Data;
+                        self.line.clear();
+                    }
+                    false
+                }
+                b"event" | b"id" | b"retry" => false,
+                _ => true,
+            },
+            // A colon-less line names a field by all of it: longer than "retry", none.
+            None => l.len() > 5,
+        };
+        if skip {
+            self.partial = Partial::Skip;
+            self.line.clear();
+        }
     }
 
     fn process_line<F>(&mut self, line: &[u8], on_event: &mut F) -> Flow
@@ -357,8 +473,8 @@ impl SseDecoder {
         };
         match name {
             b"data" => {
-                self.data.extend_from_slice(value);
-                self.data.push(b'\n');
+                push_capped(&mut self.data, value, self.max_event_size);
+                push_capped(&mut self.data, b"\n", self.max_event_size);
             }
             b"event" => {
                 self.event.clear();
@@ -367,6 +483,7 @@ impl SseDecoder {
             b"id" if !value.contains(&0) => {
                 self.last_id.clear();
                 self.last_id.extend_from_slice(value);
+                self.id_set = true;
             }
             b"retry" if !value.is_empty() && value.iter().all(u8::is_ascii_digit) => {
                 // Saturate instead of overflowing on absurd values.
@@ -395,17 +512,19 @@ impl SseDecoder {
         let flow = on_event(RawEvent {
             event: &self.event,
             data: &self.data[..data_len],
-            id: if self.last_id.is_empty() {
-                None
-            } else {
-                Some(&self.last_id)
-            },
+            id: self.id_set.then_some(&self.last_id[..]),
             retry,
             start,
             end: self.pos,
         });
         self.data.clear();
         self.event.clear();
+        if self.data.capacity() > KEEP_CAPACITY {
+            self.data = Vec::new();
+        }
+        if self.line.capacity() > KEEP_CAPACITY {
+            self.line = Vec::new();
+        }
         flow
     }
 }
@@ -668,6 +787,63 @@ mod tests {
     }
 
     #[test]
+    fn empty_id_field_resets_the_last_event_id_to_empty() {
+        // Issue 12 #11: WHATWG sets the last event id buffer to the field value, "" included.
+        let ev = decode(b"data: a\n\nid: 7\ndata: b\n\nid\ndata: c\n\nid:\ndata: d\n\ndata: e\n\n");
+        let ids: Vec<Option<&str>> = ev.iter().map(|e| e.id.as_deref()).collect();
+        assert_eq!(ids, [None, Some("7"), Some(""), Some(""), Some("")]);
+        // Through the whole-block fast path too (an `id:` block, then simple blocks).
+        let mut d = SseDecoder::default();
+        let ev = d.feed_owned(b"id: \ndata: x\n\ndata: y\n\n").unwrap();
+        assert_eq!(ev[0].id.as_deref(), Some(""));
+        assert_eq!(ev[1].id.as_deref(), Some(""));
+        assert_eq!(d.last_event_id(), b"");
+    }
+
+    /// Property: the id reported with every event is the value of the last `id` field (NUL-free)
+    /// before it, `None` when there was none, for random field sequences and random splits.
+    #[test]
+    fn reported_id_is_the_last_id_field_property() {
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for _ in 0..400 {
+            let mut s = Vec::new();
+            let mut expect = Vec::new();
+            let mut last: Option<String> = None;
+            for _ in 0..(next() % 8) {
+                match next() % 5 {
+                    0 => {
+                        s.extend_from_slice(b"id\n");
+                        last = Some(String::new());
+                    }
+                    1 => {
+                        s.extend_from_slice(b"id:\n");
+                        last = Some(String::new());
+                    }
+                    2 => {
+                        let v = (next() % 3).to_string();
+                        s.extend_from_slice(format!("id: {v}\n").as_bytes());
+                        last = Some(v);
+                    }
+                    3 => s.extend_from_slice(b"id: x\0y\n"),
+                    _ => {}
+                }
+                s.extend_from_slice(b"data: d\n\n");
+                expect.push(last.clone());
+            }
+            let cut = (next() as usize) % (s.len() + 1);
+            let ev = decode_chunks(&[&s[..cut], &s[cut..]]);
+            let got: Vec<Option<String>> = ev.into_iter().map(|e| e.id).collect();
+            assert_eq!(got, expect, "{:?}", String::from_utf8_lossy(&s));
+        }
+    }
+
+    #[test]
     fn empty_data_buffer_does_not_dispatch_but_resets_type() {
         let ev = decode(b"event: a\n\ndata: x\n\n");
         assert_eq!(ev.len(), 1);
@@ -747,6 +923,52 @@ mod tests {
         // Exactly at the limit is fine.
         let mut d = SseDecoder::new(10);
         assert_eq!(d.feed_owned(b"data: ab\n\n").unwrap().len(), 1);
+    }
+
+    /// Partial data lines go straight to the data buffer and partial comments or ignored
+    /// fields are not kept; every split still gives the events of the whole stream.
+    #[test]
+    fn partial_lines_of_every_kind_split_anywhere() {
+        let s: &[u8] = b": a long comment\ndata: x\nfoo: ignored\ndataX\ndata:  two\ndata:\ndata\nevent: e\nid: 5\nretry: 9\nunknownfieldname\n\ndata:y\r\n\r\n";
+        let whole = decode(s);
+        assert_eq!(data(&whole), ["x\n two\n\n", "y"]);
+        for i in 0..=s.len() {
+            for j in i..=s.len() {
+                assert_eq!(
+                    decode_chunks(&[&s[..i], &s[i..j], &s[j..]]),
+                    whole,
+                    "{i},{j}"
+                );
+            }
+        }
+        let bytewise: Vec<&[u8]> = s.chunks(1).collect();
+        assert_eq!(decode_chunks(&bytewise), whole);
+    }
+
+    /// Issue 12 #9: a long unfinished data line is held once (not as a line and again as
+    /// data), in buffers never allocated past the event size limit; a comment is not held.
+    #[test]
+    fn an_unfinished_event_is_held_once_within_the_limit() {
+        let cap = 1 << 20;
+        let mut d = SseDecoder::new(cap);
+        d.feed_owned(b"data: ").unwrap();
+        for _ in 0..255 {
+            d.feed_owned(&[b'x'; 4096]).unwrap();
+        }
+        assert!(d.buffered_bytes() <= cap + 1024, "{}", d.buffered_bytes());
+        assert!(d.buffered_bytes() >= 255 * 4096);
+        let ev = d.feed_owned(b"\n\n").unwrap();
+        assert_eq!(ev[0].data.len(), 255 * 4096);
+        assert!(
+            d.buffered_bytes() <= KEEP_CAPACITY,
+            "released after the event"
+        );
+        let mut d = SseDecoder::new(cap);
+        d.feed_owned(b": ").unwrap();
+        for _ in 0..200 {
+            d.feed_owned(&[b'c'; 4096]).unwrap();
+        }
+        assert!(d.buffered_bytes() < 1024);
     }
 
     #[test]

@@ -59,15 +59,15 @@ fn extract_with<'a, W: Cursor<'a>>(
     let is_object = each_key(&mut w, TOP, |w, k| {
         match k {
             0 => f.kind = w.opt_str()?,
-            1 => f.index = w.opt_u64()?,
+            1 => f.index = w.loose_u64()?,
             2 => {
                 each_key(w, DELTA, |w, k| {
                     match k {
-                        0 => f.delta_type = w.opt_str()?,
+                        0 => f.delta_type = w.loose_str()?,
                         1 => f.delta_text = w.opt_str()?.map(|t| (Channel::Content, t)),
                         2 => f.delta_text = w.opt_str()?.map(|t| (Channel::ToolArguments, t)),
                         3 => f.delta_text = w.opt_str()?.map(|t| (Channel::Reasoning, t)),
-                        _ => f.stop_reason = w.opt_string()?,
+                        _ => f.stop_reason = w.loose_string()?,
                     }
                     Ok(())
                 })?;
@@ -89,8 +89,8 @@ fn extract_with<'a, W: Cursor<'a>>(
                 let mut info = StreamInfo::default();
                 each_key(w, MESSAGE, |w, k| {
                     match k {
-                        0 => info.id = w.opt_str()?,
-                        1 => info.model = w.opt_str()?,
+                        0 => info.id = w.loose_str()?,
+                        1 => info.model = w.loose_str()?,
                         _ => f.message_usage = parse_usage(w)?,
                     }
                     Ok(())

@@ -46,6 +46,30 @@ pub trait Cursor<'j>: Sized {
     fn opt_code(&mut self) -> Result<Option<String>>;
     /// Offset just past the last value read.
     fn index(&self) -> usize;
+
+    // Unbilled fields (ids, model names, timestamps, finish reasons, indexes): a value of
+    // another type than the schema's is skipped and read as absent, never an error, so a
+    // deviation there cannot switch metering off (issue 12 #7). Billed text and usage stay
+    // strict: a mistyped delta is a malformed event.
+
+    /// A string, or `None` for any other value.
+    fn loose_str(&mut self) -> Result<Option<Cow<'j, str>>> {
+        if self.is_string()? {
+            self.opt_str()
+        } else {
+            self.skip()?;
+            Ok(None)
+        }
+    }
+    fn loose_string(&mut self) -> Result<Option<String>> {
+        Ok(self.loose_str()?.map(Cow::into_owned))
+    }
+    /// An integer (a float is truncated), or `None` for any other value.
+    fn loose_i64(&mut self) -> Result<Option<i64>>;
+    /// A non-negative integer, or `None` for any other value.
+    fn loose_u64(&mut self) -> Result<Option<u64>> {
+        Ok(self.loose_i64()?.and_then(|i| u64::try_from(i).ok()))
+    }
 }
 
 pub struct Walk<'j> {
@@ -167,6 +191,22 @@ impl<'j> Cursor<'j> for Walk<'j> {
                 NumberInt::Int(i) => Ok(Some(i)),
             },
             p => Err(format!("expected an integer, found {p:?}")),
+        }
+    }
+
+    fn loose_i64(&mut self) -> Result<Option<i64>> {
+        match self.peek()? {
+            p if p.is_num() => match self.j.known_number(p).map_err(err)? {
+                jiter::NumberAny::Int(NumberInt::Int(i)) => Ok(Some(i)),
+                jiter::NumberAny::Float(f) if f.is_finite() && f.abs() < 9.0e18 => {
+                    Ok(Some(f as i64))
+                }
+                _ => Ok(None),
+            },
+            _ => {
+                self.skip()?;
+                Ok(None)
+            }
         }
     }
 

@@ -341,6 +341,8 @@ pub enum AnomalyKind {
     EventAfterDone,
     /// An event larger than the configured maximum; the stream cannot be metered further.
     EventTooLarge,
+    /// The process-wide budget for unfinished events ran out and this stream held the most.
+    PendingBudgetExceeded,
 }
 
 impl AnomalyKind {
@@ -351,6 +353,7 @@ impl AnomalyKind {
             AnomalyKind::IncompleteEvent => "incomplete_event",
             AnomalyKind::EventAfterDone => "event_after_done",
             AnomalyKind::EventTooLarge => "event_too_large",
+            AnomalyKind::PendingBudgetExceeded => "pending_budget_exceeded",
         }
     }
 }

@@ -56,15 +56,15 @@ fn extract_with<'a, W: Cursor<'a>>(mut w: W, data: &'a [u8]) -> Result<Extracted
     let is_object = each_member(&mut w, TOP, |w, k, start| {
         match k {
             0 => {
-                info.id = w.opt_str()?;
+                info.id = w.loose_str()?;
                 has_info = true;
             }
             1 => {
-                info.model = w.opt_str()?;
+                info.model = w.loose_str()?;
                 has_info = true;
             }
-            2 => info.created = w.opt_i64()?,
-            3 => info.system_fingerprint = w.opt_str()?,
+            2 => info.created = w.loose_i64()?,
+            3 => info.system_fingerprint = w.loose_str()?,
             4 => each_item(w, |w| {
                 choices += 1;
                 choice(w, &mut out)
@@ -125,7 +125,7 @@ fn choice<'j, W: Cursor<'j>>(w: &mut W, out: &mut Extracted<'j>) -> Result<()> {
     let mut finish = None;
     each_key(w, CHOICE, |w, k| {
         match k {
-            0 => index = w.opt_u64()?.unwrap_or(0) as u32,
+            0 => index = w.loose_u64()?.unwrap_or(0) as u32,
             1 => {
                 each_key(w, DELTA, |w, k| {
                     match k {
@@ -144,7 +144,7 @@ fn choice<'j, W: Cursor<'j>>(w: &mut W, out: &mut Extracted<'j>) -> Result<()> {
                             let mut args = None;
                             each_key(w, TOOL_CALL, |w, k| {
                                 match k {
-                                    0 => call = w.opt_u64()?.unwrap_or(0) as u32,
+                                    0 => call = w.loose_u64()?.unwrap_or(0) as u32,
                                     _ => {
                                         each_key(w, FUNCTION, |w, _| {
                                             args = w.opt_str()?;
@@ -176,7 +176,7 @@ fn choice<'j, W: Cursor<'j>>(w: &mut W, out: &mut Extracted<'j>) -> Result<()> {
                     texts.push((0, Channel::Content, t));
                 }
             }
-            _ => finish = w.opt_string()?,
+            _ => finish = w.loose_string()?,
         }
         Ok(())
     })?;
@@ -262,7 +262,12 @@ mod tests {
 
     #[test]
     fn malformed_is_an_error_not_a_panic() {
-        assert!(extract(b"{\"choices\":[{\"index\":\"x\"}]}").is_err());
+        // A mistyped billed field is an error; a mistyped unbilled one (`index`, issue 12 #7)
+        // is read as absent.
+        assert!(extract(b"{\"choices\":[{\"delta\":{\"content\":5}}]}").is_err());
+        let e =
+            extract(b"{\"choices\":[{\"index\":\"x\",\"delta\":{\"content\":\"a\"}}]}").unwrap();
+        assert_eq!((e.deltas[0].choice, &*e.deltas[0].text), (0, "a"));
         assert!(extract(b"{not json").is_err());
         assert!(extract(b"").is_err());
     }

@@ -56,14 +56,14 @@ fn response<'j, W: Cursor<'j>>(w: &mut W) -> Result<Option<Response<'j>>> {
     let mut r = Response::default();
     let present = each_key(w, RESPONSE, |w, k| {
         match k {
-            0 => r.info.id = w.opt_str()?,
-            1 => r.info.model = w.opt_str()?,
-            2 => r.info.created = w.opt_i64()?,
-            3 => r.status = w.opt_string()?,
+            0 => r.info.id = w.loose_str()?,
+            1 => r.info.model = w.loose_str()?,
+            2 => r.info.created = w.loose_i64()?,
+            3 => r.status = w.loose_string()?,
             4 => r.usage = parse_usage(w)?,
             5 => {
                 each_key(w, INCOMPLETE, |w, _| {
-                    r.incomplete_reason = w.opt_string()?;
+                    r.incomplete_reason = w.loose_string()?;
                     Ok(())
                 })?;
             }
@@ -111,9 +111,9 @@ fn extract_with<'a, W: Cursor<'a>>(
     let is_object = each_key(&mut w, TOP, |w, k| {
         match k {
             0 => f.kind = w.opt_str()?,
-            1 => f.seq = w.opt_u64()?,
-            2 => f.output_index = w.opt_u64()?,
-            3 | 4 => f.part = w.opt_u64()?,
+            1 => f.seq = w.loose_u64()?,
+            2 => f.output_index = w.loose_u64()?,
+            3 | 4 => f.part = w.loose_u64()?,
             5 => {
                 // `delta` is a string in text events; other event kinds may use objects.
                 if w.is_string()? {

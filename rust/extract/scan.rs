@@ -483,6 +483,17 @@ impl<'j> Cursor<'j> for Scan<'j> {
         }
     }
 
+    fn loose_i64(&mut self) -> Result<Option<i64>> {
+        match self.peek()? {
+            // A plain integer; a fraction or exponent gives up (the walk truncates it).
+            b'0'..=b'9' | b'-' => self.int().map(Some),
+            _ => {
+                self.skip()?;
+                Ok(None)
+            }
+        }
+    }
+
     fn opt_code(&mut self) -> Result<Option<String>> {
         match self.peek()? {
             b'n' | b'"' => self.opt_string(),

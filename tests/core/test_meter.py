@@ -132,10 +132,12 @@ def test_credit_pause_and_grant_resume_the_exact_stream() -> None:
     assert pauses >= meterkit.count_tokens(TEXT) // 5 - 1
 
 
-def test_incomplete_final_event_is_reported_and_passed_through() -> None:
+def test_incomplete_final_event_is_reported_and_dropped() -> None:
+    # Issue 12 #6: the unfinished block is not forwarded (a client discards it at EOF anyway,
+    # and an error ending written after it would be glued onto it).
     data = stream_for("openai-chat", WORDS)[:-5]
     m = StreamMeter()
-    assert run(m, data, size=64) == data
+    assert run(m, data, size=64) == data[: data.rindex(b"\n\n") + 2]
     assert [a.kind for a in m.anomalies] == ["incomplete_event"]
     assert m.state == "streaming"
 
@@ -151,7 +153,10 @@ def test_unknown_format_is_an_anomaly_not_an_error() -> None:
 def test_oversized_event_fails_cleanly() -> None:
     m = StreamMeter(max_event_size=100)
     r = m.feed(b"data: " + b"x" * 200 + b"\n\n")
-    assert r.forward == b""
+    # Issue 12 #5: nothing of the event, but the format's error ending (not a silent end).
+    assert r.forward.startswith(b'data: {"error"')
+    assert r.forward.endswith(b"data: [DONE]\n\n")
+    assert b"xxx" not in r.forward
     assert m.state == "failed"
     assert r.anomalies[0].kind == "event_too_large"
 

@@ -28,7 +28,8 @@ def oracle(stream: bytes) -> list[tuple[str, str, str | None, int | None, int, i
     data: list[str] = []
     has_data = False
     event = ""
-    last_id = ""
+    # None until an `id` field sets it; an empty field sets it to "" (issue 12 #11).
+    last_id: str | None = None
     retry = None
     block_start = pos
     for m in re.finditer(rb"([^\r\n]*)(\r\n|\r|\n)", stream[pos:]):
@@ -37,7 +38,7 @@ def oracle(stream: bytes) -> list[tuple[str, str, str | None, int | None, int, i
         if line == b"":
             if has_data:
                 events.append(
-                    (event or "message", "\n".join(data), last_id or None, retry, block_start, end)
+                    (event or "message", "\n".join(data), last_id, retry, block_start, end)
                 )
             data, has_data, event, retry = [], False, "", None
             block_start = end
@@ -94,6 +95,13 @@ def test_bom_only_at_start() -> None:
 def test_comments_fields_spaces() -> None:
     ev = decode([b": hello\ndata\n\ndata:x\ndata:  y\nfoo: bar\n\n"])
     assert [e.data for e in ev] == ["", "x\n y"]
+
+
+def test_empty_id_field_resets_last_event_id_to_empty_string() -> None:
+    # WHATWG: an `id` field sets the last event id buffer to its value, "" included; only a
+    # stream that never had an id field reports None.
+    ev = decode([b"data: a\n\nid: 1\ndata: b\n\nid:\ndata: c\n\ndata: d\n\n"])
+    assert [e.id for e in ev] == [None, "1", "", ""]
 
 
 def test_id_retry_event_rules() -> None:
@@ -195,7 +203,7 @@ def test_encoder_round_trips(
     (ev,) = decode([wire])
     assert ev.data == data.replace("\r\n", "\n").replace("\r", "\n")
     assert ev.event == (event or "message")
-    assert ev.id == (id_ or None)
+    assert ev.id == id_
     assert ev.retry == retry
 
 

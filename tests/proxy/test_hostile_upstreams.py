@@ -1,6 +1,8 @@
 """Upstreams that misbehave: compressed bodies despite `Accept-Encoding: identity`, codings
 the meter cannot read, responses that are not HTTP or break mid-stream with internal details
-in their bytes, and a client too slow to keep up with a fast upstream (issue 12 #8, #10)."""
+in their bytes, a client too slow to keep up with a fast upstream, events over the size limit,
+streams that end inside an event, and unbilled fields that deviate from the schema (issue 12
+#5, #6, #7, #8, #10)."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from typing import Any
 import orjson
 import pytest
 
-from meterkit import count_tokens
+from meterkit import SseDecoder, count_tokens
 from support.hostile_upstream import SECRET, WORDS, hostile_upstream
 from support.http import texts
 from support.inproc import chat, gateway, llm_config
@@ -201,5 +203,94 @@ def test_a_slow_client_is_not_recorded_as_an_idle_upstream(fmt: str) -> None:
                 assert up.flood_done.is_set()
                 if fmt == "openai-chat":
                     assert b"data: [DONE]" in body_of(data)
+
+    asyncio.run(go())
+
+
+# ---- #5 #6 events too large, streams ending inside an event ------------------------------
+
+
+def assert_ends_with_error(fmt: str, data: bytes) -> list[str]:
+    """Every event the client got parses as JSON (or is `[DONE]`), and the stream ends with
+    the format's error ending. Returns the events' data."""
+    events = SseDecoder().feed(data)
+    assert events, data[:200]
+    datas = [e.data for e in events]
+    parsed = [orjson.loads(d) for d in datas if d != "[DONE]"]
+    if fmt == "openai-chat":
+        assert datas[-1] == "[DONE]"
+        assert "error" in parsed[-1]
+    else:
+        assert events[-1].event == "error"
+        assert parsed[-1]["type"] == "error"
+    return datas
+
+
+@pytest.mark.parametrize("fmt", ["openai-chat", "anthropic"])
+@pytest.mark.parametrize("blank", ["blank", "noblank"])
+def test_an_event_over_the_size_limit_ends_with_the_formats_error_ending(
+    fmt: str, blank: str
+) -> None:
+    async def go() -> None:
+        async with hostile_upstream() as up:
+            tree = tree_for(up.url, {"o": f"/oversized/{fmt}/{blank}|{fmt}"})
+            async with gateway(tree) as g:
+                status, _, data = await g.post("/o", body(fmt))
+                assert status == 200
+                assert b"xxxx" not in data
+                datas = assert_ends_with_error(fmt, data)
+                # The whole events before the oversized one were delivered.
+                before = 2 if blank == "blank" else 0
+                ending = 2 if fmt == "openai-chat" else 1  # the error chunk and [DONE]
+                assert len(datas) == before + ending
+                (record,) = await g.records(1)
+                assert record.outcome == "upstream_error"
+
+    asyncio.run(go())
+
+
+@pytest.mark.parametrize("fmt", ["openai-chat", "anthropic"])
+def test_an_error_ending_is_not_glued_onto_an_unfinished_event(fmt: str) -> None:
+    async def go() -> None:
+        async with hostile_upstream() as up:
+            async with gateway(tree_for(up.url, {"m": f"/mid-event/{fmt}|{fmt}"})) as g:
+                status, _, data = await g.post("/m", body(fmt))
+                assert status == 200
+                assert b"data: x\n" not in data
+                assert_ends_with_error(fmt, data)
+                assert texts(fmt, data) == "".join(WORDS[:3])
+                (record,) = await g.records(1)
+                assert record.outcome == "upstream_error"
+
+    asyncio.run(go())
+
+
+# ---- #7 schema deviations in unbilled fields ---------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", ["openai-chat", "anthropic"])
+def test_deviant_unbilled_fields_are_metered_and_capped(fmt: str) -> None:
+    async def go() -> None:
+        async with hostile_upstream() as up:
+            tree = tree_for(up.url, {"d": f"/deviant/{fmt}|{fmt}", "c": f"/gzip/{fmt}|{fmt}"})
+            async with gateway(tree) as g:
+                # Uncapped: counted like the clean (here gzip-compressed) stream.
+                status, _, data = await g.post("/d", body(fmt))
+                assert status == 200
+                assert texts(fmt, data) == "".join(WORDS)
+                (deviant,) = await g.records(1)
+                await g.post("/c", body(fmt))
+                clean = (await g.records(2))[1]
+                assert deviant.completion_tokens == clean.completion_tokens
+                assert (clean.completion_tokens or 0) > 5
+                assert deviant.outcome == "completed"
+            tree["budgets"] = {"b": {"key": "ip", "max_completion_tokens": 5}}
+            tree["routes"]["POST /d"]["budget"] = "b"
+            async with gateway(tree) as g:
+                request = {**body(fmt), "max_tokens": 5}
+                status, _, data = await g.post("/d", request)
+                assert status == 200
+                (record,) = await g.records(1)
+                assert (record.outcome, record.completion_tokens) == ("truncated", 5)
 
     asyncio.run(go())

@@ -12,6 +12,14 @@ Behaviours by path (any method):
   /garbage              a status line that is not HTTP, with a secret in it
   /broken-chunk         one event, then a chunk header that is not hex, with a secret
   /stall                headers, then nothing (bounded by `stall_seconds`)
+  /oversized/<format>/<blank|noblank>
+                        `blank`: two events, one of `oversized_bytes` with its blank line, then
+                        the rest of the stream; `noblank`: only `oversized_bytes` of one
+                        event that never ends
+  /mid-event/<format>   the stream's events without their ending, then ~1 MiB of `data:`
+                        lines of an event that never ends, then close
+  /deviant/<format>     a complete stream whose unbilled fields deviate from the schema
+                        (`created` as a float, `id` as a number, extra members)
 """
 
 from __future__ import annotations
@@ -28,30 +36,39 @@ from aiohttp import web
 SECRET = "internal-db-password-7f3a"
 
 
-def sse_events(fmt: str, texts: list[str], model: str = "gpt-4o") -> bytes:
-    """A complete stream of `fmt` carrying `texts` as deltas, with its end marker."""
+# Unbilled members that deviate from the schema, for `deviant` streams (issue 12 #7).
+DEVIANT = {"x_extra": {"nested": [1, 2.5, None]}, "created": 1700000000.25}
+
+
+def sse_events(fmt: str, texts: list[str], model: str = "gpt-4o", deviant: bool = False) -> bytes:
+    """A complete stream of `fmt` carrying `texts` as deltas, with its end marker; with
+    `deviant`, ids are numbers, `created` a float, and every object has an extra member."""
     out = b""
+    extra: dict[str, object] = DEVIANT if deviant else {}
     if fmt == "openai-chat":
-        for t in texts:
-            chunk = {
-                "id": "c1",
-                "object": "chat.completion.chunk",
-                "created": 1,
-                "model": model,
-                "choices": [{"index": 0, "delta": {"content": t}, "finish_reason": None}],
-            }
-            out += b"data: " + orjson.dumps(chunk) + b"\n\n"
-        end = {
-            "id": "c1",
+        head: dict[str, object] = {
+            "id": 12345 if deviant else "c1",
             "object": "chat.completion.chunk",
             "created": 1,
             "model": model,
+        }
+        for t in texts:
+            chunk = {
+                **head,
+                "choices": [{"index": 0, "delta": {"content": t}, "finish_reason": None}],
+                **extra,
+            }
+            out += b"data: " + orjson.dumps(chunk) + b"\n\n"
+        end = {
+            **head,
             "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+            **extra,
         }
         return out + b"data: " + orjson.dumps(end) + b"\n\ndata: [DONE]\n\n"
     if fmt == "anthropic":
 
         def ev(name: str, data: dict[str, object]) -> bytes:
+            data = {**data, **extra}
             return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
 
         out += ev(
@@ -59,7 +76,7 @@ def sse_events(fmt: str, texts: list[str], model: str = "gpt-4o") -> bytes:
             {
                 "type": "message_start",
                 "message": {
-                    "id": "m1",
+                    "id": 42 if deviant else "m1",
                     "type": "message",
                     "role": "assistant",
                     "model": "claude-sonnet-4-6",
@@ -108,6 +125,7 @@ class HostileUpstream:
     received: list[int] = field(default_factory=list)
     accept_encodings: list[str] = field(default_factory=list)
     flood_events: int = 4000
+    oversized_bytes: int = 17 << 20
     stall_seconds: float = 30.0
     flood_done: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -191,6 +209,25 @@ class HostileUpstream:
                 transport.close()
             await asyncio.sleep(0.1)
             return web.Response()
+        if path.startswith(("/oversized/", "/mid-event/", "/deviant/")):
+            _, kind, fmt, *rest = path.split("/")
+            events = [e + b"\n\n" for e in sse_events(fmt, WORDS[:3]).split(b"\n\n") if e]
+            ending = 1 if fmt == "openai-chat" else 3
+            resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await resp.prepare(request)
+            if kind == "deviant":
+                await resp.write(sse_events(fmt, WORDS, deviant=True))
+            elif kind == "mid-event":
+                await resp.write(b"".join(events[:-ending]))
+                await resp.write(b"data: x\n" * (1 << 17))
+            elif rest == ["blank"]:
+                await resp.write(b"".join(events[:2]))
+                await resp.write(b"data: " + b"x" * self.oversized_bytes + b"\n\n")
+                await resp.write(b"".join(events[2:]))
+            else:
+                await resp.write(b"data: " + b"x" * self.oversized_bytes)
+            await resp.write_eof()
+            return resp
         if path == "/stall":
             resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
             await resp.prepare(request)

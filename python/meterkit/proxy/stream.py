@@ -70,7 +70,11 @@ class _StreamRun:
             self.result.outcome, self.result.truncation = "truncated", "limit"
             return False
         if fed.state == "failed":
-            self.fail("the upstream stream broke the event size limit")
+            # The meter has already sent the format's error ending (issue 12 #5, #9).
+            if any(a.kind == "pending_budget_exceeded" for a in fed.anomalies):
+                self.fail("the budget for unfinished upstream events across streams ran out")
+            else:
+                self.fail("the upstream stream broke the event size limit")
             return False
         return True
 
