@@ -20,6 +20,7 @@
 //!   buffers released after a large event.
 //! - after, default 256 MiB budget: 10 streams 225 MiB (3 ended), 30 streams 225 MiB (23
 //!   ended): the total stays at the budget.
+//!
 //! Not done: holding an unfinished event once (~1x) needs the decoder to read data values
 //! from the meter's raw bytes instead of copying them.
 
