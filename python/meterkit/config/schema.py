@@ -90,6 +90,9 @@ class Gateway:
     keepalive_timeout: float = 60.0
     # Open client connections; None: what the descriptor limit allows (see proxy/server.py).
     max_connections: int | None = None
+    # Bytes of unfinished upstream events held across all streams of the process; over it,
+    # the stream holding the most ends with its format's error ending (0: no bound).
+    max_pending_bytes: int = 256 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -333,6 +336,7 @@ def _gateway(value: Any, path: KeyPath, problems: Problems) -> Gateway:
             "header_timeout",
             "keepalive_timeout",
             "max_connections",
+            "max_pending_bytes",
         ),
     )
     kw: dict[str, Any] = {}
@@ -340,11 +344,12 @@ def _gateway(value: Any, path: KeyPath, problems: Problems) -> Gateway:
         kw["host"] = h
     if "port" in m and (p := _port(m["port"], path / "port", problems)) is not None:
         kw["port"] = p
-    if "max_request_body" in m:
-        try:
-            kw["max_request_body"] = parse_size(m["max_request_body"])
-        except ValueError as e:
-            problems.add(path / "max_request_body", str(e))
+    for size_key in ("max_request_body", "max_pending_bytes"):
+        if size_key in m:
+            try:
+                kw[size_key] = parse_size(m[size_key])
+            except ValueError as e:
+                problems.add(path / size_key, str(e))
     if "trusted_proxies" in m:
         tp = m["trusted_proxies"]
         if not isinstance(tp, list) or not all(isinstance(x, str) for x in tp):

@@ -15,6 +15,7 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
+from meterkit import _core
 from meterkit.budgets import BudgetBackend, make_backend
 from meterkit.budgets.keys import KeyRegistry, make_registry
 from meterkit.config import Config
@@ -259,6 +260,8 @@ def build_app(
         app[BUDGET_BACKEND] = backend
         configured.append(BudgetStage(config, backend, app[METRICS]))
     app[PIPELINE] = Pipeline((*configured, *stages))
+    # Process-wide, in the core: what all streams may hold of unfinished upstream events.
+    _core.set_pending_budget(config.gateway.max_pending_bytes or None)
     app[TASKS] = BackgroundTasks()
     app.cleanup_ctx.append(_session)
     app.cleanup_ctx.append(_tasks)
