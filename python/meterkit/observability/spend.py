@@ -36,7 +36,8 @@ def key_label(key: str, mode: str) -> str | None:
 def record_cost(record: UsageRecord, config: Config) -> tuple[str, Decimal, Decimal]:
     """(asset, paid, priced): what the request's payment settled, and its tokens at the
     price table when it paid nothing."""
-    asset, paid = paid_amount(record.as_dict(), _assets(config.accepts))
+    # Only the payment section is read: `as_dict()` (a deep copy) cost ~0.5 ms a request.
+    asset, paid = paid_amount({"payment": record.payment}, _assets(config.accepts))
     if paid:
         return asset, paid, Decimal(0)
     if record.payment is not None and record.payment.get("amount") is not None:
