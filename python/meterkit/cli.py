@@ -293,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="run the benchmarks (release build) with baselines")
     b.add_argument(
         "suite",
-        choices=["core", "proxy", "budgets", "payments", "sessions"],
+        choices=["core", "proxy", "budgets", "payments", "sessions", "workers"],
         help="core: Rust core versus pure Python / tiktoken; proxy: proxy versus direct and plain proxy",
     )
     b.add_argument(
