@@ -75,6 +75,17 @@ def port_number(text: str) -> int:
     return port
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: an integer of at least 1."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{n} is not a positive number")
+    return n
+
+
 def build_parser() -> argparse.ArgumentParser:
     from meterkit import __version__
 
@@ -101,6 +112,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--data-dir", default="meterkit-data", help="where --demo keeps its SQLite files"
     )
+    s.add_argument(
+        "--workers",
+        type=positive_int,
+        help="processes serving the port with SO_REUSEPORT, one event loop each "
+        "(default: gateway.workers, 1); over 1 needs budgets in Redis and a PostgreSQL ledger",
+    )
+    # Internal: a worker process started by `serve --workers N` (see proxy/workers.py).
+    s.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
+    s.add_argument("--worker-fd", type=int, help=argparse.SUPPRESS)
     s.set_defaults(func=_serve)
 
     v = sub.add_parser("validate", help="check a config file and list every problem")
@@ -273,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="run the benchmarks (release build) with baselines")
     b.add_argument(
         "suite",
-        choices=["core", "proxy", "budgets", "payments", "sessions"],
+        choices=["core", "proxy", "budgets", "payments", "sessions", "workers"],
         help="core: Rust core versus pure Python / tiktoken; proxy: proxy versus direct and plain proxy",
     )
     b.add_argument(

@@ -50,3 +50,12 @@ def test_meter_command_reports_bad_input(tmp_path: Path, capsys: Any) -> None:
     assert main(["meter", str(tmp_path / "missing")]) == 1
     assert "cannot read" in capsys.readouterr().err
     assert main(["meter", "--format", "gemini"]) == 2
+
+
+def test_bench_workers_quick_measures_both_proxies(tmp_path: Path, capsys: Any) -> None:
+    out = tmp_path / "workers.json"
+    assert main(["bench", "workers", "--quick", "--json", str(out), "--no-plots"]) == 0
+    results = orjson.loads(out.read_bytes())
+    assert set(results["proxy"]) == {"1 worker", "2 workers"}
+    assert all(r["streams"] > 0 for r in results["proxy"].values())
+    assert "2 workers / 1 worker" in capsys.readouterr().out

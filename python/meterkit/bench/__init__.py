@@ -7,6 +7,7 @@ Suites:
 - ``budgets``, ``payments``: admission and enforcement costs; signatures and settlement.
 - ``sessions``: per-token streamed payments (pause/resume round trip, CPU per paid event,
   voucher verifications, overrun after a disconnect, memory of paused streams).
+- ``workers``: throughput of ``serve --workers N``, N = 1 and 2 (streams per second, CPU).
 
 Each suite prints its tables and draws PNG plots of the same figures (`bench/plots.py`) into
 `--plots DIR` (default `benches/results/plots/` in the repository, else a temporary
@@ -29,7 +30,7 @@ from typing import Any
 __all__ = ["run"]
 
 
-SUITES = ("core", "proxy", "budgets", "payments", "sessions")
+SUITES = ("core", "proxy", "budgets", "payments", "sessions", "workers")
 
 
 def _plot_output(args: argparse.Namespace) -> tuple[Any, bool]:

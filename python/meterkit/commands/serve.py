@@ -84,12 +84,15 @@ def validate(args: argparse.Namespace) -> int:
     """The schema, then what `serve` would die on (hooks, data paths), then with `--connect`
     every service. Exit 0, 1 (config problems, every one listed) or 6 (a service down)."""
     from meterkit.commands import checks
+    from meterkit.proxy import workers
 
     config = load_config_or_report(args.config)
     if config is None:
         return EXIT_FAILED
     found = (*checks.callables(config), *checks.data_paths(config), *checks.key_file(config))
     failed = [c for c in found if not c.ok]
+    for p in workers.problems(config, config.gateway.workers):
+        failed.append(checks.Check(p.path, p.message))
     if failed:
         print(f"meterkit: invalid configuration {args.config}:", file=sys.stderr)
         for c in failed:
@@ -130,6 +133,13 @@ def serve(args: argparse.Namespace) -> int:
     from meterkit.proxy import serve as serve_proxy
 
     if args.demo:
+        if args.workers and args.workers > 1:
+            print(
+                "meterkit serve: --demo runs one process (its session route and SQLite "
+                "ledger belong to one); --workers needs --config",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
         return _serve_demo(args)
     if not args.config:
         print(
@@ -140,8 +150,42 @@ def serve(args: argparse.Namespace) -> int:
     config = load_config_or_report(args.config)
     if config is None:
         return EXIT_FAILED
+    if args.worker_index is not None:
+        from meterkit.proxy.workers import Worker
+
+        worker = Worker(args.worker_index, args.worker_fd)
+        _started(lambda: serve_proxy(config, args.host, args.port, worker))
+        return EXIT_OK
+    workers = args.workers or config.gateway.workers
+    if workers > 1:
+        return _serve_workers(args, config, workers)
     _started(lambda: serve_proxy(config, args.host, args.port))
     return EXIT_OK
+
+
+def _serve_workers(args: argparse.Namespace, config: Config, workers: int) -> int:
+    """`serve --workers N` (or gateway.workers): refuse what per-process state would break,
+    then supervise the workers."""
+    from meterkit.observability.logs import configure_logging
+    from meterkit.proxy.workers import problems, supervise
+
+    found = problems(config, workers)
+    if found:
+        print(f"meterkit: invalid configuration {args.config}:", file=sys.stderr)
+        for p in found:
+            print(f"  {p}", file=sys.stderr)
+        return EXIT_FAILED
+    configure_logging(config.logging.level, config.logging.format)
+    host = args.host or config.gateway.host
+    port = config.gateway.port if args.port is None else args.port
+    code = EXIT_OK
+
+    def run() -> None:
+        nonlocal code
+        code = supervise(config, host, port, workers)
+
+    _started(run)
+    return code
 
 
 def _serve_demo(args: argparse.Namespace) -> int:

@@ -93,6 +93,10 @@ class Gateway:
     # Bytes of unfinished upstream events held across all streams of the process; over it,
     # the stream holding the most ends with its format's error ending (0: no bound).
     max_pending_bytes: int = 256 * 1024 * 1024
+    # Processes serving the port (SO_REUSEPORT), each with its own event loop; `serve
+    # --workers` overrides it. Over 1, shared state must live in Redis/PostgreSQL
+    # (`meterkit.proxy.workers.problems`).
+    workers: int = 1
 
 
 @dataclass(frozen=True)
@@ -337,6 +341,7 @@ def _gateway(value: Any, path: KeyPath, problems: Problems) -> Gateway:
             "keepalive_timeout",
             "max_connections",
             "max_pending_bytes",
+            "workers",
         ),
     )
     kw: dict[str, Any] = {}
@@ -377,6 +382,12 @@ def _gateway(value: Any, path: KeyPath, problems: Problems) -> Gateway:
             problems.add(path / "max_connections", f"expected a positive integer, got {mc!r}")
         else:
             kw["max_connections"] = mc
+    if "workers" in m:
+        w = as_number(m["workers"])
+        if isinstance(w, bool) or not isinstance(w, int) or w < 1:
+            problems.add(path / "workers", f"expected a positive integer, got {w!r}")
+        else:
+            kw["workers"] = w
     return Gateway(**kw)
 
 

@@ -52,6 +52,13 @@ class ProxyMetrics:
         if self.process:
             ProcessCollector(registry=r)
             PlatformCollector(registry=r)
+        # Set only by the workers of `serve --workers N`: which worker answered a scrape.
+        self.worker_info = Gauge(
+            "meterkit_worker_info",
+            "Always 1: the worker of `serve --workers` whose series these are, and its pid",
+            ["worker", "pid"],
+            registry=r,
+        )
         self.build_info = Gauge(
             "meterkit_build_info",
             "Always 1: the meterkit version and the Python it runs on, as labels",

@@ -49,6 +49,7 @@ from meterkit.proxy.server import (
     connection_cap,
     quiet_accept_errors,
 )
+from meterkit.proxy.workers import Worker
 from meterkit.runtime import BackgroundTasks, bound_port
 from meterkit.sessions import SessionStore
 from meterkit.sessions.sources import make_source
@@ -288,10 +289,13 @@ def server_limits(config: Config) -> ServerLimits:
     )
 
 
-async def start(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
+async def start(
+    app: web.Application, host: str, port: int, *, reuse_port: bool = False
+) -> tuple[web.AppRunner, int]:
     """Start serving `app`; returns the runner and the bound port (useful with port 0).
     Raises `StartupError` when a resource does not open (a store, a data path) and
-    `ListenError` when the address cannot be bound."""
+    `ListenError` when the address cannot be bound. `reuse_port`: bind with SO_REUSEPORT
+    beside the other workers of `serve --workers`."""
     quiet_accept_errors(asyncio.get_running_loop())
     # handler_cancellation: aiohttp cancels a handler when its client disconnects, which is
     # how the upstream request gets aborted the moment the client leaves.
@@ -304,7 +308,7 @@ async def start(app: web.Application, host: str, port: int) -> tuple[web.AppRunn
         raise
     except Exception as e:
         raise StartupError(e) from e
-    site = web.TCPSite(runner, host, port, backlog=4096)
+    site = web.TCPSite(runner, host, port, backlog=4096, reuse_port=reuse_port or None)
     try:
         await site.start()
     except OSError as e:
@@ -342,9 +346,15 @@ def _reread(source: str) -> None:
     )
 
 
-def serve(config: Config, host: str | None = None, port: int | None = None) -> None:
+def serve(
+    config: Config,
+    host: str | None = None,
+    port: int | None = None,
+    worker: Worker | None = None,
+) -> None:
     """Run the proxy until SIGINT/SIGTERM. SIGHUP re-validates the config file and logs the
-    result; it never stops the proxy."""
+    result; it never stops the proxy. `worker`: one of the processes of `serve --workers`
+    (SO_REUSEPORT, readiness and lifetime through the parent's socket, see proxy/workers.py)."""
     from meterkit.observability.logs import configure_logging
     from meterkit.runtime import event_loop_name, run_forever
 
@@ -357,19 +367,19 @@ def serve(config: Config, host: str | None = None, port: int | None = None) -> N
             app = build_app(config)
         except Exception as e:
             raise StartupError(e) from e
-        runner, bound = await start(app, host, port)
-        log.info(
-            "listening",
-            extra={
-                "url": f"http://{host}:{bound}",
-                "loop": event_loop_name(),
-                "routes": len(config.routes),
-            },
-        )
-        print(f"meterkit serving on http://{host}:{bound}", flush=True)
+        if worker is not None:
+            app[METRICS].worker_info.labels(str(worker.index), str(os.getpid())).set(1)
+        runner, bound = await start(app, host, port, reuse_port=worker is not None)
+        where = {"url": f"http://{host}:{bound}", "loop": event_loop_name()}
+        if worker is None:
+            log.info("listening", extra={**where, "routes": len(config.routes)})
+            print(f"meterkit serving on http://{host}:{bound}", flush=True)
+        else:
+            log.info("worker listening", extra={**where, "worker": worker.index})
+            _report_to_parent(worker)
         admin_runner = None
         try:
-            if config.admin is not None:
+            if config.admin is not None and (worker is None or worker.index == 0):
                 from meterkit.proxy.admin import start_admin
 
                 admin_runner, admin_port = await start_admin(app, config.admin)
@@ -382,4 +392,30 @@ def serve(config: Config, host: str | None = None, port: int | None = None) -> N
                 await admin_runner.cleanup()
             await runner.cleanup()
 
-    run_forever(main(), on_hangup=lambda: _reread(config.source))
+    # Workers leave SIGHUP to their parent (which re-validates once for all of them).
+    run_forever(main(), on_hangup=(lambda: None) if worker else lambda: _reread(config.source))
+
+
+def _report_to_parent(worker: Worker) -> None:
+    """Tell the parent this worker listens; stop when the parent's end closes (the parent is
+    gone, even killed), as on SIGTERM."""
+    sock = socket.socket(fileno=worker.fd)
+    sock.sendall(b"R")
+    sock.setblocking(False)
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+
+    def closed() -> None:
+        try:
+            if sock.recv(16):
+                return
+        except BlockingIOError:
+            return
+        except OSError:
+            pass
+        loop.remove_reader(sock)
+        log.warning("the supervisor is gone; stopping")
+        task.cancel()
+
+    loop.add_reader(sock, closed)

@@ -187,7 +187,12 @@ class SqliteSink:
         have = {r[1] for r in conn.execute("PRAGMA table_info(usage_records)")}
         for col in _ADDED:
             if col not in have:
-                conn.execute(f"ALTER TABLE usage_records ADD COLUMN {col} TEXT")
+                try:
+                    conn.execute(f"ALTER TABLE usage_records ADD COLUMN {col} TEXT")
+                except sqlite3.OperationalError as e:
+                    # Another process (a worker of `serve --workers`) added it first.
+                    if "duplicate column" not in str(e):
+                        raise
         conn.commit()
         conn.close()
         if metrics is not None:
