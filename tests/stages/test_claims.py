@@ -54,6 +54,17 @@ def pay(token: str) -> dict[str, str]:
     return {"Authorization": f"Payment {token}"}
 
 
+async def leave_before_headers(g: Gateway, path: str, token: str) -> None:
+    """Pay, then leave while the upstream has not answered yet (it answers after 1 s)."""
+    with pytest.raises(asyncio.TimeoutError):
+        await g.post(
+            path,
+            BODY,
+            {**pay(token), "x-mock-delay-headers": "1"},
+            timeout=aiohttp.ClientTimeout(total=0.2),
+        )
+
+
 def rows(db: Path) -> list[dict[str, Any]]:
     with sqlite3.connect(db) as c:
         c.row_factory = sqlite3.Row
@@ -73,13 +84,7 @@ def test_a_client_leaving_before_an_after_response_upstream_leaves_no_claim(
     async def go() -> None:
         async with gateway(tree(str(db))) as g:
             token = await token_for(g, "/after")
-            with pytest.raises(asyncio.TimeoutError):
-                await g.post(
-                    "/after",
-                    BODY,
-                    {**pay(token), "x-mock-delay-headers": "1"},
-                    timeout=aiohttp.ClientTimeout(total=0.2),
-                )
+            await leave_before_headers(g, "/after", token)
             await g.records(2)  # the 402, then the cancelled one
             assert rows(db) == []
             # Nothing was charged: the same credential pays at once, no 15 s wait, no 403.
@@ -131,13 +136,7 @@ def test_a_client_gone_before_a_before_response_answer_is_served_on_retry(
     async def go() -> None:
         async with gateway(tree(str(db))) as g:
             token = await token_for(g, "/now")
-            with pytest.raises(asyncio.TimeoutError):
-                await g.post(
-                    "/now",
-                    BODY,
-                    {**pay(token), "x-mock-delay-headers": "1"},
-                    timeout=aiohttp.ClientTimeout(total=0.2),
-                )
+            await leave_before_headers(g, "/now", token)
             await g.records(2)
             (claim,) = rows(db)
             assert claim["delivery"] == "undelivered"
