@@ -17,20 +17,18 @@ import os
 import tempfile
 import time
 from contextlib import ExitStack
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import yaml
 
 from meterkit import _core
+from meterkit.bench.payments import round_trips
 from meterkit.bench.processes import running
 from meterkit.bench.proxy import _pct
 from meterkit.bench.timing import progress, table
 from meterkit.chain import token
 from meterkit.chain.anvil import ACCOUNT_KEYS, Anvil, find_anvil, funded_key
-from meterkit.client import PayingClient
 from meterkit.config.payments import Asset, Chain
 from meterkit.payments import evm
 from meterkit.payments.settlement import (
@@ -80,29 +78,6 @@ async def _latencies(settler: Settler, reqs: list[SettlementRequest]) -> list[fl
     finally:
         await settler.close()
     return out
-
-
-async def _round_trips(url: str, key: bytes, n: int) -> dict[str, float]:
-    free, paid = [], []
-    async with aiohttp.ClientSession() as session:
-        async with PayingClient(key, session=session, max_total=Decimal(10**6)) as client:
-            for _ in range(3):  # warm-up
-                await client.request("POST", url + "/paid", json=BODY)
-            for _ in range(n):
-                t0 = time.perf_counter()
-                async with session.post(url + "/free", json=BODY) as r:
-                    await r.read()
-                free.append(time.perf_counter() - t0)
-                t0 = time.perf_counter()
-                result = await client.request("POST", url + "/paid", json=BODY)
-                paid.append(time.perf_counter() - t0)
-                assert result.status == 200, result.body
-    return {
-        "free_p50_ms": _pct(free, 0.5) * 1e3,
-        "paid_p50_ms": _pct(paid, 0.5) * 1e3,
-        "paid_p99_ms": _pct(paid, 0.99) * 1e3,
-        "added_p50_ms": (_pct(paid, 0.5) - _pct(free, 0.5)) * 1e3,
-    }
 
 
 def main(quick: bool = False) -> dict[str, Any] | None:
@@ -215,5 +190,5 @@ def _proxy_round_trips(
     proxy = stack.enter_context(
         running(["serve", "--config", str(d / "onchain.yaml"), "--port", "0"], cwd=d)
     )
-    result: dict[str, float] = loop.run_until_complete(_round_trips(proxy.url, payer_key, n))
+    result: dict[str, float] = loop.run_until_complete(round_trips(proxy.url, n, payer_key))
     return result

@@ -132,9 +132,11 @@ def _libsecp_recover(digests: list[tuple[bytes, bytes]]) -> Callable[[], None] |
     return run
 
 
-async def round_trips(url: str, n: int) -> dict[str, float]:
+async def round_trips(url: str, n: int, key: bytes | None = None) -> dict[str, float]:
+    """A paid request (402, sign, retry, settle) beside the same route unpaid, `n` times;
+    `key` pays (default: a fresh key, for settlers that check no balance)."""
     free, paid = [], []
-    key = os.urandom(31) + b"\x07"
+    key = key or os.urandom(31) + b"\x07"
     async with aiohttp.ClientSession() as session:
         async with PayingClient(key, session=session, max_total=Decimal(10**6)) as client:
             for _ in range(3):  # warm-up

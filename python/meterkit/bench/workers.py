@@ -30,10 +30,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
-import yaml
 
 from meterkit.bench.plots import Output
 from meterkit.bench.processes import Process, running
+from meterkit.bench.proxy import _proxy_config
 from meterkit.bench.timing import environment, progress, table
 from meterkit.runtime import new_event_loop
 
@@ -123,21 +123,6 @@ def _round(
     }
 
 
-def _config(mock_url: str, workdir: Path) -> Path:
-    tree = {
-        "gateway": {"host": "127.0.0.1"},
-        "upstreams": {
-            "mock": {"url": mock_url, "timeout": {"connect": 10, "first_byte": 60, "idle": 120}}
-        },
-        "routes": {"POST /v1/chat/completions": {"upstream": "mock"}},
-        "usage": {"sink": "none"},
-        "logging": {"level": "warning"},
-    }
-    path = workdir / "bench-workers.yaml"
-    path.write_text(yaml.safe_dump(tree))
-    return path
-
-
 def main(quick: bool = False, json_out: str | None = None, plots: Output | None = None) -> int:
     env = environment()
     seconds, rounds = (2.0, 1) if quick else (8.0, 3)
@@ -151,7 +136,7 @@ def main(quick: bool = False, json_out: str | None = None, plots: Output | None 
     with ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="meterkit-bench-")))
         mock: Process = stack.enter_context(running(["mock-llm", "--port", "0", "--ttft", "0"]))
-        config = str(_config(mock.url, workdir))
+        config = str(_proxy_config(mock.url, workdir))
         targets: dict[str, Process] = {}
         for n in (1, 2):
             targets[f"{n} worker{'s' if n > 1 else ''}"] = stack.enter_context(
