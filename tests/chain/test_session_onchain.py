@@ -97,7 +97,7 @@ def test_session_client_streams_from_an_onchain_channel_and_close_settles_what_w
             assert chain.balance(OPERATOR) - before == tokens * PRICE
             assert chain.balance(address) == 10 * UNIT - tokens * PRICE
             # A finalized channel takes no more vouchers.
-            async with g.session.post(g.url + CHAT, headers=client._voucher(ch, UNIT)) as r:
+            async with g.session.post(g.url + CHAT, headers=client.authorization(ch, UNIT)) as r:
                 assert r.status == 410
 
     asyncio.run(go())
@@ -121,9 +121,9 @@ def test_onchain_vouchers_are_checked_against_the_escrow(
                     raw = await r.read()
                     return r.status, (orjson.loads(raw) if raw else None)
 
-            status, _ = await send(client._voucher(ch, 500))
+            status, _ = await send(client.authorization(ch, 500))
             assert status == 204
-            status, problem = await send(client._voucher(ch, 1500))
+            status, problem = await send(client.authorization(ch, 1500))
             assert status == 402 and problem is not None
             assert problem["type"] == PROBLEM + "amount-exceeds-deposit"
             # A top-up on chain: the same voucher now fits (the cached deposit is re-read).
@@ -133,7 +133,7 @@ def test_onchain_vouchers_are_checked_against_the_escrow(
             escrow.send_signed(
                 chain.url, key, esc, encode_call("topUp(bytes32,uint128)", cid, 1000)
             )
-            status, _ = await send(client._voucher(ch, 1500))
+            status, _ = await send(client.authorization(ch, 1500))
             assert status == 204
             # Signed for another verifying contract (a prepaid channel's): not the payer's
             # signature on this escrow.
@@ -152,7 +152,7 @@ def test_onchain_vouchers_are_checked_against_the_escrow(
             assert problem["type"] == PROBLEM + "signer-mismatch"
             # A channel the escrow does not know.
             other = SessionClient(key, "0x" + "ab" * 32, max_total=Decimal("1"), session=g.session)
-            status, problem = await send(other._voucher(ch, 100))
+            status, problem = await send(other.authorization(ch, 100))
             assert status == 410 and problem is not None
             assert problem["type"] == PROBLEM + "channel-not-found"
 
@@ -177,10 +177,10 @@ def test_a_channel_closing_on_chain_takes_no_new_vouchers(
         async with gateway(tree(chain, esc, tmp_path / "l.db", cache="0s")) as g:
             ch = await challenge(g)
             client = SessionClient(key, cid, max_total=Decimal("1"), session=g.session)
-            async with g.session.post(g.url + CHAT, headers=client._voucher(ch, 100)) as r:
+            async with g.session.post(g.url + CHAT, headers=client.authorization(ch, 100)) as r:
                 assert r.status == 204
             escrow.send_signed(chain.url, key, esc, encode_call("requestClose(bytes32)", cid))
-            async with g.session.post(g.url + CHAT, headers=client._voucher(ch, 200)) as r:
+            async with g.session.post(g.url + CHAT, headers=client.authorization(ch, 200)) as r:
                 assert r.status == 410
                 assert (await r.json())["title"] == "Channel Closing"
 

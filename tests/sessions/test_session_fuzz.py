@@ -61,7 +61,7 @@ def test_no_malformed_session_credential_gets_a_5xx(tmp_path: Path) -> None:
                 if c.method == "evm"
             )
             client = SessionClient(k, cid, max_total=Decimal("1"), session=g.session)
-            token = client._voucher(ch, 1000)["Authorization"].removeprefix("Payment ")
+            token = client.authorization(ch, 1000)["Authorization"].removeprefix("Payment ")
             base: dict[str, Any] = orjson.loads(mpp.b64url_decode(token))
             for p in paths(base)[1:]:
                 for v in WRONG_VALUES:

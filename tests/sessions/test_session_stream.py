@@ -133,7 +133,7 @@ def test_no_voucher_in_time_ends_the_stream_at_the_last_covered_token(tmp_path: 
                 if c.method == "evm"
             ]
             client = SessionClient(k, cid, max_total=Decimal("0.01"), session=g.session)
-            auth = client._voucher(ch, PRICE * 7)
+            auth = client.authorization(ch, PRICE * 7)
             status, _, body = await g.post(
                 CHAT, chat(), {**auth, "x-mock-length": "40", "x-mock-tps": "0"}
             )
@@ -186,7 +186,7 @@ def test_bad_vouchers_are_refused_with_the_session_problem(tmp_path: Path, case:
                 status = await client.voucher(g.url + CHAT, ch, 500)
                 c = await channel(db, cid)
                 return status, {"accepted": c.accepted}
-            async with g.session.post(g.url + CHAT, headers=client._voucher(ch, amount)) as r:
+            async with g.session.post(g.url + CHAT, headers=client.authorization(ch, amount)) as r:
                 return r.status, orjson.loads(await r.read())
 
     status, problem = asyncio.run(go())
@@ -258,7 +258,7 @@ def test_the_official_sdks_read_a_paused_and_resumed_stream(tmp_path: Path, sdk:
             _, headers, _ = await g.post(path, {})
             ch = _first_challenge(headers)
             client = SessionClient(k, cid, max_total=Decimal("0.01"), session=g.session)
-            auth = client._voucher(ch, PRICE * 5)
+            auth = client.authorization(ch, PRICE * 5)
 
             def read() -> str:
                 if sdk == "openai":
@@ -314,7 +314,7 @@ def test_a_client_gone_while_paused_pays_up_to_the_last_event_it_was_sent(
             ch = _first_challenge(headers)
             client = SessionClient(k, cid, max_total=Decimal("0.01"), session=g.session)
             # Paced, so the upstream is still generating when the client leaves.
-            h = {**client._voucher(ch, PRICE * 6), "x-mock-length": "400", "x-mock-tps": "100"}
+            h = {**client.authorization(ch, PRICE * 6), "x-mock-length": "400", "x-mock-tps": "100"}
             async with g.session.post(g.url + CHAT, json=chat(), headers=h) as r:
                 body = b""
                 async for chunk in r.content.iter_any():
@@ -357,7 +357,7 @@ def test_accepted_vouchers_survive_a_restart(tmp_path: Path) -> None:
             client = SessionClient(k, cid, max_total=Decimal("0.01"), session=g.session)
             # The same amount again buys nothing new, but the 50 tokens accepted before the
             # restart are still there to spend.
-            h = {**client._voucher(ch, PRICE * 50), "x-mock-length": "30", "x-mock-tps": "0"}
+            h = {**client.authorization(ch, PRICE * 50), "x-mock-length": "30", "x-mock-tps": "0"}
             status, _, body = await g.post(CHAT, chat(), h)
             assert status == 200
             assert count_tokens(delivered_text(body), "gpt-4o") == 30
@@ -401,7 +401,7 @@ def test_a_budget_refusal_after_the_session_stage_charges_nothing(tmp_path: Path
             ch = _first_challenge(headers)
             client = SessionClient(k, cid, max_total=Decimal("0.01"), session=g.session)
             status, _, problem = await g.post(
-                CHAT, chat(), {**client._voucher(ch, PRICE * 200), "X-User": "u"}
+                CHAT, chat(), {**client.authorization(ch, PRICE * 200), "X-User": "u"}
             )
             assert status == 429, problem
             await g.records(2)

@@ -9,8 +9,11 @@ from collections.abc import AsyncIterator
 
 
 class Relay:
-    def __init__(self, host: str, port: int) -> None:
-        self.target = (host, port)
+    def __init__(self, host: str, port: int, *more: tuple[str, int]) -> None:
+        # Several targets: each new connection goes to the next (a round-robin load
+        # balancer in front of several instances).
+        self.targets = [(host, port), *more]
+        self._next = 0
         self.frozen = asyncio.Event()  # set: bytes stop moving (the server seems hung)
         self.down = False
         self._conns: set[asyncio.StreamWriter] = set()
@@ -34,7 +37,9 @@ class Relay:
         if self.down:
             w.close()
             return
-        ur, uw = await asyncio.open_connection(*self.target)
+        target = self.targets[self._next % len(self.targets)]
+        self._next += 1
+        ur, uw = await asyncio.open_connection(*target)
         self._conns |= {w, uw}
         await asyncio.gather(self._pipe(r, uw), self._pipe(ur, w))
         self._conns -= {w, uw}
@@ -57,8 +62,8 @@ class Relay:
 
 
 @contextlib.asynccontextmanager
-async def relay(host: str, port: int) -> AsyncIterator[Relay]:
-    r = Relay(host, port)
+async def relay(host: str, port: int, *more: tuple[str, int]) -> AsyncIterator[Relay]:
+    r = Relay(host, port, *more)
     await r.start()
     try:
         yield r

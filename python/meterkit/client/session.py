@@ -89,7 +89,10 @@ class SessionClient:
                 return ch
         raise SessionDeclined(f"the 402 offers no {self.method} session")
 
-    def _voucher(self, ch: mpp.Challenge, amount: int) -> dict[str, str]:
+    def authorization(self, ch: mpp.Challenge, amount: int) -> dict[str, str]:
+        """The header carrying a voucher for `amount` (cumulative, base units) under the
+        challenge `ch`, for a request of the caller's own; raises `SessionDeclined` past
+        the cap."""
         req = ch.request_json
         details = req.get("methodDetails", {})
         decimals = 6 if not isinstance(details.get("decimals"), int) else details["decimals"]
@@ -117,13 +120,13 @@ class SessionClient:
 
     async def voucher(self, url: str, ch: mpp.Challenge, amount: int) -> int:
         """Send one voucher as a management request; the status (204 when accepted)."""
-        async with self.http.post(url, headers=self._voucher(ch, amount)) as r:
+        async with self.http.post(url, headers=self.authorization(ch, amount)) as r:
             await r.read()
             return r.status
 
     async def close(self, url: str, ch: mpp.Challenge) -> dict[str, Any] | None:
         """Close the channel with the last voucher: the receipt says what was settled."""
-        req = self._voucher(ch, self.cumulative)
+        req = self.authorization(ch, self.cumulative)
         token = req[ch.credential_header].removeprefix("Payment ")
         cred = orjson.loads(mpp.b64url_decode(token))
         cred["payload"]["action"] = "close"
@@ -149,7 +152,7 @@ class SessionClient:
         amount = max(self.cumulative, start)
         result = SessionResult(0)
         async with self.http.request(
-            method, url, data=body, headers={**base, **self._voucher(ch, amount)}
+            method, url, data=body, headers={**base, **self.authorization(ch, amount)}
         ) as r:
             result.status = r.status
             if r.status != 200:

@@ -18,7 +18,7 @@ from meterkit.config import Config
 from meterkit.config.units import parse_money
 from meterkit.payments.pricing import base_units
 from meterkit.sessions.channels import PREPAID_ESCROW, ZERO_ADDRESS, Channel
-from meterkit.sessions.store import SessionStore
+from meterkit.sessions.store import make_store
 
 
 def _config(args: argparse.Namespace) -> Config | None:
@@ -77,7 +77,7 @@ def credit(args: argparse.Namespace) -> int:
     )
 
     async def run() -> Channel:
-        store = SessionStore(config.ledger.path)
+        store = make_store(config.ledger)
         await store.open()
         try:
             return await store.credit(channel, amount)
@@ -99,7 +99,7 @@ def list_channels(args: argparse.Namespace) -> int:
         return 1
 
     async def run() -> list[Channel]:
-        store = SessionStore(config.ledger.path)
+        store = make_store(config.ledger)
         await store.open()
         try:
             return await store.list()

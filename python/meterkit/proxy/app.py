@@ -51,7 +51,7 @@ from meterkit.proxy.server import (
 )
 from meterkit.proxy.workers import Worker
 from meterkit.runtime import BackgroundTasks, bound_port
-from meterkit.sessions import SessionStore
+from meterkit.sessions import make_store
 from meterkit.sessions.sources import make_source
 from meterkit.stages import BudgetStage, KeyStage, PaymentStage, SessionStage
 from meterkit.stages.payment import STALE_CLAIM
@@ -127,6 +127,7 @@ async def _sessions(app: web.Application) -> AsyncIterator[None]:
         raise StartupError(e, "session store") from e
     yield
     stage = next(s for s in app[PIPELINE].stages if isinstance(s, SessionStage))
+    await stage.hub.close()
     await stage.source.aclose()
     await store.close()
 
@@ -240,8 +241,9 @@ def build_app(
         )
         payment = PaymentStage(config, app[LEDGER], app[SETTLER], app[METRICS], base)
         if any(SessionStage.applies(r.payment) for r in config.routes):
-            # Sessions keep their channels beside the ledger (its SQLite file).
-            app[SESSION_STORE] = SessionStore(config.ledger.path)
+            # Sessions keep their channels beside the ledger (its SQLite file, or its
+            # PostgreSQL database for several instances).
+            app[SESSION_STORE] = make_store(config.ledger)
             sessions = SessionStage(
                 config,
                 app[SESSION_STORE],

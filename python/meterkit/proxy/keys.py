@@ -14,7 +14,7 @@ from meterkit.payments.settlement import Settler
 from meterkit.pipeline import Pipeline
 from meterkit.proxy.routing import Router
 from meterkit.runtime import BackgroundTasks
-from meterkit.sessions import SessionStore
+from meterkit.sessions import ChannelStore
 from meterkit.usage import UsageSink
 
 CONFIG = web.AppKey("config", Config)
@@ -27,5 +27,5 @@ TASKS = web.AppKey("tasks", BackgroundTasks)
 BUDGET_BACKEND = web.AppKey("budget_backend", BudgetBackend)
 LEDGER = web.AppKey("ledger", Ledger)
 SETTLER = web.AppKey("settler", Settler)
-SESSION_STORE = web.AppKey("session_store", SessionStore)
+SESSION_STORE = web.AppKey("session_store", ChannelStore)
 KEY_REGISTRY = web.AppKey("key_registry", KeyRegistry)

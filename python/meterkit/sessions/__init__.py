@@ -3,15 +3,19 @@ Tempo v1 profile) over payment channels — wire, channels, the voucher rule, du
 Web-free; the proxy's session stage is `meterkit.stages.session`."""
 
 from meterkit.sessions.channels import PREPAID_ESCROW, Channel, accept
-from meterkit.sessions.store import SessionStore
+from meterkit.sessions.hub import Hub
+from meterkit.sessions.store import ChannelStore, SessionStore, make_store
 from meterkit.sessions.wire import SessionPayload, parse_payload, recover_signer, sign_voucher
 
 __all__ = [
     "PREPAID_ESCROW",
     "Channel",
+    "ChannelStore",
+    "Hub",
     "SessionPayload",
     "SessionStore",
     "accept",
+    "make_store",
     "parse_payload",
     "recover_signer",
     "sign_voucher",

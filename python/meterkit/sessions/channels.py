@@ -3,7 +3,7 @@ signer passed in (the signature is checked in the Rust core by the caller)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from meterkit.sessions.problems import (
     AmountExceedsDeposit,
@@ -83,3 +83,99 @@ def accept(channel: Channel | None, amount: int, recovered: str | None, min_delt
             reason="deposit",
         )
     return True
+
+
+# ---- what streams draw from a channel -------------------------------------------------------
+#
+# A stream paid from a channel holds credit: the part of the accepted vouchers it may deliver
+# tokens against before it asks again. Holds live in the session store beside the channel
+# (not in one process's memory), so two streams on one channel never spend the same headroom
+# even when they run on different instances, and a hold whose process died frees itself when
+# its lease runs out. Delivered tokens move from the stream's hold into `spent`.
+
+# How much a stream holds at once, in tokens: it comes back for more after this many, which
+# keeps its lease fresh and shares a channel fairly between concurrent streams. One store
+# transaction per 2,048 tokens is noise beside the stream (~10 s of a fast model).
+HOLD_TOKENS = 2048
+# A hold's lease: renewed at every draw (so at least every HOLD_TOKENS tokens and at every
+# pause); a hold not renewed this long belongs to a stream whose process died.
+HOLD_TTL = 600.0
+
+
+@dataclass(frozen=True)
+class Draw:
+    """One step of a stream on its channel, applied atomically by the store.
+
+    `charge`/`units`: delivered since the last step (paid out of the hold into `spent`);
+    `upfront`/`upfront_units`: charged now only if `upfront + need` is free (a prompt
+    charged before the first upstream byte: refused otherwise, and nothing is granted); `want`: the
+    most to add to the hold, in whole multiples of `price`; `release`: the stream ended, give
+    the rest of its hold back."""
+
+    price: int
+    charge: int = 0
+    units: int = 0
+    upfront: int = 0
+    upfront_units: int = 0
+    need: int = 0
+    want: int = 0
+    release: bool = False
+    ttl: float = HOLD_TTL
+
+
+@dataclass(frozen=True)
+class Drawn:
+    """A draw's outcome: the channel after it, this stream's hold and the other streams'
+    (`others`), what was added to this hold now (`granted`, a multiple of the price),
+    whether the upfront part was refused (`refused`), and `lost`: delivered beyond the
+    accepted vouchers (a hold that expired while its stream still ran), which cannot be
+    charged."""
+
+    channel: Channel
+    held: int
+    others: int = 0
+    granted: int = 0
+    refused: bool = False
+    lost: int = 0
+
+    @property
+    def free(self) -> int:
+        """What the accepted vouchers cover beyond what was spent and what streams hold."""
+        return self.channel.accepted - self.channel.spent - self.held - self.others
+
+
+def draw(channel: Channel, others: int, held: int, d: Draw) -> Drawn:
+    """Apply `d` to `channel`, where this stream holds `held` and other live holds sum to
+    `others`. Pure: the store reads those under its lock and writes the result."""
+    spent = channel.spent + d.charge
+    lost = max(spent - channel.accepted, 0)
+    spent -= lost
+    held = max(held - d.charge, 0)
+    units = channel.units + d.units
+    free = channel.accepted - spent - others - held
+    if d.upfront or d.need:
+        if free < d.upfront + d.need or channel.finalized or channel.close_requested:
+            c = replace(channel, spent=spent, units=units)
+            return Drawn(c, held, others, refused=True, lost=lost)
+        spent += d.upfront
+        units += d.upfront_units
+        free -= d.upfront
+    granted = 0
+    if not d.release and not channel.finalized and not channel.close_requested:
+        granted = max(min(free, d.want), 0) // d.price * d.price
+    held = 0 if d.release else held + granted
+    return Drawn(replace(channel, spent=spent, units=units), held, others, granted, lost=lost)
+
+
+def follow_escrow(have: Channel, view: Channel) -> Channel:
+    """The store's row of an escrow channel after a fresh read of the escrow: its fields
+    (deposit, close request) follow the chain while `settled` and `finalized` only ever grow
+    (a close this gateway made stays made while a cached view lags behind); the session's
+    fields (accepted, spent, units) stay the store's."""
+    return replace(
+        have,
+        deposit=view.deposit,
+        settled=max(have.settled, view.settled),
+        finalized=have.finalized or view.finalized,
+        close_requested=view.close_requested,
+    )

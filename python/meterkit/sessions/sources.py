@@ -7,7 +7,7 @@
   JSON-RPC with `getChannel` and a short cache; closed with the operator's key.
 
 Either way the money state of the session — the highest accepted voucher, what was spent,
-the units — lives in the `SessionStore` (durable before anything is served on it); for an
+the units — lives in the session store (`ChannelStore`) (durable before anything is served on it); for an
 on-chain channel the store's row is created the first time the channel is seen, from the
 escrow's view.
 """
@@ -25,7 +25,7 @@ from meterkit.payments.onchain import OnchainSettler, revert_reason
 from meterkit.payments.problems import ChainUnavailable
 from meterkit.sessions.channels import PREPAID_ESCROW, Channel
 from meterkit.sessions.problems import TransactionReverted
-from meterkit.sessions.store import SessionStore
+from meterkit.sessions.store import ChannelStore
 
 
 class ChannelSource(Protocol):
@@ -52,7 +52,7 @@ class PrepaidSource:
     kind = "prepaid"
     escrow = PREPAID_ESCROW
 
-    def __init__(self, store: SessionStore) -> None:
+    def __init__(self, store: ChannelStore) -> None:
         self.store = store
 
     async def get(self, channel_id: str, *, at_least: int | None = None) -> Channel | None:
@@ -76,7 +76,7 @@ class OnchainSource:
 
     kind = "onchain"
 
-    def __init__(self, config: OnchainChannels, store: SessionStore) -> None:
+    def __init__(self, config: OnchainChannels, store: ChannelStore) -> None:
         self.config = config
         self.store = store
         self.escrow = _core.checksum_address(config.escrow)
@@ -177,5 +177,5 @@ class OnchainSource:
         await self.settler.close()
 
 
-def make_source(config: OnchainChannels | None, store: SessionStore) -> ChannelSource:
+def make_source(config: OnchainChannels | None, store: ChannelStore) -> ChannelSource:
     return PrepaidSource(store) if config is None else OnchainSource(config, store)

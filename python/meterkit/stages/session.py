@@ -4,14 +4,16 @@ A request that carries a session credential either manages the channel (a POST w
 body: a new voucher, a close) and is answered 204 + `Payment-Receipt` without reaching the
 upstream, or is an LLM request paid from the channel: its prompt is charged before the
 upstream is called, and each streamed event's tokens are reserved against what the payer's
-vouchers cover (`ctx.meter.credit`). When they run out, the stream pauses before that exact
+vouchers cover (`ctx.meter.credit`, from the stream's hold on the channel in the session
+store, so concurrent streams on any instance never spend the same credit). When they run out, the stream pauses before that exact
 event, sends ONE `payment-need-voucher` event, and waits for a voucher; it resumes the
-moment one is accepted, or ends with the format's ending when none comes in time. The
+moment one is accepted (on any instance sharing the store), or ends with the format's ending when none comes in time. The
 stream ends with a `payment-receipt` event whose `spent` covers delivered tokens only.
 
 Money state is durable before it is acted on: an accepted voucher before its 204; what was
-delivered at each pause and at the end. A crash loses at most the charge for the tokens
-delivered since the last pause (the operator's loss, never the payer's).
+delivered at each pause, every `HOLD_TOKENS` tokens and at the end. A crash loses at most
+the charge for the tokens delivered since the last of those (the operator's loss, never the
+payer's); the dead stream's hold frees itself when its lease ends.
 
 Requests without a session credential are left to the payment stage, whose 402 offers the
 session challenges beside any one-time price.
@@ -19,11 +21,10 @@ session challenges beside any one-time price.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 import time
-from collections import defaultdict
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,55 +44,21 @@ from meterkit.pipeline import Answer, RequestContext, Stage
 from meterkit.pipeline.context import Emit
 from meterkit.problems import Problem
 from meterkit.sessions import wire
-from meterkit.sessions.channels import Channel, accept
+from meterkit.sessions.channels import HOLD_TOKENS, Channel, Draw, Drawn, accept
+from meterkit.sessions.hub import Hub
 from meterkit.sessions.offers import METHODS, SessionOffer, session_challenges, session_offers
 from meterkit.sessions.problems import ChannelNotFound, InsufficientBalance, TooManyVouchers
 from meterkit.sessions.sources import ChannelSource, PrepaidSource
-from meterkit.sessions.store import SessionStore
+from meterkit.sessions.store import ChannelStore
 from meterkit.usage import UsageRecord
 
 log = logging.getLogger("meterkit.sessions")
 
-# Vouchers a channel may send per second (the session specs suggest about 10).
-VOUCHERS_PER_SECOND = 10.0
 # A request may name the channel it will pay from; the 402's session challenges then carry it
 # as `methodDetails.channelId` (a client such as mppx's then reads that channel on chain and
 # pays from it instead of opening one). Only a hint: the credential's own channel is checked.
 CHANNEL_HINT = "Payment-Channel-Id"
 _HEX32 = re.compile(r"^0x[0-9a-fA-F]{64}$")
-
-
-class Hub:
-    """Wakes streams paused on a channel when a voucher for it is accepted (in this process),
-    and holds the credit granted to running streams but not yet charged, so two streams on
-    one channel never spend the same headroom."""
-
-    def __init__(self) -> None:
-        self._events: dict[str, asyncio.Event] = {}
-        self.reserved: dict[str, int] = defaultdict(int)
-        self._locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
-        self._bucket: dict[str, tuple[float, float]] = {}
-
-    def lock(self, channel_id: str) -> asyncio.Lock:
-        """Held while a stream reads the channel and reserves from it."""
-        return self._locks[channel_id]
-
-    def event(self, channel_id: str) -> asyncio.Event:
-        return self._events.setdefault(channel_id, asyncio.Event())
-
-    def notify(self, channel_id: str) -> None:
-        ev = self._events.pop(channel_id, None)
-        if ev is not None:
-            ev.set()
-
-    def allow_voucher(self, channel_id: str, now: float) -> bool:
-        tokens, last = self._bucket.get(channel_id, (VOUCHERS_PER_SECOND, now))
-        tokens = min(VOUCHERS_PER_SECOND, tokens + (now - last) * VOUCHERS_PER_SECOND)
-        if tokens < 1:
-            self._bucket[channel_id] = (tokens, now)
-            return False
-        self._bucket[channel_id] = (tokens - 1, now)
-        return True
 
 
 @dataclass
@@ -103,9 +70,12 @@ class SessionState:
     challenge_id: str
     offer: SessionOffer
     prompt_units: int = 0
-    # Completion tokens charged to the channel so far, and granted to the meter so far.
+    # Completion tokens charged to the channel so far.
     charged_tokens: int = 0
-    granted_tokens: int = 0
+    # This stream's hold on the channel (`sessions.channels.draw`), released at the end.
+    hold_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    # Between the stream's first draw and its release.
+    holding: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -115,7 +85,7 @@ class SessionStage(Stage):
     def __init__(
         self,
         config: Config,
-        store: SessionStore,
+        store: ChannelStore,
         metrics: ProxyMetrics,
         source: ChannelSource | None = None,
     ) -> None:
@@ -125,7 +95,7 @@ class SessionStage(Stage):
         # escrow, cached); the money state (accepted, spent, units) is the store's.
         self.source: ChannelSource = source or PrepaidSource(store)
         self.metrics = metrics
-        self.hub = Hub()
+        self.hub = Hub(store)
         self.secret = (config.payments.secret or "").encode()
         self.offers = {
             r.key: session_offers(r.payment.session, config.accepts, self.source.escrow)
@@ -309,39 +279,43 @@ class SessionStage(Stage):
             )
             ctx.prompt_tokens = prompt
             state.prompt_units = prompt
-        async with self.hub.lock(channel.channel_id):
-            await self._reserve(ctx, state, channel.channel_id)
-        return None
-
-    async def _reserve(self, ctx: RequestContext, state: SessionState, channel_id: str) -> None:
         offer = state.offer
-        channel = await self.source.get(channel_id)
-        assert channel is not None
         cost = state.prompt_units * offer.prompt_price
-        free = channel.available - self.hub.reserved[channel.channel_id]
-        if free < cost + offer.price:
+        # The prompt is charged before the first upstream byte, and only with room for at
+        # least one token after it; the stream then holds what the vouchers cover.
+        out = await self._draw(
+            state,
+            Draw(
+                offer.price,
+                upfront=cost,
+                upfront_units=state.prompt_units if cost else 0,
+                need=offer.price,
+                want=HOLD_TOKENS * offer.price,
+            ),
+        )
+        if out is None:
+            raise ChannelNotFound("the channel is gone", reason="channel")
+        if out.refused:
+            c = out.channel
             raise InsufficientBalance(
-                f"the channel's vouchers cover {max(free, 0)}; this request needs at least "
-                f"{cost + offer.price} (its prompt and one token): send a voucher for more",
+                f"the channel's vouchers cover {max(out.free, 0)}; this request needs at "
+                f"least {cost + offer.price} (its prompt and one token): send a voucher for more",
                 reason="balance",
-                channelId=channel.channel_id,
-                requiredCumulative=str(channel.spent + cost + offer.price),
-                acceptedCumulative=str(channel.accepted),
-                deposit=str(channel.deposit),
+                channelId=c.channel_id,
+                requiredCumulative=str(c.spent + out.others + out.held + cost + offer.price),
+                acceptedCumulative=str(c.accepted),
+                deposit=str(c.deposit),
             )
-        # The prompt is charged before the first upstream byte.
-        if cost and not await self.store.charge(channel.channel_id, cost, state.prompt_units):
-            raise InsufficientBalance("the channel's credit was spent meanwhile", reason="race")
-        tokens = (free - cost) // offer.price
-        state.granted_tokens = tokens
-        self.hub.reserved[channel.channel_id] += tokens * offer.price
-        ctx.meter.credit = tokens
+        state.holding = True
+        ctx.meter.credit = out.granted // offer.price
         ctx.credit_source = lambda emit: self._more_credit(ctx, state, emit)
         ctx.credit_kind = "payment"
         ctx.stream_trailer = lambda: self._final_receipt(ctx, state)
-        channel = await self.store.get(channel.channel_id) or channel
-        ctx.response_headers["Payment-Receipt"] = mpp.receipt_header(self._receipt(state, channel))
+        ctx.response_headers["Payment-Receipt"] = mpp.receipt_header(
+            self._receipt(state, out.channel)
+        )
         ctx.response_headers["Cache-Control"] = "private"
+        return None
 
     # ---- while streaming ------------------------------------------------------------------
 
@@ -349,62 +323,73 @@ class SessionStage(Stage):
         meter = ctx.result.meter
         return meter.completion_tokens if meter is not None else 0
 
-    async def _charge_delivered(self, ctx: RequestContext, state: SessionState) -> None:
-        """Make what was delivered so far durable as spent, and release its reservation."""
-        delivered = self._delivered(ctx)
-        new = delivered - state.charged_tokens
-        if new <= 0:
-            return
-        amount = new * state.offer.price
-        if not await self.store.charge(state.channel_id, amount, new):
+    async def _draw(self, state: SessionState, d: Draw) -> Drawn | None:
+        out = await self.store.draw(state.channel_id, state.hold_id, d, time.time())
+        if out is not None and out.lost:
             log.error(
-                "session charge beyond the accepted vouchers",
-                extra={"channel": state.channel_id, "amount": amount},
+                "session tokens delivered beyond the accepted vouchers (a hold expired)",
+                extra={"channel": state.channel_id, "amount": out.lost},
             )
+        return out
+
+    async def _step(
+        self, ctx: RequestContext, state: SessionState, *, release: bool
+    ) -> Drawn | None:
+        """Charge what was delivered since the last step; then hold more, or let go."""
+        delivered = self._delivered(ctx)
+        new = max(delivered - state.charged_tokens, 0)
+        price = state.offer.price
+        out = await self._draw(
+            state,
+            Draw(
+                price,
+                charge=new * price,
+                units=new,
+                want=0 if release else HOLD_TOKENS * price,
+                release=release,
+            ),
+        )
         state.charged_tokens = delivered
-        self.hub.reserved[state.channel_id] -= amount
+        return out
 
     async def _more_credit(self, ctx: RequestContext, state: SessionState, emit: Emit) -> int:
-        """The meter paused before an event it has no credit for: grant what the accepted
+        """The meter paused before an event it has no credit for: hold what the accepted
         vouchers cover, else ask for a voucher once and wait for it (0: none came)."""
         timeout = ctx.route.payment.session.voucher_timeout  # type: ignore[union-attr]
         deadline = time.monotonic() + timeout
-        price = state.offer.price
+        offer = state.offer
         asked = False
         while True:
-            # The event first: a voucher accepted while the channel is read still wakes us.
-            event = self.hub.event(state.channel_id)
-            async with self.hub.lock(state.channel_id):
-                await self._charge_delivered(ctx, state)
-                channel = await self.source.get(state.channel_id)
-                if channel is None or channel.finalized or channel.close_requested:
-                    return 0
-                reserved = self.hub.reserved[state.channel_id]
-                more = (channel.available - reserved) // price
-                if more > 0:
-                    state.granted_tokens += more
-                    self.hub.reserved[state.channel_id] += more * price
-                    return more
+            # Watch first: a voucher accepted while the channel is read still wakes us.
+            event = self.hub.watch(state.channel_id)
+            if self.source.kind != "prepaid":
+                await self.source.get(state.channel_id)  # the escrow's close request, if any
+            out = await self._step(ctx, state, release=False)
+            if out is None or out.channel.finalized or out.channel.close_requested:
+                self.hub.unwatch(state.channel_id, event)
+                return 0
+            if out.granted:
+                self.hub.unwatch(state.channel_id, event)
+                return out.granted // offer.price
             wait = deadline - time.monotonic()
             if wait <= 0:
+                self.hub.unwatch(state.channel_id, event)
                 return 0
+            c = out.channel
             if not asked:
                 # Between two LLM events (the meter holds the next one back): never inside one.
                 await emit(
                     wire.need_voucher_event(
-                        state.channel_id,
-                        channel.spent + reserved + max(price, state.offer.min_delta),
-                        channel.accepted,
-                        channel.deposit,
+                        c.channel_id,
+                        c.spent + out.others + out.held + max(offer.price, offer.min_delta),
+                        c.accepted,
+                        c.deposit,
                         openai=(ctx.format or "").startswith("openai"),
                     )
                 )
                 asked = True
                 self.metrics.payments.labels(ctx.route.key, "need_voucher", state.method).inc()
-            try:
-                async with asyncio.timeout(wait):
-                    await event.wait()
-            except TimeoutError:
+            if not await self.hub.wait(state.channel_id, event, c.accepted, wait):
                 return 0
 
     async def _final_receipt(self, ctx: RequestContext, state: SessionState) -> bytes:
@@ -415,12 +400,11 @@ class SessionStage(Stage):
         return wire.receipt_event(self._receipt(state, channel))
 
     async def _settle_stream(self, ctx: RequestContext, state: SessionState) -> None:
-        """Charge what was delivered and give back what was granted and not used."""
-        await self._charge_delivered(ctx, state)
-        unused = (state.granted_tokens - state.charged_tokens) * state.offer.price
-        if unused > 0:
-            self.hub.reserved[state.channel_id] -= unused
-        state.granted_tokens = state.charged_tokens
+        """Charge what was delivered and give back the rest of the stream's hold."""
+        if not state.holding:
+            return
+        state.holding = False
+        await self._step(ctx, state, release=True)
 
     # ---- the end ---------------------------------------------------------------------------
 

@@ -1,0 +1,117 @@
+"""Wakes streams paused on a channel when a voucher for it is accepted — by this process,
+or by another one sharing the session store — and limits vouchers that buy nothing.
+
+One per process. A voucher accepted here wakes the channel's waiters directly; one
+accepted elsewhere arrives as the store's notification (PostgreSQL) or is found by one
+poll of the store per `poll_interval` while anything waits (`ChannelStore.accepted`: for
+SQLite, a change counter read, nothing more, until another process wrote).
+
+A waiter registers (`watch`) BEFORE it reads the channel and finds no credit, so a voucher
+accepted while it reads still wakes it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+
+from meterkit.sessions.store import ChannelStore
+
+log = logging.getLogger("meterkit.sessions")
+
+# Vouchers that buy nothing new a channel may send per second (the session specs suggest
+# about 10). A voucher that raises the accepted total is never limited.
+VOUCHERS_PER_SECOND = 10.0
+
+
+@dataclass
+class _Waiters:
+    event: asyncio.Event = field(default_factory=asyncio.Event)
+    count: int = 0
+    # The lowest accepted total a waiter of this channel was paused at (None: not known yet).
+    accepted: int | None = None
+
+
+class Hub:
+    def __init__(self, store: ChannelStore) -> None:
+        self.store = store
+        self._channels: dict[str, _Waiters] = {}
+        self._bucket: dict[str, tuple[float, float]] = {}
+        self._poller: asyncio.Task[None] | None = None
+        self._subscribed = False
+        # A channel started waiting since the last poll: read its total even if the store
+        # says nothing changed (it may have changed before the channel was watched).
+        self._fresh = False
+
+    def notify(self, channel_id: str) -> None:
+        w = self._channels.pop(channel_id, None)
+        if w is not None:
+            w.event.set()
+
+    def watch(self, channel_id: str) -> asyncio.Event:
+        """Register as a waiter of the channel; the returned event is set by the next
+        voucher. Pair with `wait` (which unregisters)."""
+        if not self._subscribed:
+            self._subscribed = True
+            self.store.on_voucher(self.notify)
+        w = self._channels.setdefault(channel_id, _Waiters())
+        w.count += 1
+        return w.event
+
+    async def wait(
+        self, channel_id: str, event: asyncio.Event, accepted: int, timeout: float
+    ) -> bool:
+        """Wait (after `watch`) until a voucher above `accepted` may have landed on the
+        channel (True), or `timeout` seconds (False). A wake is a hint: re-read the channel."""
+        w = self._channels.get(channel_id)
+        if w is not None and w.event is event:
+            w.accepted = accepted if w.accepted is None else min(w.accepted, accepted)
+            self._fresh = True
+            if self._poller is None or self._poller.done():
+                self._poller = asyncio.get_running_loop().create_task(self._poll())
+        try:
+            async with asyncio.timeout(timeout):
+                await event.wait()
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            self.unwatch(channel_id, event)
+
+    def unwatch(self, channel_id: str, event: asyncio.Event) -> None:
+        w = self._channels.get(channel_id)
+        if w is not None and w.event is event:
+            w.count -= 1
+            if w.count <= 0:
+                del self._channels[channel_id]
+
+    async def _poll(self) -> None:
+        """While any channel has waiters: look for vouchers accepted by other processes."""
+        while self._channels:
+            await asyncio.sleep(self.store.poll_interval)
+            known = {c: w.accepted for c, w in self._channels.items() if w.accepted is not None}
+            fresh, self._fresh = self._fresh, False
+            try:
+                found = await self.store.accepted(list(known), force=fresh)
+            except Exception as e:
+                log.warning("session store poll failed: %s", e)
+                continue
+            for cid, accepted in found.items():
+                if accepted > known.get(cid, accepted):
+                    self.notify(cid)
+
+    def allow_voucher(self, channel_id: str, now: float) -> bool:
+        tokens, last = self._bucket.get(channel_id, (VOUCHERS_PER_SECOND, now))
+        tokens = min(VOUCHERS_PER_SECOND, tokens + (now - last) * VOUCHERS_PER_SECOND)
+        if tokens < 1:
+            self._bucket[channel_id] = (tokens, now)
+            return False
+        self._bucket[channel_id] = (tokens - 1, now)
+        return True
+
+    async def close(self) -> None:
+        if self._poller is not None:
+            self._poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poller
