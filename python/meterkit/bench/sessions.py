@@ -335,7 +335,7 @@ async def paused_memory(base: str, pid: int, payers: list[Payer]) -> dict[str, f
 def main(quick: bool = False, json_out: str | None = None, plots: Output | None = None) -> int:
     env = environment()
     n_sigs, repeat = (200, 2) if quick else (2000, 5)
-    n_resume, n_cpu, n_paused = (3, 10, 50) if quick else (20, 50, 1000)
+    n_resume, n_cpu, n_paused = (3, 10, 50) if quick else (20, 50, 5000)
     print(
         f"meterkit bench sessions: {env['build']} build, Python {env['python']}, {env['cpus']} CPUs"
     )

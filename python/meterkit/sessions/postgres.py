@@ -205,6 +205,10 @@ class PostgresSessionStore:
 
     async def draw(self, channel_id: str, hold_id: str, d: Draw, now: float) -> Drawn | None:
         async with self._pool.acquire() as c, c.transaction():
+            if not (d.charge or d.upfront):
+                # Moves no money (a hold: coordination between live streams): no need to
+                # wait for the WAL flush, as in the SQLite store.
+                await c.execute("SET LOCAL synchronous_commit = off")
             r = await c.fetchrow(f"{_SELECT} WHERE channel_id = $1 FOR UPDATE", channel_id)
             if r is None:
                 return None

@@ -208,7 +208,22 @@ class SessionStore:
         return await self._run(go)
 
     async def draw(self, channel_id: str, hold_id: str, d: Draw, now: float) -> Drawn | None:
+        # A draw that moves no money (a hold taken, renewed or given back) needs no fsync of
+        # its own: a hold is coordination between live streams, meaningless after a crash.
+        # Skipping it takes ~0.5 ms (one fsync here) off every resume after a voucher; the
+        # next commit that moves money (FULL) makes it durable with everything before it.
+        money = bool(d.charge or d.upfront)
+
         def go(c: sqlite3.Connection) -> Drawn | None:
+            if not money:
+                c.execute("PRAGMA synchronous=NORMAL")
+            try:
+                return apply(c)
+            finally:
+                if not money:
+                    c.execute("PRAGMA synchronous=FULL")
+
+        def apply(c: sqlite3.Connection) -> Drawn | None:
             c.execute("BEGIN IMMEDIATE")
             try:
                 r = c.execute(f"{_SELECT} WHERE channel_id = ?", (channel_id,)).fetchone()
@@ -246,10 +261,10 @@ class SessionStore:
                         "DELETE FROM session_holds WHERE channel_id = ? AND hold_id = ?",
                         (channel_id, hold_id),
                     )
+                c.execute("COMMIT")
             except BaseException:
                 c.execute("ROLLBACK")
                 raise
-            c.execute("COMMIT")
             return out
 
         return await self._run(go)

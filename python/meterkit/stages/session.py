@@ -25,7 +25,7 @@ import logging
 import re
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from aiohttp import web
@@ -201,15 +201,18 @@ class SessionStage(Stage):
             ch.method, offer.chain_id, offer.escrow, p.channel_id, p.cumulative_amount, p.signature
         )
         if accept(channel, p.cumulative_amount, recovered, offer.min_delta):
+            assert channel is not None
             # Durable before anything is served on it.
-            await self.store.accept(p.channel_id, p.cumulative_amount, p.signature)
+            if await self.store.accept(p.channel_id, p.cumulative_amount, p.signature):
+                channel = replace(channel, accepted=p.cumulative_amount, signature=p.signature)
+            else:  # a higher voucher landed meanwhile
+                channel = await self.source.get(p.channel_id)
             self.hub.notify(p.channel_id)
             self.metrics.payments.labels(ctx.route.key, "voucher", ch.method).inc()
         elif not ctx.body and not self.hub.allow_voucher(p.channel_id, now):
             # A voucher that buys nothing new, again and again (a client answering every
             # repeated need-voucher): limited. A voucher that raises the total never is.
             raise TooManyVouchers("too many vouchers on this channel; slow down", reason="rate")
-        channel = await self.source.get(p.channel_id)
         assert channel is not None
         state = SessionState(p.channel_id, ch.method, ch.id, offer)
         ctx.state["session"] = state
