@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
+from meterkit import _core
 from meterkit.commands import EXIT_FAILED, EXIT_LISTEN, EXIT_OK, EXIT_USAGE
 
 
@@ -61,6 +62,19 @@ SESSION = {
     },
     "ledger": {"type": "postgres", "url": "postgresql://x@127.0.0.1:1/x"},
 }
+OPERATOR_KEY = "0x" + "11" * 32
+SESSION_ONCHAIN = {
+    **SESSION,
+    "wallets": {"base-sepolia": _core.address_of(bytes.fromhex(OPERATOR_KEY[2:]))},
+    "sessions": {
+        "channels": {
+            "type": "onchain",
+            "rpc_url": "http://127.0.0.1:9",
+            "escrow": "0x" + "ab" * 20,
+            "operator_key": OPERATOR_KEY,
+        }
+    },
+}
 
 
 @pytest.mark.parametrize(
@@ -68,9 +82,9 @@ SESSION = {
     [
         (BUDGETED, "budget_store.type"),
         (PAID, "ledger.type"),
-        (SESSION, 'routes."POST /s".session'),
+        (SESSION_ONCHAIN, "sessions.channels"),
     ],
-    ids=["memory-budgets", "sqlite-ledger", "session-route"],
+    ids=["memory-budgets", "sqlite-ledger", "onchain-session-channels"],
 )
 def test_per_process_state_is_refused(extra: dict[str, Any], where: str, tmp_path: Path) -> None:
     config = write(tmp_path, **extra)
@@ -93,6 +107,14 @@ def test_shared_stores_pass_validation(tmp_path: Path) -> None:
         budget_store={"type": "redis", "url": "redis://127.0.0.1:1/0"},
         **BUDGETED,
     )
+    r = meterkit("validate", "--config", str(config))
+    assert r.returncode == EXIT_OK, r.stderr
+
+
+def test_session_routes_run_on_several_workers(tmp_path: Path) -> None:
+    """Channels, holds and vouchers are in the ledger's PostgreSQL, which wakes a paused
+    stream on whichever worker holds it (tests/sessions/test_session_instances.py)."""
+    config = write(tmp_path, gateway={"host": "127.0.0.1", "workers": 2}, **SESSION)
     r = meterkit("validate", "--config", str(config))
     assert r.returncode == EXIT_OK, r.stderr
 

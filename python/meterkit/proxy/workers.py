@@ -20,8 +20,9 @@ by SIGKILL), so no worker outlives its supervisor.
 
 Per-process state must not silently break correctness, so `problems` refuses what is kept in
 one process: in-memory budgets, a SQLite ledger (its startup recovery resolves every
-in-flight claim as a crash leftover), session routes (a paused stream wakes only for vouchers
-that reach its own process) and on-chain settlement (one relayer nonce sequence per process).
+in-flight claim as a crash leftover) and on-chain settlement or on-chain session channels (one
+relayer nonce sequence per process). Session routes run on any number of workers: their state
+is in the ledger's PostgreSQL, which tells every worker of an accepted voucher.
 """
 
 from __future__ import annotations
@@ -93,15 +94,17 @@ def problems(config: Config, workers: int) -> list[Problem]:
                     "one worker",
                 )
             )
-    for r in config.routes:
-        if SessionStage.applies(r.payment):
-            found.append(
-                Problem(
-                    f'routes."{r.key}".session',
-                    f"{n}, session routes cannot run: a paused stream resumes only on a "
-                    "voucher that reaches its own worker; serve session routes with one worker",
-                )
+    sessions = [r for r in config.routes if SessionStage.applies(r.payment)]
+    if sessions and config.sessions.onchain is not None:
+        # Session routes themselves are fine: their channels, holds and vouchers are in the
+        # ledger's PostgreSQL (required above), which wakes a paused stream on any worker.
+        found.append(
+            Problem(
+                "sessions.channels",
+                f"{n}, on-chain channels cannot be closed safely: each worker would send "
+                "from the operator key with its own nonce sequence; use one worker",
             )
+        )
     return found
 
 
