@@ -59,3 +59,16 @@ def test_bench_workers_quick_measures_both_proxies(tmp_path: Path, capsys: Any) 
     assert set(results["proxy"]) == {"1 worker", "2 workers"}
     assert all(r["streams"] > 0 for r in results["proxy"].values())
     assert "2 workers / 1 worker" in capsys.readouterr().out
+
+
+def test_bench_sessions_quick_measures_every_section(tmp_path: Path, capsys: Any) -> None:
+    out = tmp_path / "sessions.json"
+    assert main(["bench", "sessions", "--quick", "--json", str(out), "--no-plots"]) == 0
+    results = orjson.loads(out.read_bytes())
+    resume = results["resume"]
+    # Streams paid 20 tokens at a time pause and resume: each pause is one measurement.
+    assert resume["pauses"] > 0
+    assert resume["voucher_204_p50_ms"] > 0 and resume["p50_ms"] > 0
+    assert set(results["cpu_per_event_us"]) >= {"unpaid", "session"}
+    assert results["paused_memory"]["streams"] == 50
+    assert "of which: voucher answered 204" in capsys.readouterr().out
