@@ -17,7 +17,7 @@ from meterkit.commands import load_config_or_report
 from meterkit.config import Config
 from meterkit.config.units import parse_money
 from meterkit.payments.pricing import base_units
-from meterkit.sessions.channels import PREPAID_ESCROW, ZERO_ADDRESS, Channel
+from meterkit.sessions.channels import ZERO_ADDRESS, Channel, prepaid_channel
 from meterkit.sessions.store import make_store
 
 
@@ -56,25 +56,7 @@ def credit(args: argparse.Namespace) -> int:
         print(f"meterkit: {e}", file=sys.stderr)
         return 1
     salt = args.salt or "0x" + os.urandom(32).hex()
-    channel_id = _core.evm_channel_id(
-        payer=payer,
-        payee=a.pay_to,
-        token=a.asset.address,
-        salt=salt,
-        authorized_signer=signer,
-        escrow=PREPAID_ESCROW,
-        chain_id=a.asset.chain_id,
-    )
-    channel = Channel(
-        channel_id=channel_id,
-        payer=payer,
-        payee=a.pay_to,
-        token=a.asset.address,
-        authorized_signer=signer,
-        chain_id=a.asset.chain_id,
-        escrow=PREPAID_ESCROW,
-        deposit=0,
-    )
+    channel = prepaid_channel(payer, a.pay_to, a.asset.address, a.asset.chain_id, salt, signer)
 
     async def run() -> Channel:
         store = make_store(config.ledger)

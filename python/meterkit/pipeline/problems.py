@@ -1,14 +1,13 @@
-"""The one renderer of problem details, and the problems the gateway itself answers."""
+"""Problem details as aiohttp responses, and the problems the gateway itself answers."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
-import orjson
 from aiohttp import web
 from multidict import CIMultiDict
 
-from meterkit.problems import PROBLEM_BASE, Problem, ProxyError
+from meterkit.problems import PROBLEM_BASE, Problem, ProxyError, render
 
 __all__ = ["PROBLEM_BASE", "Problem", "ProxyError", "problem_response"]
 
@@ -18,23 +17,12 @@ def problem_response(
     request_id: str | None,
     headers: Mapping[str, str] | None = None,
 ) -> web.Response:
-    """`problem` as an `application/problem+json` response. `headers` (e.g. a receipt set by
-    a stage) come first; the problem's own headers are added after them."""
-    p = problem.problem() if isinstance(problem, ProxyError) else problem
-    h: CIMultiDict[str] = CIMultiDict({"Cache-Control": "no-store", **(headers or {})})
-    for name, value in p.headers:
-        if name.lower() == "www-authenticate":
-            h.add(name, value)
-        else:
-            h[name] = value
-    if request_id:
-        h["X-Request-Id"] = request_id
-    return web.Response(
-        status=p.status,
-        body=orjson.dumps(p.body(request_id)),
-        content_type="application/problem+json",
-        headers=h,
-    )
+    """`problem` as an aiohttp response (`meterkit.problems.render` decides what it holds)."""
+    r = render(problem, request_id, headers)
+    h: CIMultiDict[str] = CIMultiDict()
+    for name, value in r.headers:
+        h.add(name, value)
+    return web.Response(status=r.status, body=r.body, headers=h)
 
 
 def not_found(method: str, path: str) -> ProxyError:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from meterkit import _core
 from meterkit.sessions.problems import (
     AmountExceedsDeposit,
     ChannelClosing,
@@ -52,6 +53,24 @@ class Channel:
     @property
     def available(self) -> int:
         return self.accepted - self.spent
+
+
+def prepaid_channel(
+    payer: str, payee: str, token: str, chain_id: int, salt: str, signer: str = ZERO_ADDRESS
+) -> Channel:
+    """A prepaid channel before its first deposit (the store's `credit` adds one). Its id
+    follows the escrow's channel-id rule under the zero-address verifying contract, so a payer
+    derives it and signs vouchers for it exactly as for an escrow channel."""
+    channel_id = _core.evm_channel_id(
+        payer=payer,
+        payee=payee,
+        token=token,
+        salt=salt,
+        authorized_signer=signer,
+        escrow=PREPAID_ESCROW,
+        chain_id=chain_id,
+    )
+    return Channel(channel_id, payer, payee, token, signer, chain_id, PREPAID_ESCROW, deposit=0)
 
 
 def accept(channel: Channel | None, amount: int, recovered: str | None, min_delta: int) -> bool:
