@@ -166,6 +166,61 @@ def test_onchain_vouchers_are_checked_against_the_escrow(
     asyncio.run(go())
 
 
+def test_a_top_up_credential_re_reads_the_deposit_at_once(
+    chain: LocalChain, chain_escrows: dict[str, str], tmp_path: Path
+) -> None:
+    """`action: topUp` with the hash of the payer's own topUp transaction: the deposit is
+    read again at once (even with a long cache), so the next voucher may use it; a hash of
+    anything but a call to the escrow, and relayed top-ups, are refused."""
+    esc = chain_escrows["evm"]
+    key, _ = payer(chain)
+    cid = open_channel(chain, esc, key, 1000)
+
+    async def go() -> None:
+        async with gateway(tree(chain, esc, tmp_path / "l.db", cache="1h")) as g:
+            ch = await challenge(g)
+
+            async def top_up(payload: dict[str, Any]) -> tuple[int, Any, Any]:
+                token = mpp.credential_token(ch, {"action": "topUp", "channelId": cid, **payload})
+                async with g.session.post(
+                    g.url + CHAT, headers={"Authorization": f"Payment {token}"}
+                ) as r:
+                    raw = await r.read()
+                    return r.status, r.headers, orjson.loads(raw) if raw else None
+
+            approve = escrow.send_signed(
+                chain.url, key, chain.token, encode_call("approve(address,uint256)", esc, 500)
+            )
+            tx = escrow.send_signed(
+                chain.url, key, esc, encode_call("topUp(bytes32,uint128)", cid, 500)
+            )
+            status, headers, _ = await top_up(
+                {"type": "hash", "hash": tx, "additionalDeposit": "500"}
+            )
+            assert status == 204
+            receipt = mpp.decode_receipt(headers["Payment-Receipt"])
+            assert receipt["channelId"] == cid and receipt["intent"] == "session"
+            store = SessionStore(tmp_path / "l.db")
+            await store.open()
+            row = await store.get(cid)
+            await store.close()
+            assert row is not None and row.deposit == 1500
+            # The approve went to the token, not the escrow: no top-up.
+            status, _, problem = await top_up(
+                {"type": "hash", "hash": approve, "additionalDeposit": "500"}
+            )
+            assert status == 402, problem
+            assert problem["type"].endswith("/verification-failed")
+            assert esc.lower() in problem["detail"].lower()
+            status, _, problem = await top_up(
+                {"type": "authorization", "additionalDeposit": "500"}
+            )
+            assert problem["type"].endswith("/method-unsupported"), problem
+            assert "type: hash" in problem["detail"]
+
+    asyncio.run(go())
+
+
 def test_a_channel_closing_on_chain_takes_no_new_vouchers(
     chain: LocalChain, chain_escrows: dict[str, str], tmp_path: Path
 ) -> None:

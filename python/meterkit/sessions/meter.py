@@ -64,7 +64,12 @@ from meterkit.sessions.channels import (
 )
 from meterkit.sessions.hub import Hub
 from meterkit.sessions.offers import METHODS, SessionOffer, session_challenges, session_offers
-from meterkit.sessions.problems import ChannelNotFound, InsufficientBalance, TooManyVouchers
+from meterkit.sessions.problems import (
+    ChannelFinalized,
+    ChannelNotFound,
+    InsufficientBalance,
+    TooManyVouchers,
+)
 from meterkit.sessions.store import ChannelStore
 
 if TYPE_CHECKING:
@@ -421,20 +426,11 @@ class SessionMeter:
         offer = self.offer_for(ch, now, host)
         p = wire.parse_payload(cred.payload)
         if p.action == "topUp":
-            raise MethodUnsupported(
-                "this gateway's channels are prepaid: the operator credits deposits"
-                if self.source.kind == "prepaid"
-                else "top up on the escrow itself: a voucher above the deposit re-reads it",
-                reason="top_up",
-            )
+            return await self._top_up(ch, offer, p, now)
         assert p.cumulative_amount is not None and p.signature is not None
-        channel = await self.source.get(p.channel_id, at_least=p.cumulative_amount)
-        if channel is not None and (
-            channel.chain_id != offer.chain_id
-            or channel.token.lower() != offer.accept.asset.address.lower()
-            or channel.payee.lower() != offer.accept.pay_to.lower()
-        ):
-            channel = None  # a channel for another asset or payee is no channel here
+        channel = self._ours(
+            await self.source.get(p.channel_id, at_least=p.cumulative_amount), offer
+        )
         recovered = wire.recover_signer(
             ch.method, offer.chain_id, offer.escrow, p.channel_id, p.cumulative_amount, p.signature
         )
@@ -465,6 +461,38 @@ class SessionMeter:
         if not has_body and method.upper() in ("POST", "HEAD"):
             return Receipted(paid, paid.receipt(channel, now))
         return paid
+
+    @staticmethod
+    def _ours(channel: Channel | None, offer: SessionOffer) -> Channel | None:
+        """A channel for another chain, asset or payee is no channel here."""
+        if channel is not None and (
+            channel.chain_id != offer.chain_id
+            or channel.token.lower() != offer.accept.asset.address.lower()
+            or channel.payee.lower() != offer.accept.pay_to.lower()
+        ):
+            return None
+        return channel
+
+    async def _top_up(
+        self, ch: mpp.Challenge, offer: SessionOffer, p: wire.SessionPayload, now: float
+    ) -> Receipted:
+        """A `topUp` the payer sent on chain itself (`type: "hash"`): the deposit is re-read
+        now, so vouchers up to the new deposit are accepted at once. Relayed top-ups
+        (`authorization`, `permit2`: the gateway would submit them) are not offered."""
+        if p.tx_hash is None:
+            raise MethodUnsupported(
+                f"top-ups of type {p.open_type!r} are not offered here: send the escrow's "
+                "topUp yourself and its transaction hash (type: hash)",
+                reason="top_up_type",
+            )
+        channel = self._ours(await self.source.topped_up(p.channel_id, p.tx_hash), offer)
+        if channel is None:
+            raise ChannelNotFound("no such channel here", reason="channel")
+        if channel.finalized:
+            raise ChannelFinalized("the channel is closed; open a new one", reason="finalized")
+        self._event("top_up", ch.method)
+        paid = PaidStream(self, p.channel_id, ch.method, ch.id, offer)
+        return Receipted(paid, paid.receipt(channel, now))
 
     def _event(self, name: str, method: str) -> None:
         if self.on_event is not None:

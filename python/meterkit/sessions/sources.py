@@ -22,10 +22,11 @@ from meterkit.chain import escrow as esc
 from meterkit.chain.rpc import RpcError, RpcUnavailable
 from meterkit.config.sessions import OnchainChannels
 from meterkit.payments.onchain import OnchainSettler, revert_reason
-from meterkit.payments.problems import ChainUnavailable
+from meterkit.payments.problems import ChainUnavailable, MethodUnsupported, VerificationFailed
 from meterkit.sessions.channels import PREPAID_ESCROW, Channel
 from meterkit.sessions.problems import TransactionReverted
 from meterkit.sessions.store import ChannelStore
+from meterkit.sessions.wire import UINT128_MAX
 
 
 class ChannelSource(Protocol):
@@ -45,6 +46,12 @@ class ChannelSource(Protocol):
         voucher; the transaction hash when it happened on chain."""
         ...
 
+    async def topped_up(self, channel_id: str, tx_hash: str) -> Channel | None:
+        """The channel after the payer's own top-up transaction `tx_hash` (a `topUp`
+        credential of `type: "hash"`); refuses one that reverted or is not a call to this
+        source's escrow."""
+        ...
+
     async def aclose(self) -> None: ...
 
 
@@ -61,6 +68,12 @@ class PrepaidSource:
     async def close(self, channel: Channel, capture: int) -> str | None:
         await self.store.finalize(channel.channel_id, capture)
         return None
+
+    async def topped_up(self, channel_id: str, tx_hash: str) -> Channel | None:
+        raise MethodUnsupported(
+            "this gateway's channels are prepaid: the operator credits deposits",
+            reason="top_up",
+        )
 
     async def aclose(self) -> None:
         return None
@@ -135,6 +148,21 @@ class OnchainSource:
                 close_requested=view.close_requested_at != 0,
             )
         )
+
+    async def topped_up(self, channel_id: str, tx_hash: str) -> Channel | None:
+        # The deposit is what `getChannel` says, whatever the transaction did; the receipt
+        # only turns a top-up that failed into a clear answer instead of a silent no-op.
+        receipt = await self.settler.wait_mined(
+            tx_hash, "the deposit counts once it mines: send the top-up again then"
+        )
+        if str(receipt.get("to") or "").lower() != self.escrow.lower():
+            raise VerificationFailed(
+                f"transaction {tx_hash} is not a call to this gateway's escrow {self.escrow}",
+                reason="top_up_target",
+            )
+        if receipt.get("status") != "0x1":
+            raise TransactionReverted(f"the top-up {tx_hash} reverted", reason="reverted")
+        return await self.get(channel_id.lower(), at_least=UINT128_MAX)
 
     async def close(self, channel: Channel, capture: int) -> str | None:
         cid = channel.channel_id

@@ -36,6 +36,8 @@ class SessionPayload:
     salt: str | None = None
     authorized_signer: str | None = None
     additional_deposit: int | None = None
+    # `open` / `topUp` of `type: "hash"`: the transaction the payer broadcast itself.
+    tx_hash: str | None = None
 
 
 def _uint(p: dict[str, Any], key: str) -> int:
@@ -61,8 +63,19 @@ def parse_payload(p: dict[str, Any]) -> SessionPayload:
         )
     channel = _match(p, "channelId", _HEX32, "a 0x-prefixed 32-byte hex string").lower()
     if action == "topUp":
+        kind = p.get("type", "hash")
+        if not isinstance(kind, str):
+            raise MalformedCredential("payload.type must be a string", reason="type")
         return SessionPayload(
-            action, channel, None, None, additional_deposit=_uint(p, "additionalDeposit")
+            action,
+            channel,
+            None,
+            None,
+            open_type=kind,
+            additional_deposit=_uint(p, "additionalDeposit"),
+            tx_hash=_match(p, "hash", _HEX32, "the top-up transaction's 0x-prefixed hash")
+            if kind == "hash"
+            else None,
         )
     amount = _uint(p, "cumulativeAmount")
     sig = _match(p, "signature", _SIG, "a 64- or 65-byte hex signature")
