@@ -33,6 +33,8 @@ from meterkit.config.units import as_number, parse_duration, parse_size
 
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "*")
 ROUTE_FORMATS = ("auto", "none", *FORMATS)
+# The values of a route's `keys:` (see Route.keys).
+ROUTE_KEYS = ("required", "optional")
 _PARAM = re.compile(r"^:([A-Za-z_][A-Za-z0-9_]*)$")
 _TEMPLATE = re.compile(r"\$\{(params|query)\.([^}]*)\}")
 
@@ -66,6 +68,10 @@ class Route:
     format: str = "auto"
     budget: str | None = None
     payment: RoutePayment = field(default_factory=RoutePayment)
+    # Whether the route needs a key from the registry (`keys:`): "required" (401 without
+    # one, whatever the budget), "optional" (served without one), or None: required exactly
+    # when a registry exists and the route's budget is keyed by `api_key`.
+    keys: str | None = None
 
     @property
     def params(self) -> tuple[str, ...]:
@@ -281,7 +287,9 @@ def _route(
     m = _mapping(value, path, problems)
     if m is None:
         return None
-    problems.unknown_keys(path, m, ("upstream", "path", "format", "budget", *ROUTE_PAYMENT_KEYS))
+    problems.unknown_keys(
+        path, m, ("upstream", "path", "format", "budget", "keys", *ROUTE_PAYMENT_KEYS)
+    )
     payment = parse_route_payment(m, path, problems)
     budget = m.get("budget")
     if budget is not None and (not isinstance(budget, str) or budget not in budgets):
@@ -309,6 +317,7 @@ def _route(
             path / "format", f"unknown format {fmt!r}; expected one of {', '.join(ROUTE_FORMATS)}"
         )
         fmt = "auto"
+    keys = _choice(m, "keys", ROUTE_KEYS, path, problems)
     if upstream is None or not isinstance(upstream, str):
         return None
     if budget is not None and fmt == "none":
@@ -322,6 +331,7 @@ def _route(
         format=fmt,
         budget=budget if isinstance(budget, str) else None,
         payment=payment,
+        keys=keys,
     )
 
 
@@ -542,6 +552,14 @@ def build_config(tree: Any, problems: Problems, source: str = "config") -> Confi
             )
     if any(r.payment.session is not None for r in routes):
         check_payee(sessions, accepts, root / "sessions", problems)
+    if keys is None:
+        for r in routes:
+            if r.keys == "required":
+                # Refused rather than served open: the operator asked for verified keys.
+                problems.add(
+                    root / "routes" / r.key / "keys",
+                    "`required` needs a key registry: add a `keys:` section",
+                )
     needs_access = [r for r in routes if r.payment.require_access or r.payment.mint_access_ttl]
     if needs_access and payments.secret is None and payments.access_secret is None:
         problems.add(
