@@ -94,6 +94,9 @@ class Gateway:
     header_timeout: float = 60.0
     # Seconds a connection may wait for its next request (nginx: keepalive_timeout).
     keepalive_timeout: float = 60.0
+    # Seconds between two successive reads of a request body before it is given up with a
+    # 408 (nginx: client_body_timeout): silence, not a deadline for the whole body.
+    body_timeout: float = 60.0
     # Open client connections; None: what the descriptor limit allows (see proxy/server.py).
     max_connections: int | None = None
     # Bytes of unfinished upstream events held across all streams of the process; over it,
@@ -349,6 +352,7 @@ def _gateway(value: Any, path: KeyPath, problems: Problems) -> Gateway:
             "trusted_proxies",
             "header_timeout",
             "keepalive_timeout",
+            "body_timeout",
             "max_connections",
             "max_pending_bytes",
             "workers",
@@ -378,7 +382,7 @@ def _gateway(value: Any, path: KeyPath, problems: Problems) -> Gateway:
                 except ValueError:
                     problems.add(path / "trusted_proxies" / i, f"not an address or network: {x!r}")
             kw["trusted_proxies"] = tuple(tp)
-    for key in ("header_timeout", "keepalive_timeout"):
+    for key in ("header_timeout", "keepalive_timeout", "body_timeout"):
         if key in m:
             try:
                 kw[key] = parse_duration(m[key])
