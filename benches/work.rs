@@ -153,6 +153,7 @@ fn main() {
         names.push(format!("walk-{f}"));
         names.push(format!("meter-{f}-1"));
         names.push(format!("meter-{f}-64"));
+        names.push(format!("meter-{f}-b1460"));
     }
     let chosen: Vec<&String> = args.iter().filter(|a| names.contains(a)).collect();
     if chosen.is_empty() {
@@ -196,13 +197,24 @@ fn prepare(name: &str, formats: &[(&str, Format)]) -> Prepared {
         .map_or(Format::OpenAiChat, |f| f.1);
     let events = stream(format, &deltas(20_000));
     let per_read: usize = parts.get(2).and_then(|p| p.parse().ok()).unwrap_or(1);
+    // `b1460`: reads of 1460 bytes (one TCP segment), so most events straddle two reads and
+    // go through the meter's held bytes instead of being framed in the read.
+    let chunks = match parts.get(2).and_then(|p| p.strip_prefix('b')) {
+        Some(n) => events
+            .concat()
+            .into_bytes()
+            .chunks(n.parse().expect("b<bytes>"))
+            .map(<[u8]>::to_vec)
+            .collect(),
+        None => reads(&events, per_read),
+    };
     Prepared {
         kind: parts[0].to_string(),
         every: parts.get(1).and_then(|p| p.parse().ok()).unwrap_or(1),
         format,
         events: events.len(),
         bytes: events.concat().into_bytes(),
-        chunks: reads(&events, per_read),
+        chunks,
     }
 }
 

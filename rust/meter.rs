@@ -44,7 +44,7 @@ use crate::extract::{
     extract, Anomaly, AnomalyKind, Channel, EventKind, Extracted, Format, StreamError, StreamInfo,
     Usage,
 };
-use crate::sse::{push_capped, Flow, RawEvent, SseDecoder, DEFAULT_MAX_EVENT_SIZE, KEEP_CAPACITY};
+use crate::sse::{Flow, RawEvent, SseDecoder, DEFAULT_MAX_EVENT_SIZE, KEEP_CAPACITY};
 use crate::tokens::{resolve_model, Encoding, IncrementalCounter, Provenance};
 
 #[derive(Debug, Clone)]
@@ -605,7 +605,9 @@ pub struct StreamMeter {
     core: Core,
     ending_style: EndingStyle,
     prompt_tokens: Option<u64>,
-    /// Bytes of the unfinished block, from `decoder.position() - held.len()`.
+    /// Bytes of the unfinished block, from `decoder.position() - held.len()`. The decoder
+    /// frames and reads values from these same bytes (`SseDecoder::feed_held`), so an
+    /// unfinished event is held once, here (issue 12 #9).
     held: Vec<u8>,
     /// Bytes received while paused (or not yet processed when the pause happened).
     stash: Vec<u8>,
@@ -716,12 +718,14 @@ impl StreamMeter {
     fn process(&mut self, chunk: &[u8]) -> FeedOutcome {
         let chunk_start = self.decoder.position();
         let held_start = chunk_start - self.held.len() as u64;
-        let end_abs = chunk_start + chunk.len() as u64;
+        // With bytes held, the read is appended to them and framed there; otherwise it is
+        // framed in place and only the unfinished block it leaves is copied to `held`.
+        let appended = !self.held.is_empty();
         let anomalies_before = self.core.anomalies.len();
         let mut spans = Vec::new();
         let mut stop: Option<(Verdict, u64)> = None;
         let core = &mut self.core;
-        let result = self.decoder.feed(chunk, |ev| {
+        let result = self.decoder.feed_held(&mut self.held, chunk, |ev| {
             spans.push((ev.start, ev.end));
             match core.on_event(ev) {
                 Verdict::Forward => Flow::Continue,
@@ -744,7 +748,7 @@ impl StreamMeter {
             None => self.decoder.block_start(),
         };
         let mut out = FeedOutcome {
-            forward: self.assemble(chunk, held_start, chunk_start, fwd_end, end_abs),
+            forward: self.assemble(chunk, held_start, chunk_start, fwd_end, appended),
             events: spans.len() as u32,
             spans,
             anomalies: self.core.anomalies[anomalies_before..].to_vec(),
@@ -779,9 +783,17 @@ impl StreamMeter {
                 out.truncated = true;
             }
             Some((Verdict::Pause, start)) => {
-                // `take_forward` left exactly [start, end_abs) held: that is what resumes.
+                // What resumes is [start, end of the read): the held event (when the read was
+                // appended, `take_forward` left it in `held`) and the unconsumed rest.
                 debug_assert!(self.stash.is_empty());
-                self.stash = std::mem::take(&mut self.held);
+                let consumed = result.as_ref().map_or(chunk.len(), |n| *n);
+                self.stash = if appended {
+                    let mut stash = std::mem::take(&mut self.held);
+                    stash.extend_from_slice(&chunk[consumed..]);
+                    stash
+                } else {
+                    chunk[(start - chunk_start) as usize..].to_vec()
+                };
                 self.decoder.rewind_to_block(start);
                 self.core.state = MeterState::Paused;
                 out.paused = true;
@@ -799,36 +811,40 @@ impl StreamMeter {
         out
     }
 
-    /// Forward `[held_start, fwd_end)` and keep `[fwd_end, end_abs)` held.
+    /// Forward `[held_start, fwd_end)`. `held` keeps what follows up to the decoder's
+    /// position (the unfinished block, or the event a stop held back).
     fn take_forward(
         &mut self,
         chunk: &[u8],
         held_start: u64,
         chunk_start: u64,
         fwd_end: u64,
-        end_abs: u64,
+        appended: bool,
     ) -> Forward {
-        if self.held.is_empty() && fwd_end == end_abs {
-            return Forward::Input;
+        if !appended {
+            // Framed in place: the decoder copied only the unfinished tail to `held`.
+            let n = (fwd_end - chunk_start) as usize;
+            return if n == chunk.len() {
+                Forward::Input
+            } else {
+                Forward::Bytes(chunk[..n].to_vec())
+            };
         }
-        let held_part = (fwd_end.saturating_sub(held_start) as usize).min(self.held.len());
-        let chunk_part = fwd_end.saturating_sub(chunk_start) as usize;
-        let mut out = Vec::with_capacity(held_part + chunk_part);
-        out.extend_from_slice(&self.held[..held_part]);
-        out.extend_from_slice(&chunk[..chunk_part]);
-        // What stays held: the rest of the old held bytes, then the chunk from fwd_end on.
-        // Only the forwarded front is removed, so a long unfinished event is appended to,
-        // never copied again per read.
-        self.held.drain(..held_part);
-        if self.held.is_empty() && self.held.capacity() > KEEP_CAPACITY {
-            self.held = Vec::new();
+        let n = (fwd_end - held_start) as usize;
+        if n == 0 {
+            return Forward::Bytes(Vec::new());
         }
-        push_capped(
-            &mut self.held,
-            &chunk[chunk_part.min(chunk.len())..],
-            self.decoder.max_event_size(),
-        );
-        Forward::Bytes(out)
+        // The front goes out; what stays is at most this read's bytes (the block that was
+        // held ended in it). A large buffer is handed over as the output instead of copied,
+        // a small one keeps its capacity for the next reads.
+        if self.held.capacity() > KEEP_CAPACITY {
+            let rest = self.held.split_off(n);
+            Forward::Bytes(std::mem::replace(&mut self.held, rest))
+        } else {
+            let out = self.held[..n].to_vec();
+            self.held.drain(..n);
+            Forward::Bytes(out)
+        }
     }
 
     /// `take_forward`, then the rewritten events of this read spliced in.
@@ -838,10 +854,10 @@ impl StreamMeter {
         held_start: u64,
         chunk_start: u64,
         fwd_end: u64,
-        end_abs: u64,
+        appended: bool,
     ) -> Forward {
         let edits = std::mem::take(&mut self.core.edits);
-        let fwd = self.take_forward(chunk, held_start, chunk_start, fwd_end, end_abs);
+        let fwd = self.take_forward(chunk, held_start, chunk_start, fwd_end, appended);
         if edits.is_empty() {
             return fwd;
         }
@@ -1008,7 +1024,7 @@ impl StreamMeter {
         let held_start = self.decoder.position() - self.held.len() as u64;
         let core = &mut self.core;
         let mut held_back: Option<(Verdict, u64)> = None;
-        let discarded = self.decoder.close(|ev| {
+        let discarded = self.decoder.close_held(&self.held, |ev| {
             match core.on_event(ev) {
                 Verdict::Forward => {}
                 v => held_back = Some((v, ev.start)),
@@ -1623,16 +1639,16 @@ mod budget_tests {
         };
         let (mut big, mut small) = (new(), new());
         let mut partial = b"data: {\"choices\":[{\"delta\":{\"content\":\"".to_vec();
-        partial.extend(std::iter::repeat_n(b'x', 400 << 10));
+        partial.extend(std::iter::repeat_n(b'x', 700 << 10));
         assert!(big.feed(&partial).forward.to_vec(&partial).is_empty());
         assert_eq!(big.state(), MeterState::Streaming);
-        // Held once by the decoder and once as the raw bytes to forward, within the limit.
+        // Held once: the raw bytes to forward, which the decoder reads its values from.
         assert!(
-            big.held_bytes() < 2 * (400 << 10) + (64 << 10),
+            big.held_bytes() < (700 << 10) + (1 << 10),
             "{}",
             big.held_bytes()
         );
-        let r = small.feed(&partial[..200 << 10]);
+        let r = small.feed(&partial[..350 << 10]);
         assert!(r.forward.to_vec(&[]).is_empty());
         assert_eq!(
             small.state(),
@@ -1651,13 +1667,60 @@ mod budget_tests {
         assert!(big.held_bytes() < 1024);
         assert!(budget.total() < 1 << 20);
         // The other stream finishes normally.
-        let mut rest = partial[200 << 10..].to_vec();
+        let mut rest = partial[350 << 10..].to_vec();
         rest.extend_from_slice(b"\"}}]}\n\ndata: [DONE]\n\n");
         small.feed(&rest);
         assert_eq!(small.state(), MeterState::Finished);
         assert!(small.held_bytes() <= 2 * KEEP_CAPACITY as u64);
         drop((big, small));
         assert_eq!(budget.total(), 0);
+    }
+    /// Issue 12 #9: a stream holding one unfinished event near the size limit holds it once
+    /// (the raw bytes it will forward, which the decoder reads its values from), not once as
+    /// raw bytes and again as the decoder's data: what it reports to the budget stays near 1x
+    /// the limit, for one long data line as for many short ones, and the event still goes out
+    /// whole and metered when it ends.
+    #[test]
+    fn an_unfinished_event_near_the_limit_is_held_once() {
+        let cap = 4 << 20;
+        let read = 64 << 10;
+        let budget: &'static Budget = Box::leak(Box::new(Budget::new(0)));
+        let head = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"";
+        let long = format!("{head}{}\"}}}}]}}\n", "x".repeat(cap - 200));
+        // The same JSON spread over many data lines (joined with LF, which JSON allows
+        // between its tokens).
+        let line = format!("data: {}\n", "1,".repeat(500));
+        let many = format!(
+            "{head}hi\"}}}}],\"pad\":[\n{}data: 1]}}\n",
+            line.repeat((cap - 200) / line.len())
+        );
+        for body in [long, many] {
+            let mut m = StreamMeter::new(MeterConfig {
+                format: Some(Format::OpenAiChat),
+                max_event_size: cap,
+                budget,
+                ..Default::default()
+            });
+            let mut out = Vec::new();
+            for c in body.as_bytes().chunks(read) {
+                out.extend(m.feed(c).forward.to_vec(c));
+            }
+            assert!(out.is_empty());
+            assert_eq!(m.state(), MeterState::Streaming);
+            assert_eq!(m.pending_bytes(), body.len());
+            let held = budget.total();
+            assert_eq!(held, m.held_bytes());
+            assert!(
+                held <= (cap + read) as u64 && (held as f64) < 1.05 * body.len() as f64,
+                "{held} bytes held for an unfinished event of {}",
+                body.len()
+            );
+            let r = m.feed(b"\n");
+            out.extend(r.forward.to_vec(b"\n"));
+            assert_eq!(out.len(), body.len() + 1, "the event goes out whole");
+            assert!(m.completion_tokens() > 0);
+            assert!(m.held_bytes() <= KEEP_CAPACITY as u64);
+        }
     }
 }
 

@@ -10,6 +10,15 @@
 //! Field parsing works on bytes: every delimiter (CR, LF, `:`, space) is ASCII and never part
 //! of a multi-byte UTF-8 sequence, so splitting bytes first and decoding fields afterwards gives
 //! the same fields as decoding the stream first.
+//!
+//! One copy of an unfinished event (issue 12 #9): the decoder keeps no data of its own for
+//! the block it is reading. It keeps the block's raw bytes, in one contiguous buffer that
+//! every read is appended to, and reads field values out of it: the `event` value and the
+//! first `data` value as offsets, the data of a block with several `data` lines joined at
+//! dispatch. The stream meter keeps those raw bytes anyway (it forwards the upstream's
+//! original bytes once the block ends), so it lends its buffer to the decoder
+//! ([`SseDecoder::feed_held`]) and an unfinished event is held once; it used to be held
+//! twice, as raw bytes in the meter and as the data value in the decoder.
 
 use memchr::memchr2;
 use std::fmt;
@@ -37,16 +46,18 @@ pub fn push_capped(v: &mut Vec<u8>, bytes: &[u8], cap: usize) {
     v.extend_from_slice(bytes);
 }
 
-/// What the decoder does with the bytes of a line that has not ended yet.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Partial {
-    /// Kept in `line` (the field is not known yet, or it is `event`, `id` or `retry`).
-    Line,
-    /// A `data` line: its value goes straight into `data`, so a long data line is held once,
-    /// not once as a line and again as data.
-    Data,
-    /// A comment or an ignored field: only counted against the size limit, not kept.
-    Skip,
+/// A field line split into its name and the offset of its value in the line (after the colon
+/// and one optional space); `None` for a comment. A colon-less line names a field by all of
+/// it, with an empty value.
+fn split_field(line: &[u8]) -> Option<(&[u8], usize)> {
+    match memchr::memchr(b':', line) {
+        Some(0) => None,
+        Some(c) => {
+            let v = c + 1;
+            Some((&line[..c], v + usize::from(line.get(v) == Some(&b' '))))
+        }
+        None => Some((line, line.len())),
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,8 +80,9 @@ impl fmt::Display for SseError {
 
 impl std::error::Error for SseError {}
 
-/// A dispatched event. Slices borrow the decoder's reused buffers, so dispatching allocates
-/// nothing in the steady state.
+/// A dispatched event. Slices borrow the read or the held bytes of the block (the data of a
+/// block with several `data` lines: a reused buffer), so dispatching allocates nothing in the
+/// steady state.
 #[derive(Debug, Clone, Copy)]
 pub struct RawEvent<'a> {
     /// The `event` field; empty when absent (the spec's default type is `message`).
@@ -111,11 +123,18 @@ pub enum Flow {
 #[derive(Debug, Clone)]
 pub struct SseDecoder {
     max_event_size: usize,
-    /// Bytes of the current line not yet terminated (never rescanned), see `partial`.
-    line: Vec<u8>,
-    partial: Partial,
-    data: Vec<u8>,
-    event: Vec<u8>,
+    /// The raw bytes `[block_start, position)` of an unfinished block, when the decoder is fed
+    /// with [`SseDecoder::feed`]. A caller that keeps those bytes itself lends them through
+    /// [`SseDecoder::feed_held`] and this stays empty.
+    raw: Vec<u8>,
+    /// Scratch for the data of a block with several `data` lines, joined at dispatch.
+    joined: Vec<u8>,
+    /// Offsets of the last `event` value in the current block.
+    event: Option<(u64, u64)>,
+    /// `data` lines seen in the current block, and the offsets of the first one's value (the
+    /// event's data, without a copy, when it is the only one: what upstreams send).
+    data_lines: usize,
+    first_data: (u64, u64),
     last_id: Vec<u8>,
     /// An `id` field has set `last_id` (possibly to the empty string).
     id_set: bool,
@@ -124,12 +143,15 @@ pub struct SseDecoder {
     pos: u64,
     /// Offset where the current block began.
     block_start: u64,
+    /// Offset where the current line began; the line is processed when it ends, from the
+    /// block's bytes, so its start is only remembered, never copied.
+    line_start: u64,
     /// The previous chunk ended in CR: an LF first in the next chunk belongs to that line end.
     skip_lf: bool,
-    /// A blank line ended in CR at the very end of a chunk. Its event is dispatched when the
-    /// next byte shows whether an LF completes the line end, so that the event's span (and
-    /// so everything a caller sees) is the same however the stream was split.
-    dispatch_pending: bool,
+    /// A blank line ended in CR at the very end of a chunk, at this offset. Its event is
+    /// dispatched when the next byte shows whether an LF completes the line end, so that the
+    /// event's span (and so everything a caller sees) is the same however the stream was split.
+    dispatch_pending: Option<u64>,
     /// How many BOM bytes matched at the stream start; `None` once the check is over.
     bom_matched: Option<usize>,
     failed: Option<SseError>,
@@ -145,17 +167,19 @@ impl SseDecoder {
     pub fn new(max_event_size: usize) -> Self {
         Self {
             max_event_size: max_event_size.max(1),
-            line: Vec::new(),
-            partial: Partial::Line,
-            data: Vec::new(),
-            event: Vec::new(),
+            raw: Vec::new(),
+            joined: Vec::new(),
+            event: None,
+            data_lines: 0,
+            first_data: (0, 0),
             last_id: Vec::new(),
             id_set: false,
             retry: None,
             pos: 0,
             block_start: 0,
+            line_start: 0,
+            dispatch_pending: None,
             skip_lf: false,
-            dispatch_pending: false,
             bom_matched: Some(0),
             failed: None,
         }
@@ -185,19 +209,18 @@ impl SseDecoder {
         &self.last_id
     }
 
-    /// Bytes the decoder itself holds for the unfinished event (its data so far and a partial
-    /// line), for memory accounting.
+    /// Bytes the decoder itself holds (allocated capacity), for memory accounting: the raw
+    /// bytes of an unfinished block when it keeps them itself, the join scratch and the last
+    /// event id. Bytes lent through `feed_held` are the lender's to count.
     pub fn buffered_bytes(&self) -> usize {
-        self.line.capacity() + self.data.capacity() + self.event.capacity()
+        self.raw.capacity() + self.joined.capacity() + self.last_id.capacity()
     }
 
     /// Give the buffers' memory back (the caller will not feed this decoder again, or only
     /// after `close`): what a failed or abandoned stream should not keep.
     pub fn release(&mut self) {
-        self.line = Vec::new();
-        self.data = Vec::new();
-        self.event = Vec::new();
-        self.partial = Partial::Line;
+        self.raw = Vec::new();
+        self.joined = Vec::new();
     }
 
     pub fn error(&self) -> Option<&SseError> {
@@ -207,79 +230,154 @@ impl SseDecoder {
     /// Feed one network read. Calls `on_event` for each dispatched event and returns how many
     /// bytes of `chunk` were consumed: all of them, unless the callback returned
     /// [`Flow::Stop`]. After an error the decoder stays failed.
-    pub fn feed<F>(&mut self, chunk: &[u8], mut on_event: F) -> Result<usize, SseError>
+    pub fn feed<F>(&mut self, chunk: &[u8], on_event: F) -> Result<usize, SseError>
+    where
+        F: FnMut(RawEvent<'_>) -> Flow,
+    {
+        let mut raw = std::mem::take(&mut self.raw);
+        let consumed = self.feed_held(&mut raw, chunk, on_event)?;
+        // Keep the unfinished block only; a buffer a large event grew is not kept for the
+        // small ones after it.
+        let front = raw.len() - self.pending_bytes() as usize;
+        if raw.capacity() > KEEP_CAPACITY && raw.len() - front <= KEEP_CAPACITY / 2 {
+            raw = raw[front..].to_vec();
+        } else {
+            raw.drain(..front);
+        }
+        self.raw = raw;
+        Ok(consumed)
+    }
+
+    /// [`SseDecoder::feed`] for a caller that keeps the stream's raw bytes itself, so the
+    /// unfinished block is held once (the stream meter forwards those bytes when the block
+    /// ends). `held` holds the bytes just before [`SseDecoder::position`], at least the
+    /// unfinished block (`pending_bytes`), and is the caller's between calls.
+    ///
+    /// When `held` is empty, `chunk` is framed where it is and the bytes of a block it leaves
+    /// unfinished are copied to `held`. Otherwise `chunk` is appended to `held` (within the
+    /// event size limit: the decoder fails first) and framed there; `held` keeps its front.
+    /// Either way `held` ends at the new position: bytes after a [`Flow::Stop`] are not in it.
+    pub fn feed_held<F>(
+        &mut self,
+        held: &mut Vec<u8>,
+        chunk: &[u8],
+        mut on_event: F,
+    ) -> Result<usize, SseError>
     where
         F: FnMut(RawEvent<'_>) -> Flow,
     {
         if let Some(err) = &self.failed {
             return Err(err.clone());
         }
-        let mut input = chunk;
+        debug_assert!(held.len() as u64 >= self.pending_bytes());
+        let start = self.pos;
+        let result = if held.is_empty() {
+            let base = self.pos;
+            let result = self.frame(chunk, base, &mut on_event);
+            if result.is_ok() && self.block_start < self.pos {
+                let from = (self.block_start - base) as usize;
+                let to = (self.pos - base) as usize;
+                push_capped(held, &chunk[from..to], self.max_event_size);
+            }
+            result
+        } else {
+            let base = self.pos - held.len() as u64;
+            push_capped(held, chunk, self.max_event_size);
+            let result = self.frame(held, base, &mut on_event);
+            held.truncate((self.pos - base) as usize);
+            result
+        };
+        match result {
+            Ok(()) => Ok((self.pos.saturating_sub(start)) as usize),
+            Err(e) => {
+                self.failed = Some(e.clone());
+                Err(e)
+            }
+        }
+    }
+
+    /// Frame `buf`, whose first byte is at stream offset `base` and which holds the current
+    /// block from its start, from the current position on.
+    fn frame<F>(&mut self, buf: &[u8], base: u64, on_event: &mut F) -> Result<(), SseError>
+    where
+        F: FnMut(RawEvent<'_>) -> Flow,
+    {
         if let Some(matched) = self.bom_matched {
             let mut m = matched;
-            while m < 3 && !input.is_empty() && input[0] == BOM[m] {
+            let mut i = (self.pos - base) as usize;
+            while m < 3 && i < buf.len() && buf[i] == BOM[m] {
                 m += 1;
-                input = &input[1..];
+                i += 1;
                 self.pos += 1;
             }
             if m == 3 {
                 self.bom_matched = None;
                 self.block_start = self.pos;
-            } else if input.is_empty() {
+                self.line_start = self.pos;
+            } else if i == buf.len() {
                 self.bom_matched = Some(m);
-                return Ok(chunk.len());
+                return Ok(());
             } else {
-                // Not a BOM after all: the bytes that looked like one are content.
+                // Not a BOM after all: the bytes that looked like one are content, still in
+                // `buf` (the block started at them).
                 self.bom_matched = None;
                 self.pos -= m as u64;
-                let consumed = self.scan_or_fail(&BOM[..m], &mut on_event)?;
-                debug_assert_eq!(consumed, m, "a BOM prefix holds no line end");
             }
         }
-        let offset = chunk.len() - input.len();
-        Ok(offset + self.scan_or_fail(input, &mut on_event)?)
-    }
-
-    fn scan_or_fail<F>(&mut self, buf: &[u8], on_event: &mut F) -> Result<usize, SseError>
-    where
-        F: FnMut(RawEvent<'_>) -> Flow,
-    {
-        self.scan(buf, on_event)
-            .inspect_err(|e| self.failed = Some(e.clone()))
+        self.scan(buf, base, on_event)
     }
 
     /// Rewind to the start of a block that was dispatched by the last `feed` (which stopped
     /// right after it), so the block's bytes can be fed again later. Used by the meter to
     /// pause before an event and replay it on resume.
     pub fn rewind_to_block(&mut self, start: u64) {
-        debug_assert!(self.line.is_empty() && self.data.is_empty() && start <= self.pos);
-        self.partial = Partial::Line;
+        debug_assert!(self.pos == self.block_start && start <= self.pos);
+        self.raw.clear();
         self.pos = start;
         self.block_start = start;
+        self.line_start = start;
         self.skip_lf = false;
-        self.dispatch_pending = false;
+        self.dispatch_pending = None;
+        self.clear_block_fields();
+    }
+
+    fn clear_block_fields(&mut self) {
         self.retry = None;
-        self.event.clear();
+        self.event = None;
+        self.data_lines = 0;
     }
 
     /// End of stream. An event whose blank line ended the stream is dispatched; an unfinished
     /// event is discarded, as the spec says. Returns the number of discarded bytes so the
     /// caller can report a stream that ended mid-event.
-    pub fn close<F>(&mut self, mut on_event: F) -> u64
+    pub fn close<F>(&mut self, on_event: F) -> u64
     where
         F: FnMut(RawEvent<'_>) -> Flow,
     {
-        if self.failed.is_none() && self.dispatch_pending {
-            self.dispatch_pending = false;
-            self.dispatch(&mut on_event);
+        let raw = std::mem::take(&mut self.raw);
+        let discarded = self.close_held(&raw, on_event);
+        if raw.capacity() <= KEEP_CAPACITY {
+            self.raw = raw;
+            self.raw.clear();
+        }
+        discarded
+    }
+
+    /// [`SseDecoder::close`] with the raw bytes lent as in [`SseDecoder::feed_held`].
+    pub fn close_held<F>(&mut self, held: &[u8], mut on_event: F) -> u64
+    where
+        F: FnMut(RawEvent<'_>) -> Flow,
+    {
+        if let Some(content_end) = self.dispatch_pending.take() {
+            if self.failed.is_none() {
+                let base = self.pos - held.len() as u64;
+                self.dispatch(held, base, content_end, &mut on_event);
+            }
         }
         let discarded = self.pending_bytes();
-        self.line.clear();
-        self.partial = Partial::Line;
-        self.data.clear();
-        self.event.clear();
-        self.retry = None;
+        self.clear_block_fields();
         self.block_start = self.pos;
+        self.line_start = self.pos;
         self.skip_lf = false;
         self.bom_matched = None;
         discarded
@@ -296,47 +394,48 @@ impl SseDecoder {
         }
     }
 
-    fn scan<F>(&mut self, buf: &[u8], on_event: &mut F) -> Result<usize, SseError>
+    fn scan<F>(&mut self, buf: &[u8], base: u64, on_event: &mut F) -> Result<(), SseError>
     where
         F: FnMut(RawEvent<'_>) -> Flow,
     {
-        let mut i = 0;
-        if self.skip_lf && !buf.is_empty() {
+        let mut i = (self.pos - base) as usize;
+        if i == buf.len() {
+            return Ok(());
+        }
+        if self.skip_lf {
             self.skip_lf = false;
-            if buf[0] == b'\n' {
-                i = 1;
+            if buf[i] == b'\n' {
+                i += 1;
                 self.pos += 1;
+                self.line_start = self.pos;
             }
         }
-        if self.dispatch_pending && !buf.is_empty() {
-            self.dispatch_pending = false;
-            if self.dispatch(on_event) == Flow::Stop {
-                return Ok(i);
+        if let Some(content_end) = self.dispatch_pending.take() {
+            if self.dispatch(buf, base, content_end, on_event) == Flow::Stop {
+                return Ok(());
             }
         }
         while i < buf.len() {
-            // The common block, whole in this read: dispatched from the read's own bytes.
-            if self.line.is_empty()
-                && self.partial == Partial::Line
-                && self.data.is_empty()
-                && self.event.is_empty()
-            {
+            // The common block, whole in what is left of the read: dispatched without
+            // field-by-field work.
+            if self.block_start == self.pos {
                 if let Some((event, data, len)) = simple_block(&buf[i..]) {
-                    if self.pos + (len as u64) - self.block_start <= self.max_event_size as u64 {
+                    if len as u64 <= self.max_event_size as u64 {
+                        let start = self.pos;
                         self.pos += len as u64;
-                        let start = self.block_start;
                         self.block_start = self.pos;
+                        self.line_start = self.pos;
                         let flow = on_event(RawEvent {
                             event,
                             data,
                             id: self.id_set.then_some(&self.last_id[..]),
-                            retry: self.retry.take(),
+                            retry: None,
                             start,
                             end: self.pos,
                         });
                         i += len;
                         if flow == Flow::Stop {
-                            return Ok(i);
+                            return Ok(());
                         }
                         continue;
                     }
@@ -345,142 +444,66 @@ impl SseDecoder {
             let rest = &buf[i..];
             let Some(off) = memchr2(b'\n', b'\r', rest) else {
                 self.check_size(self.pos + rest.len() as u64 - self.block_start)?;
-                self.hold_partial(rest);
                 self.pos += rest.len() as u64;
-                return Ok(buf.len());
+                return Ok(());
             };
             let end = i + off;
             let term_len = if buf[end] == b'\r' {
-                if end + 1 < buf.len() {
-                    if buf[end + 1] == b'\n' {
-                        2
-                    } else {
+                match buf.get(end + 1) {
+                    Some(b'\n') => 2,
+                    Some(_) => 1,
+                    None => {
+                        self.skip_lf = true;
                         1
                     }
-                } else {
-                    self.skip_lf = true;
-                    1
                 }
             } else {
                 1
             };
             let next = end + term_len;
-            self.check_size(self.pos + (next - i) as u64 - self.block_start)?;
-            self.pos += (next - i) as u64;
-            if next == buf.len()
-                && self.skip_lf
-                && self.line.is_empty()
-                && self.partial == Partial::Line
-                && end == i
-            {
-                // A blank line ended by CR at the chunk end: wait for the next byte.
-                self.dispatch_pending = true;
-                return Ok(buf.len());
-            }
-            let flow = if self.partial != Partial::Line {
-                if self.partial == Partial::Data {
-                    push_capped(&mut self.data, &buf[i..end], self.max_event_size);
-                    push_capped(&mut self.data, b"\n", self.max_event_size);
-                }
-                self.partial = Partial::Line;
-                Flow::Continue
-            } else if self.line.is_empty() {
-                self.process_line(&buf[i..end], on_event)
-            } else {
-                let mut line = std::mem::take(&mut self.line);
-                line.extend_from_slice(&buf[i..end]);
-                let flow = self.process_line(&line, on_event);
-                line.clear();
-                self.line = line;
-                flow
-            };
+            self.check_size(base + next as u64 - self.block_start)?;
+            let line_at = self.line_start;
+            self.pos = base + next as u64;
+            self.line_start = self.pos;
             i = next;
-            if flow == Flow::Stop {
-                return Ok(i);
+            let line = &buf[(line_at - base) as usize..end];
+            if !line.is_empty() {
+                self.field(line, line_at);
+                continue;
+            }
+            let content_end = base + end as u64;
+            if next == buf.len() && self.skip_lf {
+                // A blank line ended by CR at the chunk end: wait for the next byte.
+                self.dispatch_pending = Some(content_end);
+                return Ok(());
+            }
+            if self.dispatch(buf, base, content_end, on_event) == Flow::Stop {
+                return Ok(());
             }
         }
-        Ok(buf.len())
+        Ok(())
     }
 
-    /// Keep the bytes of a line that has not ended: a data value goes to `data` as soon as the
-    /// field name and the optional space are known, a comment or an ignored field is dropped.
-    fn hold_partial(&mut self, bytes: &[u8]) {
-        match self.partial {
-            Partial::Data => push_capped(&mut self.data, bytes, self.max_event_size),
-            Partial::Skip => {}
-            Partial::Line => {
-                // Classify from the line's first bytes ("retry:" and one value byte fit); the
-                // rest follows the class, so a long data line never passes through `line`.
-                const HEAD: usize = 8;
-                let take = if self.line.len() >= HEAD {
-                    bytes.len()
-                } else {
-                    (HEAD - self.line.len()).min(bytes.len())
-                };
-                let (head, tail) = bytes.split_at(take);
-                push_capped(&mut self.line, head, self.max_event_size);
-                self.classify_partial();
-                if !tail.is_empty() {
-                    self.hold_partial(tail);
-                }
-            }
-        }
-    }
-
-    fn classify_partial(&mut self) {
-        let l = &self.line;
-        let skip = match memchr::memchr(b':', l) {
-            Some(0) => true,
-            Some(c) => match &l[..c] {
-                b"data" => {
-                    if l.len() > c + 1 {
-                        let v = &l[c + 1..];
-                        let v = v.strip_prefix(b" ").unwrap_or(v);
-                        push_capped(&mut self.data, v, self.max_event_size);
-                        self.partial = Partial::Data;
-                        self.line.clear();
-                    }
-                    false
-                }
-                b"event" | b"id" | b"retry" => false,
-                _ => true,
-            },
-            // A colon-less line names a field by all of it: longer than "retry", none.
-            None => l.len() > 5,
+    /// Process a field line that ended, starting at stream offset `at`. Values stay where
+    /// they are; only the `id` (which outlives its block) is copied.
+    fn field(&mut self, line: &[u8], at: u64) {
+        let Some((name, v)) = split_field(line) else {
+            return;
         };
-        if skip {
-            self.partial = Partial::Skip;
-            self.line.clear();
-        }
-    }
-
-    fn process_line<F>(&mut self, line: &[u8], on_event: &mut F) -> Flow
-    where
-        F: FnMut(RawEvent<'_>) -> Flow,
-    {
-        if line.is_empty() {
-            return self.dispatch(on_event);
-        }
-        if line[0] == b':' {
-            return Flow::Continue;
-        }
-        let (name, value) = match memchr::memchr(b':', line) {
-            Some(c) => {
-                let v = &line[c + 1..];
-                (&line[..c], v.strip_prefix(b" ").unwrap_or(v))
-            }
-            None => (line, &b""[..]),
-        };
+        let value = &line[v..];
+        let span = (at + v as u64, at + line.len() as u64);
         match name {
             b"data" => {
-                push_capped(&mut self.data, value, self.max_event_size);
-                push_capped(&mut self.data, b"\n", self.max_event_size);
+                if self.data_lines == 0 {
+                    self.first_data = span;
+                }
+                self.data_lines += 1;
             }
-            b"event" => {
-                self.event.clear();
-                self.event.extend_from_slice(value);
-            }
+            b"event" => self.event = Some(span),
             b"id" if !value.contains(&0) => {
+                if self.last_id.capacity() > KEEP_CAPACITY {
+                    self.last_id = Vec::new();
+                }
                 self.last_id.clear();
                 self.last_id.extend_from_slice(value);
                 self.id_set = true;
@@ -494,36 +517,55 @@ impl SseDecoder {
             }
             _ => {}
         }
-        Flow::Continue
     }
 
-    fn dispatch<F>(&mut self, on_event: &mut F) -> Flow
+    /// Dispatch the block `[block_start, content_end)` (its lines, without the blank line that
+    /// ended it at the current position), reading its values from `buf`.
+    fn dispatch<F>(&mut self, buf: &[u8], base: u64, content_end: u64, on_event: &mut F) -> Flow
     where
         F: FnMut(RawEvent<'_>) -> Flow,
     {
         let start = self.block_start;
         self.block_start = self.pos;
         let retry = self.retry.take();
-        if self.data.is_empty() {
-            self.event.clear();
+        let event = self.event.take();
+        let lines = std::mem::take(&mut self.data_lines);
+        if lines == 0 {
             return Flow::Continue;
         }
-        let data_len = self.data.len() - 1; // drop the final "\n"
+        let at = |(s, e): (u64, u64)| &buf[(s - base) as usize..(e - base) as usize];
+        let mut joined = std::mem::take(&mut self.joined);
+        let data = if lines == 1 {
+            at(self.first_data)
+        } else {
+            // Several data lines: joined with LF, the one copy made (and released again when
+            // large), at dispatch only.
+            joined.clear();
+            let block = at((start, content_end));
+            let mut j = 0;
+            while j < block.len() {
+                let e = memchr2(b'\n', b'\r', &block[j..]).map_or(block.len(), |o| j + o);
+                let line = &block[j..e];
+                if let Some((b"data", v)) = split_field(line) {
+                    joined.extend_from_slice(&line[v..]);
+                    joined.push(b'\n');
+                }
+                // Every line of a dispatched block ended (the blank line came after them).
+                let Some(&term) = block.get(e) else { break };
+                j = e + 1 + usize::from(term == b'\r' && block.get(e + 1) == Some(&b'\n'));
+            }
+            &joined[..joined.len() - 1]
+        };
         let flow = on_event(RawEvent {
-            event: &self.event,
-            data: &self.data[..data_len],
+            event: event.map_or(&b""[..], at),
+            data,
             id: self.id_set.then_some(&self.last_id[..]),
             retry,
             start,
             end: self.pos,
         });
-        self.data.clear();
-        self.event.clear();
-        if self.data.capacity() > KEEP_CAPACITY {
-            self.data = Vec::new();
-        }
-        if self.line.capacity() > KEEP_CAPACITY {
-            self.line = Vec::new();
+        if joined.capacity() <= KEEP_CAPACITY {
+            self.joined = joined;
         }
         flow
     }
@@ -946,7 +988,7 @@ mod tests {
     }
 
     /// Issue 12 #9: a long unfinished data line is held once (not as a line and again as
-    /// data), in buffers never allocated past the event size limit; a comment is not held.
+    /// data), in buffers never allocated past the event size limit.
     #[test]
     fn an_unfinished_event_is_held_once_within_the_limit() {
         let cap = 1 << 20;
@@ -963,12 +1005,100 @@ mod tests {
             d.buffered_bytes() <= KEEP_CAPACITY,
             "released after the event"
         );
+        // Whatever the block holds (here a comment, then many short data lines), what is
+        // kept is its raw bytes, once.
         let mut d = SseDecoder::new(cap);
         d.feed_owned(b": ").unwrap();
-        for _ in 0..200 {
+        for _ in 0..100 {
             d.feed_owned(&[b'c'; 4096]).unwrap();
         }
-        assert!(d.buffered_bytes() < 1024);
+        d.feed_owned(b"\n").unwrap();
+        for _ in 0..100 {
+            d.feed_owned(&b"data: y\n".repeat(512)).unwrap();
+        }
+        assert!(d.pending_bytes() > 800 << 10);
+        assert!(d.buffered_bytes() <= cap + 1024, "{}", d.buffered_bytes());
+        let ev = d.feed_owned(b"\n").unwrap();
+        assert_eq!(ev[0].data.len(), 100 * 512 * 2 - 1);
+        assert!(d.buffered_bytes() <= KEEP_CAPACITY);
+    }
+
+    /// The meter's way of feeding: the caller keeps the raw bytes and lends them; the
+    /// decoder keeps none of the unfinished block, and the events are the same as `feed`'s.
+    #[test]
+    fn lent_bytes_are_the_only_copy_and_give_the_same_events() {
+        let cap = 1 << 20;
+        let mut d = SseDecoder::new(cap);
+        let mut held = Vec::new();
+        d.feed_held(&mut held, b"event: big\ndata: ", |_| Flow::Continue)
+            .unwrap();
+        for _ in 0..200 {
+            d.feed_held(&mut held, &[b'x'; 4096], |_| Flow::Continue)
+                .unwrap();
+        }
+        assert_eq!(held.len() as u64, d.pending_bytes());
+        assert!(d.buffered_bytes() < 1024, "{}", d.buffered_bytes());
+        let mut got = Vec::new();
+        d.feed_held(&mut held, b"\ndata: z\n\ndata: next", |e| {
+            got.push(OwnedEvent::from(e));
+            Flow::Continue
+        })
+        .unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].event, "big");
+        assert_eq!(got[0].data.len(), 200 * 4096 + 2);
+        assert!(got[0].data.ends_with("xx\nz"));
+
+        // Random streams and splits: `feed_held` with the caller dropping what the decoder is
+        // done with (as the meter forwards it) gives exactly the events of `feed`.
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let parts: [&[u8]; 12] = [
+            b"data: a\n",
+            b"data:b\r\n",
+            b"data\r",
+            b"event: e\n",
+            b"id: 3\n",
+            b"retry: 7\n",
+            b": c\n",
+            b"\n",
+            b"\r\n",
+            b"\r",
+            b"data: {\"x\":1}\n\n",
+            b"\xEF\xBB\xBF",
+        ];
+        for _ in 0..500 {
+            let mut s = Vec::new();
+            for _ in 0..(next() % 14) {
+                s.extend_from_slice(parts[(next() % 12) as usize]);
+            }
+            let whole = decode(&s);
+            let mut d = SseDecoder::default();
+            let mut held = Vec::new();
+            let mut out = Vec::new();
+            let mut rest = &s[..];
+            while !rest.is_empty() {
+                let n = 1 + (next() as usize) % rest.len().min(7);
+                d.feed_held(&mut held, &rest[..n], |e| {
+                    out.push(OwnedEvent::from(e));
+                    Flow::Continue
+                })
+                .unwrap();
+                let held_start = d.position() - held.len() as u64;
+                held.drain(..(d.block_start().max(held_start) - held_start) as usize);
+                rest = &rest[n..];
+            }
+            d.close_held(&held, |e| {
+                out.push(OwnedEvent::from(e));
+                Flow::Continue
+            });
+            assert_eq!(out, whole, "{:?}", String::from_utf8_lossy(&s));
+        }
     }
 
     #[test]

@@ -143,3 +143,16 @@ def test_load_config_reads_files(tmp_path: Path) -> None:
     p.write_text(GOOD, encoding="utf-8")
     c = load_config(p, env={"OPENAI_API_KEY": "k"})
     assert c.source == str(p)
+
+
+def test_gateway_body_timeout_is_a_positive_duration_defaulting_to_60_s() -> None:
+    env = {"OPENAI_API_KEY": "sk-1"}
+    assert config_from_text(GOOD, env=env).gateway.body_timeout == 60.0
+    text = GOOD.replace("max_request_body: 2MiB}", "max_request_body: 2MiB, body_timeout: 250ms}")
+    assert config_from_text(text, env=env).gateway.body_timeout == 0.25
+    for bad in ("0", "-1", "soon"):
+        text = GOOD.replace(
+            "max_request_body: 2MiB}", f"max_request_body: 2MiB, body_timeout: {bad}}}"
+        )
+        (p,) = problems_of(text, env)
+        assert p.startswith("gateway.body_timeout: ")

@@ -250,3 +250,24 @@ def test_anthropic_sdk_raises_on_error_event(replay: Any) -> None:
         with client.messages.stream(model="claude-sonnet-4-6", max_tokens=99, messages=[]) as s:
             s.get_final_message()
     assert m.state == "failed"
+
+
+def test_an_unfinished_event_is_held_once() -> None:
+    """Issue 12 #9: a stream holding one unfinished event near `max_event_size` holds it
+    once, as the bytes it will forward (the SSE decoder reads its values from them), so what
+    the process-wide budget counts for it stays near 1x the event, not 2x."""
+    from meterkit._core import pending_bytes_total
+
+    cap = 4 << 20
+    read = b"x" * (64 << 10)
+    before = pending_bytes_total()
+    m = StreamMeter("openai-chat", max_event_size=cap)
+    m.feed(b'data: {"choices":[{"index":0,"delta":{"content":"')
+    for _ in range(cap // len(read) - 1):
+        assert m.feed(read).forward == b""
+    held = pending_bytes_total() - before
+    assert m.state == "streaming" and m.pending_bytes > cap - 2 * len(read)
+    assert m.pending_bytes <= held <= cap + len(read), held
+    out = m.feed(b'"}}]}\n\n').forward
+    assert out.endswith(b'"}}]}\n\n') and m.completion_tokens > 0
+    assert pending_bytes_total() - before < 1 << 20

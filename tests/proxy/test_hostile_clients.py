@@ -269,3 +269,79 @@ def test_a_chunked_pass_through_body_is_cut_off_past_the_limit() -> None:
             assert all(n <= 1024 for n in up.received)
 
     asyncio.run(go())
+
+
+# ---- slow request bodies -----------------------------------------------------------------
+
+
+def slow_body_tree(url: str, body_timeout: float) -> dict[str, Any]:
+    tree = passthrough_tree(url)
+    tree["gateway"].update({"body_timeout": body_timeout, "max_request_body": 1 << 20})
+    tree["routes"][f"POST {CHAT}"] = {"upstream": "mock"}
+    return tree
+
+
+@pytest.mark.parametrize(
+    ("path", "framing", "sent"),
+    [
+        (CHAT, b"Content-Length: 1000\r\n", b'{"model": "gpt-4o", "mess'),
+        (CHAT, b"Content-Length: 1000\r\n", b""),
+        ("/upload", b"Content-Length: 1000\r\n", b"x" * 100),
+        ("/upload", b"Transfer-Encoding: chunked\r\n", b"64\r\n" + b"x" * 100 + b"\r\n10\r\nxx"),
+    ],
+    ids=["metered-mid-body", "metered-no-body", "pass-through-mid-body", "pass-through-chunked"],
+)
+def test_a_body_that_stalls_gets_408_and_the_connection_is_closed(
+    path: str, framing: bytes, sent: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A client that sends a head and then stops sending its body (before the first byte or
+    mid-way) gets a 408 problem once no body byte came for `gateway.body_timeout`, and the
+    connection is closed: it does not hold a connection or a handler for ever."""
+
+    async def go() -> None:
+        async with hostile_upstream() as up, gateway(slow_body_tree(up.url, 0.3)) as g:
+            reader, writer = await connect(g.url)
+            writer.write(
+                b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n%s\r\n%s"
+                % (path.encode(), framing, sent)
+            )
+            await writer.drain()
+            answer = b""
+            async with asyncio.timeout(10):  # a generous bound, far above the 0.3 s timeout
+                while chunk := await reader.read(65536):
+                    answer += chunk
+            writer.close()
+            assert status_of(answer) == 408, answer[:200]
+            head = answer.split(b"\r\n\r\n", 1)[0].lower()
+            assert b"content-type: application/problem+json" in head
+            assert b"connection: close" in head
+            problem = orjson.loads(body_of(answer))
+            assert problem["status"] == 408
+            assert problem["type"].endswith("/request-body-timeout")
+            (record,) = await g.records(1)
+            assert (record.status, record.outcome) == (408, "rejected")
+            # Everyone else is still served.
+            assert (await g.post(CHAT, chat(stream=False)))[0] == 200
+
+    with caplog.at_level(logging.DEBUG):
+        asyncio.run(go())
+    assert [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR] == []
+
+
+def test_a_body_that_keeps_arriving_is_not_timed_out_as_a_whole() -> None:
+    """The timeout is the silence between two reads of the body (nginx's
+    client_body_timeout), not a deadline for the whole body: a body sent in pieces for
+    longer than the timeout, each well within it, is forwarded whole."""
+
+    async def go() -> None:
+        async with hostile_upstream() as up, gateway(slow_body_tree(up.url, 1.0)) as g:
+
+            async def pieces() -> AsyncIterator[bytes]:
+                for _ in range(25):  # ~2.5 s in all, 0.1 s apart against a 1 s timeout
+                    yield b"z" * 10
+                    await asyncio.sleep(0.1)
+
+            status, _, body = await g.post("/upload", data=pieces())
+            assert (status, orjson.loads(body)) == (200, {"received": 250})
+
+    asyncio.run(go())

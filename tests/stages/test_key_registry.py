@@ -136,3 +136,113 @@ def test_a_postgres_registry_is_shared(postgres_url: str) -> None:
             await admin.close()
 
     asyncio.run(go())
+
+
+# ---- per route: `keys: required | optional` ----
+
+MODELS = "/v1/models"
+
+
+def per_route(chat_keys: str | None, models_keys: str | None) -> dict[str, Any]:
+    """A registry, the chat route on an `api_key` budget and the models route (plain
+    pass-through, no budget), each with the given `keys:` setting."""
+    tree = keyed({"entries": ENTRIES})
+    chat_route: dict[str, Any] = {"upstream": "mock", "budget": "default"}
+    models: dict[str, Any] = {"upstream": "mock", "format": "none"}
+    if chat_keys is not None:
+        chat_route["keys"] = chat_keys
+    if models_keys is not None:
+        models["keys"] = models_keys
+    tree["routes"] = {f"POST {CHAT}": chat_route, f"GET {MODELS}": models}
+    return tree
+
+
+async def _get(g: Any, path: str, headers: dict[str, str]) -> tuple[int, Any, bytes]:
+    async with g.session.get(g.url + path, headers=headers) as r:
+        return r.status, r.headers, await r.read()
+
+
+def _assert_401(status: int, headers: Any, body: bytes, code: str) -> None:
+    assert status == 401
+    assert headers["Content-Type"] == "application/problem+json"
+    assert headers["WWW-Authenticate"].startswith("Bearer")
+    problem = orjson.loads(body)
+    assert problem["status"] == 401 and problem["type"].endswith(code)
+    assert problem["title"] and problem["detail"]
+
+
+def test_a_route_that_requires_keys_answers_401_problems_whatever_its_budget() -> None:
+    """`keys: required` guards a route with no budget at all (here a pass-through): missing
+    and unknown keys get 401 problem details, a registered key is served."""
+
+    async def go() -> None:
+        async with gateway(per_route(None, "required")) as g:
+            status, h, body = await _get(g, MODELS, {})
+            _assert_401(status, h, body, "api-key-missing")
+            status, h, body = await _get(g, MODELS, bearer("sk-made-up"))
+            _assert_401(status, h, body, "api-key-unknown")
+            status, h, body = await _get(g, MODELS, {"x-api-key": "sk-made-up-too"})
+            _assert_401(status, h, body, "api-key-unknown")
+            assert (await _get(g, MODELS, bearer(ALICE)))[0] == 200
+            assert (await _get(g, MODELS, {"x-api-key": BOB}))[0] == 200
+
+    asyncio.run(go())
+
+
+def test_routes_are_open_by_default_unless_their_budget_is_keyed_by_api_key() -> None:
+    async def go() -> None:
+        async with gateway(per_route(None, None)) as g:
+            # No budget, no `keys:`: open, as before the registry existed.
+            assert (await _get(g, MODELS, {}))[0] == 200
+            assert (await _get(g, MODELS, bearer("sk-made-up")))[0] == 200
+            # An `api_key` budget and no `keys:`: required.
+            status, h, body = await g.post(CHAT, chat(), bearer("sk-made-up"))
+            _assert_401(status, h, body, "api-key-unknown")
+
+    asyncio.run(go())
+
+
+def test_an_optional_route_serves_missing_and_unknown_keys() -> None:
+    """`keys: optional` opens a route whose `api_key` budget would require a key: an unknown
+    key is served and budgeted as without a registry (the hash of the token), a registered
+    key still gets its alias and its limits. An open route serves a request with no key."""
+
+    async def go() -> None:
+        async with gateway(per_route("optional", "optional")) as g:
+            assert (await _get(g, MODELS, {}))[0] == 200
+            assert (await _get(g, MODELS, bearer("sk-made-up")))[0] == 200
+            assert (await g.post(CHAT, chat(), bearer("sk-made-up")))[0] == 200
+            assert (await g.post(CHAT, chat(), bearer(ALICE)))[0] == 200
+            records = [r for r in await g.records(4) if r.budget]
+            unknown, alice = records
+            assert unknown.budget is not None and alice.budget is not None
+            assert unknown.budget["key"].startswith("ak_")
+            assert (alice.budget["key"], alice.budget["limit"]) == ("key_alice", 5)
+            # With no key at all, the budget has nobody to charge: its own 401 problem.
+            status, _, body = await g.post(CHAT, chat(), {})
+            assert status == 401
+            assert orjson.loads(body)["type"].endswith("budget-key-missing")
+
+    asyncio.run(go())
+
+
+def test_keys_required_needs_a_registry_and_the_value_is_checked() -> None:
+    def tree_of(chat_keys: Any, models_keys: Any, registry: bool = True) -> dict[str, Any]:
+        tree = per_route(chat_keys, models_keys)
+        tree["upstreams"]["mock"]["url"] = "http://127.0.0.1:9"
+        if not registry:
+            del tree["keys"]
+            tree["budgets"]["default"]["key"] = "ip"
+        return tree
+
+    with pytest.raises(ConfigError) as e:
+        config_from_dict(tree_of(None, "required", registry=False))
+    assert [p.path for p in e.value.problems] == [f'routes."GET {MODELS}".keys']
+    assert "needs a key registry" in str(e.value)
+    # Optional without a registry is what every route is without one: accepted.
+    config = config_from_dict(tree_of("optional", "optional", registry=False))
+    assert [r.keys for r in config.routes] == ["optional", "optional"]
+    for bad in ("yes", True, ["required"]):
+        with pytest.raises(ConfigError) as e:
+            config_from_dict(tree_of(bad, None))
+        assert "expected one of required, optional" in str(e.value)

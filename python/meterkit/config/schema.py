@@ -33,6 +33,8 @@ from meterkit.config.units import as_number, parse_duration, parse_size
 
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "*")
 ROUTE_FORMATS = ("auto", "none", *FORMATS)
+# The values of a route's `keys:` (see Route.keys).
+ROUTE_KEYS = ("required", "optional")
 _PARAM = re.compile(r"^:([A-Za-z_][A-Za-z0-9_]*)$")
 _TEMPLATE = re.compile(r"\$\{(params|query)\.([^}]*)\}")
 
@@ -66,6 +68,10 @@ class Route:
     format: str = "auto"
     budget: str | None = None
     payment: RoutePayment = field(default_factory=RoutePayment)
+    # Whether the route needs a key from the registry (`keys:`): "required" (401 without
+    # one, whatever the budget), "optional" (served without one), or None: required exactly
+    # when a registry exists and the route's budget is keyed by `api_key`.
+    keys: str | None = None
 
     @property
     def params(self) -> tuple[str, ...]:
@@ -88,6 +94,9 @@ class Gateway:
     header_timeout: float = 60.0
     # Seconds a connection may wait for its next request (nginx: keepalive_timeout).
     keepalive_timeout: float = 60.0
+    # Seconds between two successive reads of a request body before it is given up with a
+    # 408 (nginx: client_body_timeout): silence, not a deadline for the whole body.
+    body_timeout: float = 60.0
     # Open client connections; None: what the descriptor limit allows (see proxy/server.py).
     max_connections: int | None = None
     # Bytes of unfinished upstream events held across all streams of the process; over it,
@@ -281,7 +290,9 @@ def _route(
     m = _mapping(value, path, problems)
     if m is None:
         return None
-    problems.unknown_keys(path, m, ("upstream", "path", "format", "budget", *ROUTE_PAYMENT_KEYS))
+    problems.unknown_keys(
+        path, m, ("upstream", "path", "format", "budget", "keys", *ROUTE_PAYMENT_KEYS)
+    )
     payment = parse_route_payment(m, path, problems)
     budget = m.get("budget")
     if budget is not None and (not isinstance(budget, str) or budget not in budgets):
@@ -309,6 +320,7 @@ def _route(
             path / "format", f"unknown format {fmt!r}; expected one of {', '.join(ROUTE_FORMATS)}"
         )
         fmt = "auto"
+    keys = _choice(m, "keys", ROUTE_KEYS, path, problems)
     if upstream is None or not isinstance(upstream, str):
         return None
     if budget is not None and fmt == "none":
@@ -322,6 +334,7 @@ def _route(
         format=fmt,
         budget=budget if isinstance(budget, str) else None,
         payment=payment,
+        keys=keys,
     )
 
 
@@ -339,6 +352,7 @@ def _gateway(value: Any, path: KeyPath, problems: Problems) -> Gateway:
             "trusted_proxies",
             "header_timeout",
             "keepalive_timeout",
+            "body_timeout",
             "max_connections",
             "max_pending_bytes",
             "workers",
@@ -368,7 +382,7 @@ def _gateway(value: Any, path: KeyPath, problems: Problems) -> Gateway:
                 except ValueError:
                     problems.add(path / "trusted_proxies" / i, f"not an address or network: {x!r}")
             kw["trusted_proxies"] = tuple(tp)
-    for key in ("header_timeout", "keepalive_timeout"):
+    for key in ("header_timeout", "keepalive_timeout", "body_timeout"):
         if key in m:
             try:
                 kw[key] = parse_duration(m[key])
@@ -542,6 +556,14 @@ def build_config(tree: Any, problems: Problems, source: str = "config") -> Confi
             )
     if any(r.payment.session is not None for r in routes):
         check_payee(sessions, accepts, root / "sessions", problems)
+    if keys is None:
+        for r in routes:
+            if r.keys == "required":
+                # Refused rather than served open: the operator asked for verified keys.
+                problems.add(
+                    root / "routes" / r.key / "keys",
+                    "`required` needs a key registry: add a `keys:` section",
+                )
     needs_access = [r for r in routes if r.payment.require_access or r.payment.mint_access_ttl]
     if needs_access and payments.secret is None and payments.access_secret is None:
         problems.add(

@@ -29,6 +29,7 @@ from meterkit.proxy.encoding import UnsupportedEncoding, decoder_for
 from meterkit.proxy.keys import CONFIG, METRICS, PIPELINE, ROUTER, SINK
 from meterkit.proxy.passthrough import pass_through
 from meterkit.proxy.routing import upstream_path
+from meterkit.proxy.server import body_chunks
 from meterkit.proxy.stream import stream_events
 from meterkit.proxy.upstream import has_body, open_upstream
 
@@ -113,11 +114,11 @@ async def _serve(ctx: RequestContext) -> web.StreamResponse:
     return await pipeline.run(ctx, _forward)
 
 
-async def _read_capped(request: web.Request, limit: int) -> bytes:
+async def _read_capped(request: web.Request, limit: int, timeout: float) -> bytes:
     if request.content_length is not None and request.content_length > limit:
         raise gateway.body_too_large(limit)
     buf = bytearray()
-    async for chunk in request.content.iter_any():
+    async for chunk in body_chunks(request, timeout):
         buf += chunk
         if len(buf) > limit:
             raise gateway.body_too_large(limit)
@@ -126,7 +127,8 @@ async def _read_capped(request: web.Request, limit: int) -> bytes:
 
 async def _read_llm_body(ctx: RequestContext) -> None:
     request = ctx.request
-    ctx.body = await _read_capped(request, request.app[CONFIG].gateway.max_request_body)
+    limits = request.app[CONFIG].gateway
+    ctx.body = await _read_capped(request, limits.max_request_body, limits.body_timeout)
     if not ctx.body:
         return
     try:

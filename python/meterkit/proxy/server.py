@@ -12,6 +12,15 @@ Here:
   Both ride on aiohttp's own keep-alive timer (one timer per connection, no extra task): it
   closes the connection when it fires while the protocol waits for a request, so the head
   timeout only has to move that timer's deadline when a head starts.
+- **Request-body timeout** (`gateway.body_timeout`, nginx's `client_body_timeout`): once a
+  handler runs, the keep-alive timer is off, so a client that sends a head and then stalls
+  in its body would hold the connection and the handler for ever. Every read of a body goes
+  through `body_chunks`, which gives up when one read waited this long for the client (the
+  silence between two reads, not a deadline for the whole body; time the gateway spends
+  not reading, e.g. while the upstream takes the body slowly, does not count): a 408
+  problem, and the connection is closed right after it instead of aiohttp's lingering read
+  of the rest of the body. Timed where the body is read rather than in `data_received`,
+  because only the reader knows whether it is waiting for the client.
 - **Connection cap** (`gateway.max_connections`): at the cap, a new connection evicts the
   connection that has waited longest without a request in progress (idle or stalled in its
   head); when every connection is busy, it gets a 503 and is closed. The default keeps half
@@ -31,7 +40,7 @@ import asyncio
 import logging
 import resource
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -114,15 +123,59 @@ class ServerLimits:
     max_connections: int = 1 << 20
 
 
+def body_timeout(seconds: float) -> ProxyError:
+    return ProxyError(
+        408,
+        "request-body-timeout",
+        "Request body timeout",
+        f"no byte of the request body arrived for {seconds:g} s",
+        timeout=seconds,
+    )
+
+
+async def body_chunks(request: web.BaseRequest, timeout: float) -> AsyncIterator[bytes]:
+    """The request body as it arrives. A read that waits `timeout` seconds for the client
+    raises `body_timeout` (a ProxyError, 408) and marks the connection to close right after
+    its response: the rest of the body is never read, so the connection cannot be reused."""
+    payload = request.content
+    while True:
+        try:
+            async with asyncio.timeout(timeout):
+                chunk = await payload.readany()
+        except TimeoutError:
+            protocol = request.protocol
+            if isinstance(protocol, GatewayProtocol):
+                protocol.close_after_response()
+            raise body_timeout(timeout) from None
+        if not chunk:
+            return
+        yield chunk
+
+
 class GatewayProtocol(RequestHandler):
     """aiohttp's request handler with a request-head deadline and quiet head errors."""
 
-    __slots__ = ("_head_started", "_waiting_since")
+    __slots__ = ("_close_after_response", "_head_started", "_waiting_since")
 
     def __init__(self, manager: GatewayServer, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self._head_started: float | None = None
         self._waiting_since = self._loop.time()
+        self._close_after_response = False
+
+    def close_after_response(self) -> None:
+        """Close the connection once the current response is sent (`Connection: close`),
+        without first reading what is left of the request body: aiohttp would otherwise
+        linger up to 10 s reading a body the client stopped sending."""
+        self._close_after_response = True
+        self._lingering_time = 0.0
+
+    async def finish_response(
+        self, request: BaseRequest, resp: web.StreamResponse, start_time: float | None
+    ) -> tuple[web.StreamResponse, bool]:
+        if self._close_after_response:
+            resp.force_close()
+        return await super().finish_response(request, resp, start_time)
 
     @property
     def gateway(self) -> GatewayServer:

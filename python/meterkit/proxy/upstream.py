@@ -15,8 +15,10 @@ from aiohttp import web
 
 from meterkit.pipeline import RequestContext
 from meterkit.pipeline import problems as gateway
+from meterkit.problems import ProxyError
 from meterkit.proxy.headers import upstream_request_headers
 from meterkit.proxy.keys import CONFIG, METRICS, SESSION
+from meterkit.proxy.server import body_chunks
 
 log = logging.getLogger("meterkit.proxy")
 
@@ -71,16 +73,23 @@ class _BodyTooLarge(Exception):
     """The client's streamed body went past `gateway.max_request_body`."""
 
 
-async def _body_stream(ctx: RequestContext, limit: int) -> AsyncIterator[bytes]:
+async def _body_stream(ctx: RequestContext, limit: int, timeout: float) -> AsyncIterator[bytes]:
     """The client's body as it arrives, stopped before the byte that would pass `limit`: a
-    chunked body of unknown size is never forwarded past it."""
+    chunked body of unknown size is never forwarded past it. A client that stops sending
+    for `timeout` seconds ends it too (`gateway.body_timeout`)."""
     sent = 0
-    async for chunk in ctx.request.content.iter_any():
-        sent += len(chunk)
-        if sent > limit:
-            ctx.state["body_too_large"] = True
-            raise _BodyTooLarge
-        yield chunk
+    try:
+        async for chunk in body_chunks(ctx.request, timeout):
+            sent += len(chunk)
+            if sent > limit:
+                ctx.state["body_too_large"] = True
+                raise _BodyTooLarge
+            yield chunk
+    except ProxyError as e:
+        # Raised inside aiohttp's body writer, which reports its own error to the caller;
+        # kept here so the client gets this answer (408), not an upstream failure.
+        ctx.state["body_error"] = e
+        raise
 
 
 async def open_upstream(ctx: RequestContext) -> aiohttp.ClientResponse:
@@ -101,7 +110,8 @@ async def open_upstream(ctx: RequestContext) -> aiohttp.ClientResponse:
     if ctx.body is not None:
         data: Any = orjson.dumps(ctx.json) if ctx.body_changed else ctx.body
     elif has_body(request):
-        data = _body_stream(ctx, app[CONFIG].gateway.max_request_body)
+        gw = app[CONFIG].gateway
+        data = _body_stream(ctx, gw.max_request_body, gw.body_timeout)
     else:
         data = None
     timeout = aiohttp.ClientTimeout(
@@ -129,6 +139,9 @@ async def open_upstream(ctx: RequestContext) -> aiohttp.ClientResponse:
                 # The upstream saw at most the limit; whatever aiohttp made of the aborted
                 # body, the answer is the client's 413.
                 raise gateway.body_too_large(app[CONFIG].gateway.max_request_body) from None
+            if (body_error := ctx.state.get("body_error")) is not None:
+                # Likewise for a body the client stopped sending: its 408.
+                raise body_error from None
     except TimeoutError:
         metrics.upstream_errors.labels(ctx.route.key, "timeout").inc()
         raise gateway.upstream_timeout(

@@ -1,12 +1,18 @@
-"""The key stage: with a key registry (`keys:`), a request to a route whose budget is keyed
-by `api_key` must carry a registered key, or it gets a 401 problem before anything else
-runs. The budget stage then keys the budget by the key's alias and applies its overrides."""
+"""The key stage: with a key registry (`keys:`), a request to a route that requires a key
+must carry a registered one, or it gets a 401 problem before anything else runs. The budget
+stage then keys the budget by the key's alias and applies its overrides.
+
+Which routes require a key: a route's `keys: required` or `keys: optional` says it; without
+either, a route requires one exactly when its budget is keyed by `api_key` (a budget keyed by
+a token nobody verified is one a client resets by changing its token). An optional route
+still recognises a registered key, so its alias and limits apply there too; any other key
+is budgeted as without a registry."""
 
 from __future__ import annotations
 
 from meterkit.budgets.identity import api_key
 from meterkit.budgets.keys import KeyRegistry, key_sha256
-from meterkit.config import Config
+from meterkit.config import Config, Route
 from meterkit.pipeline import Answer, RequestContext, Stage
 from meterkit.problems import Problem
 
@@ -23,14 +29,30 @@ class KeyStage(Stage):
 
     def __init__(self, config: Config, registry: KeyRegistry) -> None:
         self.registry = registry
-        self.guarded = frozenset(
+
+        def keyed_budget(r: Route) -> bool:
+            return r.budget is not None and config.budgets[r.budget].key.kind == "api_key"
+
+        self.required = frozenset(
             r.key
             for r in config.routes
-            if r.budget is not None and config.budgets[r.budget].key.kind == "api_key"
+            if r.keys == "required" or (r.keys is None and keyed_budget(r))
+        )
+        # Optional routes whose budget uses a registered key's alias and limits: the only
+        # place an entry matters, so other open routes cost no registry lookup.
+        self.recognised = frozenset(
+            r.key for r in config.routes if r.keys == "optional" and keyed_budget(r)
         )
 
     async def on_request(self, ctx: RequestContext) -> Answer | None:
-        if ctx.route.key not in self.guarded:
+        route = ctx.route.key
+        if route in self.recognised:
+            raw = api_key(ctx.request.headers)
+            entry = await self.registry.lookup(key_sha256(raw)) if raw is not None else None
+            if entry is not None:
+                ctx.state[STATE] = entry
+            return None
+        if route not in self.required:
             return None
         raw = api_key(ctx.request.headers)
         if raw is None:
