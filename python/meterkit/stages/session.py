@@ -1,14 +1,15 @@
 """The session stage: per-token payment over a payment channel (MPP `intent="session"`).
 
 A request that carries a session credential either manages the channel (a POST with no
-body: a new voucher, a close) and is answered 204 + `Payment-Receipt` without reaching the
-upstream, or is an LLM request paid from the channel: its prompt is charged before the
-upstream is called, and each streamed event's tokens are reserved against what the payer's
-vouchers cover (`ctx.meter.credit`, from the stream's hold on the channel in the session
-store, so concurrent streams on any instance never spend the same credit). When they run out, the stream pauses before that exact
-event, sends ONE `payment-need-voucher` event, and waits for a voucher; it resumes the
-moment one is accepted (on any instance sharing the store), or ends with the format's ending when none comes in time. The
-stream ends with a `payment-receipt` event whose `spent` covers delivered tokens only.
+body: a new voucher, a top-up, a close) and is answered 204 + `Payment-Receipt` without
+reaching the upstream, or is an LLM request paid from the channel: its prompt is charged
+before the upstream is called, and each streamed event's tokens are reserved against what
+the payer's vouchers cover (`ctx.meter.credit`, from the stream's hold on the channel in the
+session store, so concurrent streams on any instance never spend the same credit). When
+they run out, the stream pauses before that exact event, sends ONE `payment-need-voucher`
+event, and waits for a voucher; it resumes the moment one is accepted (on any instance
+sharing the store), or ends with the format's ending when none comes in time. The stream
+ends with a `payment-receipt` event whose `spent` covers delivered tokens only.
 
 Money state is durable before it is acted on: an accepted voucher before its 204; what was
 delivered at each pause, every `HOLD_TOKENS` tokens and at the end. A crash loses at most
