@@ -212,9 +212,7 @@ def test_a_top_up_credential_re_reads_the_deposit_at_once(
             assert status == 402, problem
             assert problem["type"].endswith("/verification-failed")
             assert esc.lower() in problem["detail"].lower()
-            status, _, problem = await top_up(
-                {"type": "authorization", "additionalDeposit": "500"}
-            )
+            status, _, problem = await top_up({"type": "authorization", "additionalDeposit": "500"})
             assert problem["type"].endswith("/method-unsupported"), problem
             assert "type: hash" in problem["detail"]
 
