@@ -125,8 +125,9 @@ async def _sessions(app: web.Application) -> AsyncIterator[None]:
         await store.open()
     except Exception as e:
         raise StartupError(e, "session store") from e
-    yield
     stage = next(s for s in app[PIPELINE].stages if isinstance(s, SessionStage))
+    stage.hub.start()
+    yield
     await stage.hub.close()
     await stage.source.aclose()
     await store.close()

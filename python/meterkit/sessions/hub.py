@@ -44,6 +44,15 @@ class Hub:
         # says nothing changed (it may have changed before the channel was watched).
         self._fresh = False
 
+    def start(self) -> None:
+        """Listen for vouchers other instances accept, from now on (call once the store is
+        open, in the running loop): a PostgreSQL store's LISTEN connection is then up
+        before the first stream pauses, not opened by that pause (the re-check once a
+        second would otherwise be what wakes the first pause on each instance)."""
+        if not self._subscribed:
+            self._subscribed = True
+            self.store.on_voucher(self.notify)
+
     def notify(self, channel_id: str) -> None:
         w = self._channels.pop(channel_id, None)
         if w is not None:
@@ -52,9 +61,7 @@ class Hub:
     def watch(self, channel_id: str) -> asyncio.Event:
         """Register as a waiter of the channel; the returned event is set by the next
         voucher. Pair with `wait` (which unregisters)."""
-        if not self._subscribed:
-            self._subscribed = True
-            self.store.on_voucher(self.notify)
+        self.start()
         w = self._channels.setdefault(channel_id, _Waiters())
         w.count += 1
         return w.event

@@ -268,8 +268,10 @@ class SessionMeter:
         return cls.from_terms(store, terms, [Accept(a, pay_to)], secret=secret, **options)
 
     async def open(self) -> None:
-        """Open the store (for a meter that owns it; the proxy opens its own)."""
+        """Open the store (for a meter that owns it; the proxy opens its own) and start
+        listening for vouchers accepted elsewhere."""
         await self.store.open()
+        self.hub.start()
 
     async def close(self) -> None:
         """Stop the hub's polling, close the source and the store."""

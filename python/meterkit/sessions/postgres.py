@@ -11,6 +11,7 @@ most that much of the pause, never the voucher)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -113,6 +114,8 @@ class PostgresSessionStore:
         self._closing = True
         if self._reconnect is not None:
             self._reconnect.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reconnect
         if self._listener is not None:
             await self._listener.close()
             self._listener = None
