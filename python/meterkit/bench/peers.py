@@ -78,7 +78,7 @@ NAMES = {
 SETUP = {
     "meterkit": "meterkit serve, one process, metering on (exact token counts), usage sink none",
     "nginx": "one worker process, proxy_buffering off, HTTP/1.1 with a keep-alive pool of 256 "
-    "to the upstream, access log off",
+    "to the upstream, keepalive_requests 1000000 both ways, access log off",
     "litellm": "one uvicorn worker, no database, no master key, client x- headers forwarded, "
     "log level WARNING (no access log)",
 }
@@ -213,9 +213,13 @@ http {{
     fastcgi_temp_path {dir}/fastcgi;
     uwsgi_temp_path {dir}/uwsgi;
     scgi_temp_path {dir}/scgi;
+    # the load generator keeps its connections for thousands of streams, as a client's pool
+    # would: nginx's default closes one after 1,000 requests (and its upstream ones likewise)
+    keepalive_requests 1000000;
     upstream mock {{
         server {upstream};
         keepalive 256;
+        keepalive_requests 1000000;
     }}
     server {{
         listen 127.0.0.1:{port} backlog=4096;
