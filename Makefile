@@ -16,8 +16,15 @@ BUILD_INPUTS := $(shell find rust benches -name '*.rs') Cargo.toml Cargo.lock py
 # versions while working together: --legacy-peer-deps.
 CHAIN_DIR := .chain
 NPM ?= npm
+# The proxies `meterkit bench peers` measures meterkit beside. LiteLLM gets a virtualenv of its
+# own (its hundreds of dependencies stay out of .venv) at a pinned release: the [proxy] extra of
+# later ones needs packages PyPI does not serve, and a proxy that sees every request should not
+# move to whatever was published last (1.82.7 and 1.82.8 were a supply-chain compromise).
+# nginx comes from the system's packages: installing those is root's decision, not make's.
+PEERS_DIR := .peers
+LITELLM_VERSION ?= 1.106.12
 
-.PHONY: help install dev run test services chain contracts demo-chain test-rust test-python lint bench clean
+.PHONY: help install dev run test services chain contracts demo-chain test-rust test-python lint bench peers clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -56,6 +63,16 @@ contracts: chain ## recompile contracts/ with solc-js into the committed artifac
 demo-chain: install chain ## the demo on a local anvil: balances before and after a `meterkit pay`
 	$(PY) -m meterkit.chain.demo
 
+$(PEERS_DIR)/litellm/.installed:
+	$(PYTHON) -m venv $(PEERS_DIR)/litellm
+	$(PEERS_DIR)/litellm/bin/pip install --quiet --upgrade pip
+	$(PEERS_DIR)/litellm/bin/pip install --quiet 'litellm[proxy]==$(LITELLM_VERSION)'
+	touch $@
+
+peers: $(PEERS_DIR)/litellm/.installed ## install what `bench peers` compares with: LiteLLM into .peers/ (nginx: from the system)
+	@if command -v nginx >/dev/null || test -x /usr/sbin/nginx; then echo "nginx: found"; \
+	else echo "nginx: not found (bench peers skips it): as root, apt-get install -y nginx-light"; fi
+
 services: ## start the local Redis and PostgreSQL the multi-instance tests need, when down
 	@bash tests/services.sh
 
@@ -74,13 +91,14 @@ lint: install ## ruff, rustfmt, clippy, mypy and stubtest of the hand-written st
 	$(BIN)/mypy
 	$(BIN)/python -m mypy.stubtest meterkit._core
 
-bench: install ## benchmarks (release build, baselines in the same run): criterion + every meterkit bench suite, PNG plots in benches/results/plots/
+bench: install ## benchmarks (release build, baselines in the same run): criterion + every meterkit bench suite (peers: those installed, see `make peers`), PNG plots in benches/results/plots/
 	cargo bench --bench core
 	$(BIN)/meterkit bench core
 	$(BIN)/meterkit bench proxy
 	$(BIN)/meterkit bench budgets
 	$(BIN)/meterkit bench payments
 	$(BIN)/meterkit bench sessions
+	$(BIN)/meterkit bench peers
 
 clean: ## remove build outputs and the virtualenv
-	rm -rf target $(VENV) $(CHAIN_DIR) python/meterkit/*.so .pytest_cache .hypothesis
+	rm -rf target $(VENV) $(CHAIN_DIR) $(PEERS_DIR) python/meterkit/*.so .pytest_cache .hypothesis

@@ -293,8 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="run the benchmarks (release build) with baselines")
     b.add_argument(
         "suite",
-        choices=["core", "proxy", "budgets", "payments", "sessions", "workers"],
-        help="core: Rust core versus pure Python / tiktoken; proxy: proxy versus direct and plain proxy",
+        choices=["core", "proxy", "budgets", "payments", "sessions", "workers", "peers"],
+        help="core: Rust core versus pure Python / tiktoken; proxy: proxy versus direct and plain "
+        "proxy; peers: meterkit beside nginx and LiteLLM, when installed",
     )
     b.add_argument(
         "--quick", action="store_true", help="small sizes: a smoke run, not a measurement"
@@ -311,6 +312,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--quiet",
         action="store_true",
         help="no progress line on stderr (it is only shown when stderr is a terminal)",
+    )
+    b.add_argument(
+        "--nginx",
+        metavar="PATH",
+        help="peers: the nginx binary (default: nginx on PATH, else /usr/sbin/nginx)",
+    )
+    b.add_argument(
+        "--litellm",
+        metavar="PATH",
+        help="peers: LiteLLM's `litellm` executable (default: .peers/litellm/bin/litellm of "
+        "the repository, which `make peers` installs)",
     )
     b.set_defaults(func=_bench)
     return p

@@ -8,6 +8,8 @@ Suites:
 - ``sessions``: per-token streamed payments (pause/resume round trip, CPU per paid event,
   voucher verifications, overrun after a disconnect, memory of paused streams).
 - ``workers``: throughput of ``serve --workers N``, N = 1 and 2 (streams per second, CPU).
+- ``peers``: meterkit beside nginx (a C pass-through) and LiteLLM's proxy in front of the same
+  mock, when they are installed (CPU per event, added TTFT, throughput; ratios to meterkit).
 
 Each suite prints its tables and draws PNG plots of the same figures (`bench/plots.py`) into
 `--plots DIR` (default `benches/results/plots/` in the repository, else a temporary
@@ -30,7 +32,9 @@ from typing import Any
 __all__ = ["run"]
 
 
-SUITES = ("core", "proxy", "budgets", "payments", "sessions", "workers")
+SUITES = ("core", "proxy", "budgets", "payments", "sessions", "workers", "peers")
+# options only one suite takes (its `main` gets them as keywords)
+SUITE_OPTIONS = {"peers": ("nginx", "litellm")}
 
 
 def _plot_output(args: argparse.Namespace) -> tuple[Any, bool]:
@@ -60,6 +64,18 @@ def run(args: argparse.Namespace) -> int:
 
     if args.suite not in SUITES:
         raise SystemExit(f"unknown suite {args.suite!r}")
+    options: dict[str, Any] = {}
+    for suite, names in SUITE_OPTIONS.items():
+        for name in names:
+            value = getattr(args, name, None)
+            if suite == args.suite:
+                options[name] = value
+            elif value is not None:
+                print(
+                    f"meterkit bench {args.suite}: --{name} is an option of the {suite} suite",
+                    file=sys.stderr,
+                )
+                return 2
     if args.quick:
         print(
             f"meterkit bench {args.suite}: --quick runs small sizes: a smoke run, "
@@ -76,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
             if progress.enabled
             else (contextlib.nullcontext())
         ):
-            code: int = main(quick=args.quick, json_out=args.json_out, plots=out)
+            code: int = main(quick=args.quick, json_out=args.json_out, plots=out, **options)
     finally:
         progress.clear()
         progress.enabled = False

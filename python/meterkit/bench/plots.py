@@ -51,13 +51,22 @@ class Output:
         return p
 
 
-def default_directory(cwd: Path | None = None) -> tuple[Path, bool]:
-    """`benches/results/plots/` of the repository the command runs in (found from the working
-    directory upwards), else a new temporary directory; and whether it is temporary."""
+def repository(cwd: Path | None = None) -> Path | None:
+    """The meterkit checkout the command runs in (found from the working directory upwards),
+    or None."""
     here = (cwd or Path.cwd()).resolve()
     for d in (here, *here.parents):
         if (d / "benches").is_dir() and (d / "pyproject.toml").is_file():
-            return d / "benches" / "results" / "plots", False
+            return d
+    return None
+
+
+def default_directory(cwd: Path | None = None) -> tuple[Path, bool]:
+    """`benches/results/plots/` of the repository the command runs in, else a new temporary
+    directory; and whether it is temporary."""
+    root = repository(cwd)
+    if root is not None:
+        return root / "benches" / "results" / "plots", False
     return Path(tempfile.mkdtemp(prefix="meterkit-plots-")), True
 
 
@@ -240,10 +249,12 @@ def cdf(
     unit: str,
     *,
     baseline: str | None = None,
+    log_x: bool = False,
     note: str = "",
 ) -> Path:
     """Empirical CDFs of latency samples, one line per series, with the p50 and p99 levels
-    marked; the baseline dashed grey."""
+    marked; the baseline dashed grey. `log_x`: a log latency axis, for series an order of
+    magnitude apart (a linear one would squeeze the fast ones into one line)."""
     fig, ax = _figure()
     color_i = 0
     for name, values in samples.items():
@@ -269,7 +280,9 @@ def cdf(
             fontsize=8,
             color="#777777",
         )
-    ax.set_xlabel(unit)
+    if log_x:
+        ax.set_xscale("log")
+    ax.set_xlabel(f"{unit} (log scale)" if log_x else unit)
     ax.set_ylabel("fraction of requests at or below")
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
@@ -286,10 +299,12 @@ def versus(
     unit: str,
     *,
     baseline: str | None = None,
+    higher_is_better: bool | None = None,
     note: str = "",
 ) -> Path:
     """Lines of a figure against a load level (e.g. TTFT or throughput versus concurrent
-    streams), one per series; the baseline dashed grey."""
+    streams), one per series; the baseline dashed grey. Lines more than 30× apart get a log
+    value axis, so the lowest is not drawn flat on zero."""
     fig, ax = _figure()
     color_i = 0
     for name, ys in series.items():
@@ -302,8 +317,10 @@ def versus(
         ax.set_xscale("log")
     ax.set_xticks(list(xs), [f"{x:g}" for x in xs])
     ax.set_xlabel(xlabel)
-    ax.set_ylabel(unit)
-    ax.set_ylim(bottom=0)
+    log = _log_scale(ax, [y for ys in series.values() for y in ys])
+    ax.set_ylabel(_value_label(unit, higher_is_better, log))
+    if not log:
+        ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
     _legend(ax)
     return _save(fig, path, title, note)

@@ -17,12 +17,12 @@ load generator. Measured:
 from __future__ import annotations
 
 import asyncio
-import os
 import statistics
 import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,7 @@ import yaml
 from meterkit import StreamMeter
 from meterkit.bench import plots as draw
 from meterkit.bench.plots import Output
-from meterkit.bench.processes import Process, running
+from meterkit.bench.processes import Process, rss_bytes, running, tree_cpu_seconds
 from meterkit.bench.timing import environment, progress, table
 from meterkit.runtime import new_event_loop
 
@@ -44,17 +44,17 @@ BODY = orjson.dumps(
 )
 
 
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = os.sysconf("SC_CLK_TCK")
-    return (int(fields[11]) + int(fields[12])) / ticks
+def stream_events(length: int) -> int:
+    """Events the mock sends in a streamed chat completion of `length` tokens: the role chunk,
+    one per token, the finish chunk and `[DONE]`."""
+    return length + 3
 
 
-def _rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS")
+def client_session() -> aiohttp.ClientSession:
+    """The load generator's session: no connection limit, no total timeout (streams are long)."""
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=None)
+    )
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -121,7 +121,22 @@ async def _open_many(
         await _background(session, base, started, counter, n, stop, tps)
 
     tasks = [asyncio.ensure_future(one()) for _ in range(n)]
-    await asyncio.wait_for(started.wait(), timeout=120)
+    ready = asyncio.ensure_future(started.wait())
+    # a stream that ends before all are open means the target failed (refused, broke): say so
+    # now rather than wait out the timeout, and leave no stream behind either way
+    done, _ = await asyncio.wait({ready, *tasks}, timeout=120, return_when=asyncio.FIRST_COMPLETED)
+    if ready not in done:
+        ready.cancel()
+        stop.set()
+        for t in tasks:
+            t.cancel()
+        await asyncio.wait(tasks, timeout=30)
+        failed = [t.exception() for t in done if not t.cancelled() and t.exception()]
+        if failed:
+            raise RuntimeError(f"a background stream failed: {failed[0]!r}")
+        if done:
+            raise RuntimeError(f"a background stream ended before all {n} were open")
+        raise RuntimeError(f"{counter[0]} of {n} background streams started in 120 s")
     return tasks, stop
 
 
@@ -129,6 +144,34 @@ async def _close_many(tasks: list[asyncio.Task[None]], stop: asyncio.Event) -> N
     stop.set()
     if tasks:
         await asyncio.wait(tasks, timeout=30)
+
+
+PROBE_HEADERS = {
+    "x-mock-ttft": "0",
+    "x-mock-length": "3",
+    "x-mock-tps": "0",
+    "Content-Type": "application/json",
+}
+
+
+async def probe_ttft(
+    session: aiohttp.ClientSession, base: str, streams: int, probes: int, label: str
+) -> list[float]:
+    """TTFT in seconds of `probes` requests to `base`, one after the other, while `streams - 1`
+    slow background streams (5 tokens/s) are open through the same target."""
+    progress(f"TTFT {label}, {streams} streams: opening")
+    tasks, stop = await _open_many(session, base, streams - 1, tps=5)
+    try:
+        await asyncio.sleep(0.2)
+        times = []
+        for i in range(probes):
+            progress(f"TTFT {label}, {streams} streams: probe", i + 1, probes)
+            times.append(await _first_token(session, base, PROBE_HEADERS))
+    finally:
+        # also when a probe fails: a target that broke must not keep its streams open into
+        # the next measurement
+        await _close_many(tasks, stop)
+    return times
 
 
 async def ttft(
@@ -142,27 +185,11 @@ async def ttft(
     """TTFT p50/p99 per level and target; with `samples`, also every probe's time (ms) by
     level and target, for the distribution plots."""
     out = []
-    connector = aiohttp.TCPConnector(limit=0)
-    async with aiohttp.ClientSession(
-        connector=connector, timeout=aiohttp.ClientTimeout(total=None)
-    ) as session:
-        probe_headers = {
-            "x-mock-ttft": "0",
-            "x-mock-length": "3",
-            "x-mock-tps": "0",
-            "Content-Type": "application/json",
-        }
+    async with client_session() as session:
         for n in levels:
             row: dict[str, Any] = {"streams": n}
             for name, base in (("direct", direct), ("proxy", proxy), ("plain", plain)):
-                progress(f"TTFT {name}, {n} streams: opening")
-                tasks, stop = await _open_many(session, base, n - 1, tps=5)
-                await asyncio.sleep(0.2)
-                times = []
-                for i in range(probes):
-                    progress(f"TTFT {name}, {n} streams: probe", i + 1, probes)
-                    times.append(await _first_token(session, base, probe_headers))
-                await _close_many(tasks, stop)
+                times = await probe_ttft(session, base, n, probes, name)
                 if samples is not None:
                     samples.setdefault(n, {})[name] = [t * 1000 for t in times]
                 row[f"{name}_p50_ms"] = _pct(times, 0.5) * 1000
@@ -181,6 +208,9 @@ async def cpu_per_event(
     length: int,
     headers: dict[str, str] | None = None,
 ) -> dict[str, float]:
+    """CPU µs per streamed event of each target's process (and its children: nginx serves
+    from a worker process), while `streams` unpaced streams of `length` tokens run at once;
+    the best of 3 runs."""
     out = {}
     headers = {
         **(headers or {}),
@@ -189,11 +219,8 @@ async def cpu_per_event(
         "x-mock-tps": "0",
         "Content-Type": "application/json",
     }
-    events = streams * (length + 3)
-    connector = aiohttp.TCPConnector(limit=0)
-    async with aiohttp.ClientSession(
-        connector=connector, timeout=aiohttp.ClientTimeout(total=None)
-    ) as session:
+    events = streams * stream_events(length)
+    async with client_session() as session:
 
         async def one(base: str) -> None:
             async with session.post(base + CHAT, data=BODY, headers=headers) as resp:
@@ -205,25 +232,22 @@ async def cpu_per_event(
             best = float("inf")
             for i in range(3):
                 progress(f"CPU per event, {name}: run", i + 1, 3)
-                c0 = _cpu_seconds(pid)
+                c0 = tree_cpu_seconds(pid)
                 await asyncio.gather(*(one(base) for _ in range(streams)))
-                best = min(best, _cpu_seconds(pid) - c0)
+                best = min(best, tree_cpu_seconds(pid) - c0)
             out[name] = best / events * 1e6
     return out
 
 
 async def memory(targets: dict[str, tuple[str, int]], streams: int) -> dict[str, dict[str, float]]:
     out = {}
-    connector = aiohttp.TCPConnector(limit=0)
-    async with aiohttp.ClientSession(
-        connector=connector, timeout=aiohttp.ClientTimeout(total=None)
-    ) as session:
+    async with client_session() as session:
         for name, (base, pid) in targets.items():
             progress(f"memory, {name}: {streams} streams")
-            idle = _rss_bytes(pid)
+            idle = rss_bytes(pid)
             tasks, stop = await _open_many(session, base, streams, tps=0.2)
             await asyncio.sleep(1)
-            loaded = _rss_bytes(pid)
+            loaded = rss_bytes(pid)
             await _close_many(tasks, stop)
             out[name] = {
                 "idle_mib": idle / 2**20,
@@ -288,6 +312,21 @@ def _proxy_config(mock_url: str, workdir: Path) -> Path:
     return path
 
 
+def mock_and_meterkit(stack: ExitStack) -> tuple[Path, Process, Process]:
+    """A temporary directory, `meterkit mock-llm` (no delay before the first token) and
+    `meterkit serve` in front of it with `_proxy_config`: what the suites that put proxies side
+    by side start first. All of it ends with `stack`."""
+    workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="meterkit-bench-")))
+    mock: Process = stack.enter_context(running(["mock-llm", "--port", "0", "--ttft", "0"]))
+    proxy: Process = stack.enter_context(
+        running(
+            ["serve", "--config", str(_proxy_config(mock.url, workdir)), "--port", "0"],
+            cwd=workdir,
+        )
+    )
+    return workdir, mock, proxy
+
+
 def main(quick: bool = False, json_out: str | None = None, plots: Output | None = None) -> int:
     env = environment()
     levels = [1, 20] if quick else [1, 100, 500]
@@ -302,14 +341,7 @@ def main(quick: bool = False, json_out: str | None = None, plots: Output | None 
     results: dict[str, Any] = {"environment": env}
     samples: dict[int, dict[str, list[float]]] = {}
     with ExitStack() as stack:
-        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="meterkit-bench-")))
-        mock: Process = stack.enter_context(running(["mock-llm", "--port", "0", "--ttft", "0"]))
-        proxy: Process = stack.enter_context(
-            running(
-                ["serve", "--config", str(_proxy_config(mock.url, workdir)), "--port", "0"],
-                cwd=workdir,
-            )
-        )
+        _, mock, proxy = mock_and_meterkit(stack)
         plain: Process = stack.enter_context(
             running(["--upstream", mock.url], module="meterkit.bench.plainproxy")
         )
@@ -400,12 +432,22 @@ def main(quick: bool = False, json_out: str | None = None, plots: Output | None 
             )
         finally:
             loop.close()
+    save(results, json_out, plots, lambda out: figures(out, results, samples))
+    return 0
+
+
+def save(
+    results: dict[str, Any],
+    json_out: str | None,
+    plots: Output | None,
+    draw_figures: Callable[[Output], None],
+) -> None:
+    """After the tables: the figures as JSON (`--json`) and the plots (unless `--no-plots`)."""
     if json_out:
         Path(json_out).write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
     if plots is not None:
         progress("plots")
-        figures(plots, results, samples)
-    return 0
+        draw_figures(plots)
 
 
 NAMES = {"direct": "direct to the mock", "proxy": "meterkit", "plain": "plain proxy"}

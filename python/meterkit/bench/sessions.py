@@ -31,8 +31,8 @@ import yaml
 from meterkit import SseDecoder, _core
 from meterkit.bench import plots as draw
 from meterkit.bench.plots import Output
-from meterkit.bench.processes import running
-from meterkit.bench.proxy import _cpu_seconds, _pct, _rss_bytes
+from meterkit.bench.processes import cpu_seconds, rss_bytes, running
+from meterkit.bench.proxy import _pct
 from meterkit.bench.timing import best_of, environment, progress, table
 from meterkit.config.payments import KNOWN_ASSETS
 from meterkit.payments import mpp
@@ -211,9 +211,9 @@ async def cpu_per_event(base: str, pid: int, payers: list[Payer], length: int) -
             best = float("inf")
             for i in range(3):
                 progress(f"CPU per event, {name}: run", i + 1, 3)
-                c0 = _cpu_seconds(pid)
+                c0 = cpu_seconds(pid)
                 await asyncio.gather(*(one(path, h if path == PAID else {}) for h in headers))
-                best = min(best, _cpu_seconds(pid) - c0)
+                best = min(best, cpu_seconds(pid) - c0)
             out[name] = best / events * 1e6
     return out
 
@@ -293,7 +293,7 @@ async def overrun(base: str, mock: str, payer: Payer, trials: int) -> dict[str, 
 
 async def paused_memory(base: str, pid: int, payers: list[Payer]) -> dict[str, float]:
     progress(f"memory, {len(payers)} paused streams")
-    rss0 = _rss_bytes(pid)
+    rss0 = rss_bytes(pid)
     paused = 0
     stop = asyncio.Event()
     ready = asyncio.Event()
@@ -324,7 +324,7 @@ async def paused_memory(base: str, pid: int, payers: list[Payer]) -> dict[str, f
         tasks = [asyncio.create_task(one(p)) for p in payers]
         try:
             await asyncio.wait_for(ready.wait(), 120)
-            rss = _rss_bytes(pid)
+            rss = rss_bytes(pid)
         finally:
             stop.set()
             for t in tasks:

@@ -20,7 +20,6 @@ the end of the chunked body), so that it costs much less CPU than the proxy it m
 from __future__ import annotations
 
 import asyncio
-import os
 import resource
 import tempfile
 import time
@@ -32,7 +31,7 @@ from urllib.parse import urlsplit
 import orjson
 
 from meterkit.bench.plots import Output
-from meterkit.bench.processes import Process, running
+from meterkit.bench.processes import Process, cpu_seconds, running, tree_cpu_seconds
 from meterkit.bench.proxy import _proxy_config
 from meterkit.bench.timing import environment, progress, table
 from meterkit.runtime import new_event_loop
@@ -40,23 +39,6 @@ from meterkit.runtime import new_event_loop
 BODY = orjson.dumps(
     {"model": "gpt-4o", "stream": True, "messages": [{"role": "user", "content": "Hello"}]}
 )
-
-
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _tree(pid: int) -> list[int]:
-    """`pid` and its children (the workers of `serve --workers`)."""
-    out = [pid]
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        out += [int(c) for c in (task / "children").read_text().split()]
-    return out
-
-
-def _tree_cpu(pid: int) -> float:
-    return sum(_cpu_seconds(p) for p in _tree(pid))
 
 
 def _own_cpu() -> float:
@@ -100,7 +82,7 @@ async def _load(url: str, connections: int, seconds: float, length: int) -> int:
     return done
 
 
-def _round(
+def throughput_round(
     loop: asyncio.AbstractEventLoop,
     url: str,
     pid: int,
@@ -109,15 +91,20 @@ def _round(
     seconds: float,
     length: int,
 ) -> dict[str, float]:
-    c0, m0, g0, t0 = _tree_cpu(pid), _cpu_seconds(mock_pid), _own_cpu(), time.perf_counter()
-    n = loop.run_until_complete(_load(url, connections, seconds, length))
+    """One round of `_load` against `url`: streams per second, and the CPU (in cores) of the
+    target's process tree `pid`, of the mock and of this load generator meanwhile."""
+    c0, m0, g0, t0 = tree_cpu_seconds(pid), cpu_seconds(mock_pid), _own_cpu(), time.perf_counter()
+    # bounded: a target that stops answering mid-stream fails the round instead of hanging it
+    n = loop.run_until_complete(
+        asyncio.wait_for(_load(url, connections, seconds, length), seconds + 120)
+    )
     wall = time.perf_counter() - t0
-    cpu = _tree_cpu(pid) - c0
+    cpu = tree_cpu_seconds(pid) - c0
     return {
         "streams_per_s": n / wall,
         "proxy_cores": cpu / wall,
         "proxy_cpu_per_stream_us": cpu / n * 1e6 if n else 0.0,
-        "mock_cores": (_cpu_seconds(mock_pid) - m0) / wall,
+        "mock_cores": (cpu_seconds(mock_pid) - m0) / wall,
         "client_cores": (_own_cpu() - g0) / wall,
         "streams": n,
     }
@@ -148,12 +135,16 @@ def main(quick: bool = False, json_out: str | None = None, plots: Output | None 
         best: dict[str, dict[str, float]] = {}
         try:
             for p in targets.values():  # warm up: connections, tokenizer, caches
-                _round(loop, p.url, p.pid, mock.pid, connections, 1.0, length)
-            direct = _round(loop, mock.url, mock.pid, mock.pid, connections, seconds, length)
+                throughput_round(loop, p.url, p.pid, mock.pid, connections, 1.0, length)
+            direct = throughput_round(
+                loop, mock.url, mock.pid, mock.pid, connections, seconds, length
+            )
             for r in range(rounds):
                 for name, p in targets.items():
                     progress(f"{name}: round", r + 1, rounds)
-                    got = _round(loop, p.url, p.pid, mock.pid, connections, seconds, length)
+                    got = throughput_round(
+                        loop, p.url, p.pid, mock.pid, connections, seconds, length
+                    )
                     if name not in best or got["streams_per_s"] > best[name]["streams_per_s"]:
                         best[name] = got
         finally:
