@@ -168,7 +168,20 @@ def free_port() -> int:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of one process so far (/proc/PID/stat, clock ticks)."""
+    """CPU seconds of one process so far: the sum of its threads' time on a CPU in
+    nanoseconds (/proc/PID/task/*/schedstat), else user + system from /proc/PID/stat.
+
+    /proc/PID/stat counts clock ticks (10 ms here): a run of 0.12 s of proxy CPU read that way
+    is ±8%, and two such runs measured 11.82 µs per event paid and unpaid alike, to the last
+    digit. schedstat has no such step; it misses threads that already ended, which the
+    measured processes do not have (their loops and SQLite threads live as long as they do)."""
+    if Path(f"/proc/{pid}/schedstat").exists():
+        total = 0
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            # a thread that ended between the listing and the read
+            with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+                total += int((task / "schedstat").read_text().split()[0])
+        return total / 1e9
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
