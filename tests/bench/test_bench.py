@@ -70,5 +70,8 @@ def test_bench_sessions_quick_measures_every_section(tmp_path: Path, capsys: Any
     assert resume["pauses"] > 0
     assert resume["voucher_204_p50_ms"] > 0 and resume["p50_ms"] > 0
     assert set(results["cpu_per_event_us"]) >= {"unpaid", "session"}
+    assert set(results["cpu_split"]) == {
+        f"{mode}_{part}_us" for mode in ("unpaid", "session") for part in ("request", "event")
+    }
     assert results["paused_memory"]["streams"] == 50
     assert "of which: voucher answered 204" in capsys.readouterr().out

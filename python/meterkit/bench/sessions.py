@@ -220,6 +220,24 @@ async def cpu_per_event(base: str, pid: int, payers: list[Payer], length: int) -
     return out
 
 
+# Stream lengths of the CPU comparison: a session-paid request has a fixed cost (the
+# credential's checks, the channel read, the opening hold, the durable charge at the end),
+# which a short stream feels more; two lengths separate it from the cost per event.
+SHORT, LONG = 200, 1000
+
+
+def cpu_split(short: dict[str, float], long: dict[str, float]) -> dict[str, float]:
+    """CPU per request and per event of each mode, from the per-event figures of the two
+    lengths: cpu(L) = request + L × event, with L the events of a stream."""
+    out = {}
+    for mode in ("unpaid", "session"):
+        a, b = short[mode] * (SHORT + 3), long[mode] * (LONG + 3)
+        event = (b - a) / (LONG - SHORT)
+        out[f"{mode}_event_us"] = event
+        out[f"{mode}_request_us"] = a - event * (SHORT + 3)
+    return out
+
+
 def verify_rates(n: int, repeat: int) -> dict[str, float]:
     keys = [os.urandom(31) + bytes([i % 255 + 1]) for i in range(n)]
     cid = "0x" + "ab" * 32
@@ -376,8 +394,11 @@ def main(quick: bool = False, json_out: str | None = None, plots: Output | None 
             "voucher_204_p99_ms": _pct(answered, 0.99) * 1e3,
         }
         cp = loop.run_until_complete(payers(n_cpu, n_resume))
-        cpu = loop.run_until_complete(cpu_per_event(proxy.url, proxy.pid, cp, 200))
+        cpu = loop.run_until_complete(cpu_per_event(proxy.url, proxy.pid, cp, SHORT))
         results["cpu_per_event_us"] = cpu
+        long = loop.run_until_complete(cpu_per_event(proxy.url, proxy.pid, cp, LONG))
+        results[f"cpu_per_event_us_{LONG}"] = long
+        results["cpu_split"] = split = cpu_split(cpu, long)
         over = loop.run_until_complete(
             overrun(proxy.url, mock.url, loop.run_until_complete(payers(1, len(keys) - 1))[0], 5)
         )
@@ -402,18 +423,25 @@ def main(quick: bool = False, json_out: str | None = None, plots: Output | None 
             ],
         )
     )
-    print(f"\n2. Proxy CPU per streamed event ({n_cpu} concurrent streams of 200 tokens)")
+    print(f"\n2. Proxy CPU per streamed event ({n_cpu} concurrent streams)")
     print(
         table(
-            ["unpaid µs", "session-paid µs", "ratio"],
+            ["stream", "unpaid µs", "session-paid µs", "ratio"],
             [
                 [
-                    f"{cpu['unpaid']:.2f}",
-                    f"{cpu['session']:.2f}",
-                    f"{cpu['session'] / cpu['unpaid']:.2f}x",
+                    f"{n} tokens",
+                    f"{c['unpaid']:.2f}",
+                    f"{c['session']:.2f}",
+                    f"{c['session'] / c['unpaid']:.2f}x",
                 ]
+                for n, c in ((SHORT, cpu), (LONG, long))
             ],
         )
+    )
+    print(
+        f"  of which per request (fit over both lengths): unpaid {split['unpaid_request_us']:.0f}"
+        f" µs, session-paid {split['session_request_us']:.0f} µs; per event: unpaid"
+        f" {split['unpaid_event_us']:.2f} µs, session-paid {split['session_event_us']:.2f} µs"
     )
     print(f"\n3. Voucher verifications per second ({n_sigs} distinct signatures, one thread)")
     rows = [["meterkit (Rust core)", f"{rates['meterkit']:.0f}", "1.00x"]]
