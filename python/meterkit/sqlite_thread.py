@@ -34,6 +34,23 @@ class SqliteThread:
 
         return await asyncio.get_running_loop().run_in_executor(self._pool, call)
 
+    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run a read-only `fn` (no transaction, no write) on the caller's thread when the
+        connection is free, else on the connection's thread as `run` does.
+
+        A hop to the thread and back costs ~85 µs of CPU on this 2-core VM (a futex wake, the
+        loop's self-pipe, the GIL changing hands) — for a one-row SELECT that takes ~10 µs.
+        Reads may stay on the event loop: in WAL mode a reader does not wait for writers
+        (other processes' included). Writes never do: they can wait for another process's
+        write lock or for the disk."""
+        if self._lock.acquire(blocking=False):
+            try:
+                assert self._conn is not None, f"{self.name} is not open"
+                return fn(self._conn)
+            finally:
+                self._lock.release()
+        return await self.run(fn)
+
     async def open(self, setup: Callable[[sqlite3.Connection], None]) -> None:
         """Connect (creating the folder) and run `setup` (schema, migrations) first."""
 

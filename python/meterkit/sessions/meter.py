@@ -599,7 +599,12 @@ class PaidStream:
         may deliver before it asks for more (the `StreamMeter`'s `credit`). Call it once
         the request is admitted by everything else, before the model is called: a refusal
         here (`InsufficientBalance`, `ChannelNotFound`) costs nothing."""
-        if await self.meter.source.get(self.channel_id) is None:
+        # An escrow's channel is read again first (a close requested on chain since the
+        # credential was checked); a prepaid one is the store's row, which the draw reads.
+        if (
+            self.meter.source.kind != "prepaid"
+            and await self.meter.source.get(self.channel_id) is None
+        ):
             raise ChannelNotFound("the channel is gone", reason="channel")
         self.prompt_units = prompt_tokens
         offer = self.offer

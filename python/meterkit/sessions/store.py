@@ -153,10 +153,10 @@ class SessionStore:
             r = c.execute(f"{_SELECT} WHERE channel_id = ?", (channel_id.lower(),)).fetchone()
             return _channel(r) if r else None
 
-        return await self._run(go)
+        return await self._db.read(go)
 
     async def list(self) -> list[Channel]:
-        rows = await self._run(lambda c: c.execute(f"{_SELECT} ORDER BY updated_at").fetchall())
+        rows = await self._db.read(lambda c: c.execute(f"{_SELECT} ORDER BY updated_at").fetchall())
         return [_channel(r) for r in rows]
 
     async def credit(self, channel: Channel, amount: int) -> Channel:
@@ -185,7 +185,7 @@ class SessionStore:
             c.execute("COMMIT")
             return _channel(out)
 
-        return await self._run(go)
+        return await self._db.read(go)
 
     async def accept(self, channel_id: str, amount: int, signature: str) -> bool:
         def go(c: sqlite3.Connection) -> bool:
