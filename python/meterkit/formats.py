@@ -145,11 +145,21 @@ async def prompt_count(
         n = await asyncio.to_thread(count_request_prompt, body, fmt)
     else:
         n = count_request_prompt(body, fmt)
+    return n, _prompt_provenance(fmt, model)
+
+
+def prompt_count_now(body: Mapping[str, Any], fmt: str, model: str | None) -> tuple[int, str]:
+    """`prompt_count` on the calling thread, for a body of at most `THREAD_PROMPT_BYTES`
+    (the proxy's usage record skips a task when nothing else needs to wait)."""
+    return count_request_prompt(body, fmt), _prompt_provenance(fmt, model)
+
+
+def _prompt_provenance(fmt: str, model: str | None) -> str:
     exact = (
         fmt in ("openai-chat", "openai-completions")
         and resolve_model(model or "").provenance == "counted"
     )
-    return n, "counted" if exact else "estimated"
+    return "counted" if exact else "estimated"
 
 
 def response_usage(fmt: str | None, body: Any) -> dict[str, Any] | None:

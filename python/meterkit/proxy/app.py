@@ -32,6 +32,7 @@ from meterkit.proxy.keys import (
     LEDGER,
     METRICS,
     PIPELINE,
+    PLANS,
     ROUTER,
     SESSION,
     SESSION_STORE,
@@ -39,7 +40,7 @@ from meterkit.proxy.keys import (
     SINK,
     TASKS,
 )
-from meterkit.proxy.routing import Router
+from meterkit.proxy.routing import Router, route_plans
 from meterkit.proxy.server import (
     GatewayRunner,
     ListenError,
@@ -220,6 +221,7 @@ def build_app(
     app = web.Application(client_max_size=config.gateway.max_request_body)
     app[CONFIG] = config
     app[ROUTER] = Router(config.routes)
+    app[PLANS] = route_plans(config)
     app[METRICS] = ProxyMetrics(key_label=config.metrics.key_label, process=True)
     app[SINK] = sink if sink is not None else make_sink(config.usage, app[METRICS])
     configured: list[Stage] = []
