@@ -66,8 +66,15 @@ async def _session(app: web.Application) -> AsyncIterator[None]:
         limit=0, limit_per_host=0, ttl_dns_cache=300, enable_cleanup_closed=True
     )
     # auto_decompress off: non-metered bodies pass byte for byte with their Content-Encoding.
+    # No cookie jar: this one session serves every client, and aiohttp's default jar keeps
+    # an upstream's Set-Cookie (from a host name, not an IP) and sends it with every later
+    # request to that host, whoever makes it: one client's upstream session would go out
+    # with the others' requests. Clients' own Cookie headers pass as they are, and the
+    # upstream's Set-Cookie still reaches the client that got it. It also spares a jar
+    # lookup per request (issue 14 item 2).
     async with aiohttp.ClientSession(
         connector=connector,
+        cookie_jar=aiohttp.DummyCookieJar(),
         auto_decompress=False,
         trust_env=False,
         timeout=aiohttp.ClientTimeout(total=None),
