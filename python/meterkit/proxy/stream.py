@@ -173,7 +173,8 @@ async def stream_events(
         if result.outcome == "upstream_error":
             metrics.upstream_errors.labels(route, "stream").inc()
             await run.emit(meter.fail(run.public_error))
-        await run.trailer()
+        if ctx.stream_trailer is not None:
+            await run.trailer()
         await out.write_eof()
     except asyncio.CancelledError:
         if watchdog.fired:

@@ -40,10 +40,18 @@ class IdleWatchdog:
     and its cancellation) plus the watchdog's own (issue 14 item 2).
     """
 
-    def __init__(self, timeout: float, *, waiting: bool = False) -> None:
-        self.loop = asyncio.get_running_loop()
+    def __init__(
+        self,
+        timeout: float,
+        *,
+        waiting: bool = False,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        # Given the loop, finding the task needs no `get_running_loop()`, which makes a
+        # getpid syscall on every call in Python 3.11 (its fork check).
+        self.loop = loop or asyncio.get_running_loop()
         self.timeout = timeout
-        self.task = asyncio.current_task()
+        self.task = asyncio.current_task(self.loop)
         # The task's cancellation count when the watchdog started: a cancellation of ours
         # is told from the client's (aiohttp cancels the handler when it leaves) by it.
         self.cancelling = self.task.cancelling() if self.task is not None else 0
@@ -149,7 +157,8 @@ async def open_upstream(
     else:
         data = None
     metrics = app[METRICS]
-    watchdog = IdleWatchdog(up.timeouts.first_byte, waiting=True)
+    # request.task is aiohttp's connection task (not this handler's): only its loop is used.
+    watchdog = IdleWatchdog(up.timeouts.first_byte, waiting=True, loop=request.task.get_loop())
     t0 = time.perf_counter()
     try:
         try:
