@@ -193,7 +193,7 @@ def _submit(app: web.Application, record: UsageRecord) -> None:
 def observe(app: web.Application, record: UsageRecord) -> None:
     m = app[METRICS]
     route = record.route
-    # The cached children (`metrics.Children`): `labels()` cost ~5 µs a call, ~8 a request.
+    # The cached children (`metrics.Children`), not `labels()` (~1 µs a call, 8 a request).
     m.by_requests[route, str(record.status), record.outcome].inc()
     if record.ttft_ms is not None:
         m.by_ttft[(route,)].observe(record.ttft_ms / 1000)

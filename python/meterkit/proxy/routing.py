@@ -44,7 +44,7 @@ class Router:
         """(match, path_known). `path_known` is true when some route has this path but not
         this method, which is a 405 rather than a 404."""
         # Routing is a pure function of the request line: split, unquote and walk the
-        # routes once per line, not per request (~2 µs, issue 14 item 2). A Match is frozen
+        # routes once per line, not per request (2.0 -> 0.1 µs, issue 14 item 2). A Match is frozen
         # and its params are copied by whoever keeps them.
         key = (method, raw_path)
         hit = self._memo.get(key)
