@@ -16,6 +16,7 @@ from meterkit.usage.records import UsageRecord
 
 # The budget key of a registered API key is `key_<alias>` (see stages/budget.py).
 _ALIAS_PREFIX = "key_"
+_ZERO = Decimal(0)
 
 
 @functools.lru_cache(maxsize=8)
@@ -51,7 +52,7 @@ def record_cost(record: UsageRecord, config: Config) -> tuple[str, Decimal, Deci
 
 def observe(m: ProxyMetrics, record: UsageRecord, config: Config) -> None:
     if record.duration_ms is not None:
-        m.request_duration.labels(record.route, record.outcome).observe(record.duration_ms / 1000)
+        m.by_request_duration[record.route, record.outcome].observe(record.duration_ms / 1000)
     n = record.completion_tokens
     if (
         record.stream
@@ -62,13 +63,18 @@ def observe(m: ProxyMetrics, record: UsageRecord, config: Config) -> None:
         and record.outcome in ("completed", "truncated")
     ):
         per_token = (record.duration_ms - record.ttft_ms) / 1000 / (n - 1)
-        m.time_per_output_token.labels(record.route).observe(max(per_token, 0.0))
-    asset, paid, at_price = record_cost(record, config)
+        m.by_time_per_output_token[(record.route,)].observe(max(per_token, 0.0))
+    if record.payment is None and not config.prices:
+        # Nothing paid and no price table: no cost, no spend series (what `record_cost`
+        # would conclude, at ~1.5 µs a request; issue 14 item 2).
+        asset, paid, at_price = "", _ZERO, _ZERO
+    else:
+        asset, paid, at_price = record_cost(record, config)
     if paid:
         m.revenue.labels(asset).inc(float(paid))
     spend = paid + at_price
     if spend:
-        m.spend.labels(record.route, record.model or "unknown").inc(float(spend))
+        m.by_spend[record.route, record.model or "unknown"].inc(float(spend))
     key = (record.budget or {}).get("key")
     label = key_label(str(key), m.key_label) if key else None
     if label is None:

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from aiohttp import web
 
+from meterkit.config import Route
 from meterkit.pipeline.context import RequestContext
 from meterkit.pipeline.problems import UpstreamError, internal_error, problem_response
 from meterkit.pipeline.stage import Answer, Stage
@@ -29,12 +30,29 @@ class Pipeline:
 
     def __init__(self, stages: Sequence[Stage]) -> None:
         self.stages = tuple(stages)
+        # The stages that apply to a route, by the route's identity (hashing the frozen
+        # Route per request would cost more than it saves); the entry keeps the route, so
+        # its id is not reused while the entry lives.
+        self._for_route: dict[int, tuple[Route, tuple[Stage, ...]]] = {}
+
+    def stages_for(self, route: Route) -> tuple[Stage, ...]:
+        """The stages whose hooks requests of `route` go through (`Stage.applies_to`), in
+        order; worked out once per route (issue 14 item 2)."""
+        hit = self._for_route.get(id(route))
+        if hit is None or hit[0] is not route:
+            if len(self._for_route) >= 1024:
+                self._for_route.clear()
+            hit = (route, tuple(s for s in self.stages if s.applies_to(route)))
+            self._for_route[id(route)] = hit
+        return hit[1]
 
     async def run(self, ctx: RequestContext, forward: Forward) -> web.StreamResponse:
         """Answer one request. `ctx.result` says how it ended; the caller writes the record
         (and calls `finish`) whatever happens, including cancellation."""
         try:
-            answer = await self._admit(ctx)
+            stages = self.stages_for(ctx.route)
+            # No stage for the route: no admission coroutines to create and run.
+            answer = await self._admit(ctx, stages) if stages else None
             if answer is not None:
                 # A stage may also answer a request it fully served (a session voucher: 204).
                 return self._answered(
@@ -65,8 +83,8 @@ class Pipeline:
                 raise
             return self._answered(ctx, internal_error().problem(), "failed")
 
-    async def _admit(self, ctx: RequestContext) -> Answer | None:
-        for stage in self.stages:
+    async def _admit(self, ctx: RequestContext, stages: tuple[Stage, ...]) -> Answer | None:
+        for stage in stages:
             # Entered before the call: a stage that raised half-way still gets on_abort.
             ctx.entered.append(stage)
             answer = await stage.on_request(ctx)
@@ -74,7 +92,7 @@ class Pipeline:
                 ctx.result.reason = _reason(answer, stage)
                 return answer
         # Every stage admitted the request: the moment to commit (e.g. settle a payment).
-        for stage in self.stages:
+        for stage in stages:
             answer = await stage.before_upstream(ctx)
             if answer is not None:
                 ctx.result.reason = _reason(answer, stage)

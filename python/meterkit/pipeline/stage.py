@@ -25,6 +25,7 @@ from aiohttp import web
 from meterkit.problems import Problem, ProxyError
 
 if TYPE_CHECKING:
+    from meterkit.config import Route
     from meterkit.pipeline.context import RequestContext
     from meterkit.usage import UsageRecord
 
@@ -35,6 +36,14 @@ class Stage:
     """A step of the request pipeline. Subclass it and override the hooks you need."""
 
     name: str = "stage"
+
+    def applies_to(self, route: Route) -> bool:
+        """Whether requests of `route` can concern this stage at all, decided once per route
+        from the config. False: none of its hooks is called for them, and it never enters
+        (a stage that returns at once on such a route costs nothing then: no hook calls,
+        and a request that no stage entered writes its record without a task). The default,
+        True, calls every hook."""
+        return True
 
     async def on_request(self, ctx: RequestContext) -> Answer | None:
         """Before any upstream call, once the route is known and the body is read and valid.

@@ -32,6 +32,7 @@ from meterkit.proxy.keys import (
     LEDGER,
     METRICS,
     PIPELINE,
+    PLANS,
     ROUTER,
     SESSION,
     SESSION_STORE,
@@ -39,7 +40,7 @@ from meterkit.proxy.keys import (
     SINK,
     TASKS,
 )
-from meterkit.proxy.routing import Router
+from meterkit.proxy.routing import Router, route_plans
 from meterkit.proxy.server import (
     GatewayRunner,
     ListenError,
@@ -65,8 +66,15 @@ async def _session(app: web.Application) -> AsyncIterator[None]:
         limit=0, limit_per_host=0, ttl_dns_cache=300, enable_cleanup_closed=True
     )
     # auto_decompress off: non-metered bodies pass byte for byte with their Content-Encoding.
+    # No cookie jar: this one session serves every client, and aiohttp's default jar keeps
+    # an upstream's Set-Cookie (from a host name, not an IP) and sends it with every later
+    # request to that host, whoever makes it: one client's upstream session would go out
+    # with the others' requests. Clients' own Cookie headers pass as they are, and the
+    # upstream's Set-Cookie still reaches the client that got it. It also spares a jar
+    # lookup per request (issue 14 item 2).
     async with aiohttp.ClientSession(
         connector=connector,
+        cookie_jar=aiohttp.DummyCookieJar(),
         auto_decompress=False,
         trust_env=False,
         timeout=aiohttp.ClientTimeout(total=None),
@@ -220,6 +228,7 @@ def build_app(
     app = web.Application(client_max_size=config.gateway.max_request_body)
     app[CONFIG] = config
     app[ROUTER] = Router(config.routes)
+    app[PLANS] = route_plans(config)
     app[METRICS] = ProxyMetrics(key_label=config.metrics.key_label, process=True)
     app[SINK] = sink if sink is not None else make_sink(config.usage, app[METRICS])
     configured: list[Stage] = []

@@ -70,6 +70,8 @@ class Decoder:
 def decoder_for(content_encoding: str | None) -> Decoder | None:
     """A decoder for a response's `Content-Encoding`, None for identity; raises
     `UnsupportedEncoding` for anything this proxy cannot meter."""
+    if not content_encoding:
+        return None
     codings = [c.strip().lower() for c in (content_encoding or "").split(",") if c.strip()]
     codings = [c for c in codings if c != "identity"]
     if not codings:

@@ -12,13 +12,15 @@ from meterkit.observability.metrics import ProxyMetrics
 from meterkit.payments.ledger import Ledger
 from meterkit.payments.settlement import Settler
 from meterkit.pipeline import Pipeline
-from meterkit.proxy.routing import Router
+from meterkit.proxy.routing import RoutePlan, Router
 from meterkit.runtime import BackgroundTasks
 from meterkit.sessions import ChannelStore
 from meterkit.usage import UsageSink
 
 CONFIG = web.AppKey("config", Config)
 ROUTER = web.AppKey("router", Router)
+# What the requests of each route share, by route key (see `routing.RoutePlan`).
+PLANS = web.AppKey("plans", dict[str, RoutePlan])
 SESSION = web.AppKey("session", aiohttp.ClientSession)
 SINK = web.AppKey("sink", UsageSink)
 METRICS = web.AppKey("metrics", ProxyMetrics)

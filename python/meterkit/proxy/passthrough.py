@@ -21,10 +21,14 @@ _JSON_CAPTURE_LIMIT = 8 * 1024 * 1024
 
 
 async def pass_through(
-    ctx: RequestContext, resp: aiohttp.ClientResponse, decoder: Decoder | None = None
+    ctx: RequestContext,
+    resp: aiohttp.ClientResponse,
+    decoder: Decoder | None = None,
+    watchdog: IdleWatchdog | None = None,
 ) -> web.StreamResponse:
     """Forward `resp`; on a metered route `decoder` decompresses a compressed body (the
-    client then gets identity bytes and the usage can be read)."""
+    client then gets identity bytes and the usage can be read). `watchdog`: the one
+    `open_upstream` armed (a new one otherwise); stopped here (and by the handler, whatever happens)."""
     request = ctx.request
     metrics = request.app[METRICS]
     result = ctx.result
@@ -40,8 +44,9 @@ async def pass_through(
     capture: bytearray | None = None
     if ctx.format is not None and "json" in resp.headers.get("Content-Type", ""):
         capture = bytearray()
+    if watchdog is None:
+        watchdog = IdleWatchdog(ctx.upstream.timeouts.idle)
     await out.prepare(request)
-    watchdog = IdleWatchdog(ctx.upstream.timeouts.idle)
     if resp.status >= 500:
         result.outcome, result.error = "upstream_error", f"upstream answered {resp.status}"
     try:
@@ -60,7 +65,7 @@ async def pass_through(
     except asyncio.CancelledError:
         if not watchdog.fired:
             result.outcome = "client_cancelled"
-            metrics.cancellations.labels(ctx.route.key).inc()
+            metrics.by_cancellations[(ctx.route.key,)].inc()
             raise
         task = asyncio.current_task()
         if task is not None:

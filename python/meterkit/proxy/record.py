@@ -28,6 +28,15 @@ UNROUTED = "-"
 
 
 async def build(ctx: RequestContext, duration: float) -> UsageRecord:
+    record, reported = _draft(ctx, duration)
+    if "input_tokens" not in reported:
+        record.prompt_tokens, record.prompt_provenance = await _prompt(ctx)  # type: ignore[assignment]
+    return record
+
+
+def _draft(ctx: RequestContext, duration: float) -> tuple[UsageRecord, dict[str, int]]:
+    """The record but for a prompt that still needs counting (no `input_tokens` in the
+    upstream's usage, returned as well): everything that needs no waiting."""
     r = ctx.result
     request = ctx.request
     record = UsageRecord(
@@ -84,11 +93,9 @@ async def build(ctx: RequestContext, duration: float) -> UsageRecord:
         record.completion_tokens, record.completion_provenance = counted, counted_prov  # type: ignore[assignment]
     if "input_tokens" in reported:
         record.prompt_tokens, record.prompt_provenance = reported["input_tokens"], "provider"
-    else:
-        record.prompt_tokens, record.prompt_provenance = await _prompt(ctx)  # type: ignore[assignment]
     record.reasoning_tokens = reported.get("reasoning_tokens")
     record.cached_prompt_tokens = reported.get("cached_input_tokens")
-    return record
+    return record, reported
 
 
 def _ms(seconds: float | None) -> float | None:
@@ -109,10 +116,37 @@ async def _prompt(ctx: RequestContext) -> tuple[int | None, str | None]:
         return None, None
 
 
+def _prompt_now(ctx: RequestContext) -> tuple[int | None, str | None]:
+    """`_prompt` without waiting; only for a body `formats.prompt_count` counts in place."""
+    if ctx.prompt_tokens is not None:
+        return ctx.prompt_tokens, ctx.prompt_provenance
+    if ctx.json is None or ctx.format is None:
+        return None, None
+    try:
+        return formats.prompt_count_now(ctx.json, ctx.format, ctx.model)
+    except Exception:
+        log.warning("could not count the prompt", exc_info=True)
+        return None, None
+
+
 def finish(ctx: RequestContext) -> None:
     """Write the request's record once its stages heard how it ended."""
     app = ctx.request.app
     duration = time.monotonic() - ctx.started
+    if not ctx.entered and len(ctx.body or b"") <= formats.THREAD_PROMPT_BYTES:
+        # No stage to tell and no prompt to count off the loop: nothing to wait for, so the
+        # record is written now rather than by a task of its own (a task costs ~6 µs per
+        # request, issue 14 item 2). Synchronous code completes even in a handler being
+        # cancelled, as the task did.
+        try:
+            record, reported = _draft(ctx, duration)
+            if "input_tokens" not in reported:
+                record.prompt_tokens, record.prompt_provenance = _prompt_now(ctx)  # type: ignore[assignment]
+            _submit(app, record)
+        except Exception:
+            # What the task's failure did (asyncio logged it); never the client's problem.
+            log.exception("could not write the usage record")
+        return
 
     async def run() -> None:
         record = await build(ctx, duration)
@@ -158,26 +192,28 @@ def _submit(app: web.Application, record: UsageRecord) -> None:
 
 def observe(app: web.Application, record: UsageRecord) -> None:
     m = app[METRICS]
-    m.requests.labels(record.route, str(record.status), record.outcome).inc()
+    route = record.route
+    # The cached children (`metrics.Children`), not `labels()` (~1 µs a call, 8 a request).
+    m.by_requests[route, str(record.status), record.outcome].inc()
     if record.ttft_ms is not None:
-        m.ttft.labels(record.route).observe(record.ttft_ms / 1000)
+        m.by_ttft[(route,)].observe(record.ttft_ms / 1000)
     if record.ttfb_ms is not None:
-        m.ttfb.labels(record.route).observe(record.ttfb_ms / 1000)
+        m.by_ttfb[(route,)].observe(record.ttfb_ms / 1000)
     if record.truncation is not None:
-        m.truncations.labels(record.route, record.truncation).inc()
+        m.truncations.labels(route, record.truncation).inc()
     if record.outcome == "rejected":
-        m.rejections.labels(record.route, record.reason or "unknown").inc()
+        m.rejections.labels(route, record.reason or "unknown").inc()
     model = record.model or "unknown"
     if record.prompt_tokens is not None:
-        m.tokens.labels(record.route, model, "prompt", record.prompt_provenance or "estimated").inc(
+        m.by_tokens[route, model, "prompt", record.prompt_provenance or "estimated"].inc(
             record.prompt_tokens
         )
     if record.completion_tokens is not None:
-        m.tokens.labels(
-            record.route, model, "completion", record.completion_provenance or "estimated"
-        ).inc(record.completion_tokens)
+        m.by_tokens[route, model, "completion", record.completion_provenance or "estimated"].inc(
+            record.completion_tokens
+        )
     for kind in record.anomalies:
-        m.anomalies.labels(record.route, kind).inc()
+        m.anomalies.labels(route, kind).inc()
     # Duration, time per output token, spend, revenue and the per-key series.
     spend.observe(m, record, app[CONFIG])
 

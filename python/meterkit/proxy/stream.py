@@ -100,10 +100,14 @@ class _StreamRun:
 
 
 async def stream_events(
-    ctx: RequestContext, resp: aiohttp.ClientResponse, decoder: Decoder | None = None
+    ctx: RequestContext,
+    resp: aiohttp.ClientResponse,
+    decoder: Decoder | None = None,
+    watchdog: IdleWatchdog | None = None,
 ) -> web.StreamResponse:
     """Relay `resp` through the meter; `decoder` decompresses a compressed upstream body
-    first (the client then gets identity bytes)."""
+    first (the client then gets identity bytes). `watchdog`: the one `open_upstream`
+    armed (a new one otherwise); stopped here (and by the handler, whatever happens)."""
     request = ctx.request
     metrics = request.app[METRICS]
     route = ctx.route.key
@@ -130,9 +134,11 @@ async def stream_events(
         out.headers.popall("Content-Encoding", None)
     for k, v in ctx.response_headers.items():
         out.headers[k] = v
+    active = metrics.by_active_streams[(route,)]
+    if watchdog is None:
+        watchdog = IdleWatchdog(ctx.upstream.timeouts.idle)
     await out.prepare(request)
-    metrics.active_streams.labels(route).inc()
-    watchdog = IdleWatchdog(ctx.upstream.timeouts.idle)
+    active.inc()
     run = _StreamRun(ctx, out, meter)
     try:
         while True:
@@ -167,7 +173,8 @@ async def stream_events(
         if result.outcome == "upstream_error":
             metrics.upstream_errors.labels(route, "stream").inc()
             await run.emit(meter.fail(run.public_error))
-        await run.trailer()
+        if ctx.stream_trailer is not None:
+            await run.trailer()
         await out.write_eof()
     except asyncio.CancelledError:
         if watchdog.fired:
@@ -185,16 +192,16 @@ async def stream_events(
                 pass
         else:
             result.outcome = "client_cancelled"
-            metrics.cancellations.labels(route).inc()
+            metrics.by_cancellations[(route,)].inc()
             raise
     except (ConnectionResetError, RuntimeError) as e:
         # RuntimeError: aiohttp refuses writes to a closed transport in some versions.
         result.outcome, result.error = "client_cancelled", str(e) or type(e).__name__
-        metrics.cancellations.labels(route).inc()
+        metrics.by_cancellations[(route,)].inc()
     finally:
         watchdog.stop()
         # Closing the response drops the upstream connection: this is the abort on
         # truncation and on client disconnect.
         resp.close()
-        metrics.active_streams.labels(route).dec()
+        active.dec()
     return out

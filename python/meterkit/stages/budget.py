@@ -15,7 +15,7 @@ from meterkit.budgets.backends import BackendUnavailable, BudgetBackend, Identit
 from meterkit.budgets.identity import identity_of, networks
 from meterkit.budgets.keys import with_overrides
 from meterkit.budgets.policy import Limits
-from meterkit.config import Config
+from meterkit.config import Config, Route
 from meterkit.config.budgets import BudgetPolicy
 from meterkit.config.keys import KeyEntry
 from meterkit.observability.metrics import ProxyMetrics
@@ -50,6 +50,10 @@ class BudgetStage(Stage):
         self.metrics = metrics
         self.trusted = networks(config.gateway.trusted_proxies)
         self.lease_ttl = config.budget_store.lease_ttl
+
+    def applies_to(self, route: Route) -> bool:
+        # A route without a budget: on_request returns at once, nothing else acts.
+        return route.budget is not None
 
     async def on_request(self, ctx: RequestContext) -> Answer | None:
         if ctx.route.budget is None or ctx.json is None or ctx.format is None:

@@ -44,6 +44,10 @@ class KeyStage(Stage):
             r.key for r in config.routes if r.keys == "optional" and keyed_budget(r)
         )
 
+    def applies_to(self, route: Route) -> bool:
+        # Any other route: on_request returns at once and there is no other hook.
+        return route.key in self.required or route.key in self.recognised
+
     async def on_request(self, ctx: RequestContext) -> Answer | None:
         route = ctx.route.key
         if route in self.recognised:

@@ -33,7 +33,7 @@ import orjson
 from aiohttp import web
 
 from meterkit import formats
-from meterkit.config import Config
+from meterkit.config import Config, Route
 from meterkit.observability.metrics import ProxyMetrics
 from meterkit.payments import access, evm, mpp, receipts, x402
 from meterkit.payments.callables import call, load_callable
@@ -145,6 +145,10 @@ class PaymentStage(Stage):
             or route_payment.hooks
             or route_payment.session
         )
+
+    def applies_to(self, route: Route) -> bool:
+        # Otherwise every hook finds no hook, no state, nothing to do.
+        return self.applies(route.payment)
 
     def _realm(self, ctx: RequestContext) -> str:
         return self.pay.realm or ctx.request.host.split(":")[0]
