@@ -1937,6 +1937,16 @@ mod schema_deviation_tests {
 mod template_path_tests {
     use super::*;
 
+    fn meter(format: Format, limit: Option<u64>, credit: Option<u64>) -> StreamMeter {
+        StreamMeter::new(MeterConfig {
+            format: Some(format),
+            model: Some("gpt-4o".into()),
+            limit,
+            credit,
+            ..Default::default()
+        })
+    }
+
     fn ev(event: &str, data: &str) -> String {
         let head = if event.is_empty() {
             String::new()
@@ -2032,13 +2042,7 @@ mod template_path_tests {
         for (format, stream) in streams {
             for split in [1, 7, 64, stream.len()] {
                 let run = |limit: Option<u64>, credit: Option<u64>| {
-                    let mut m = StreamMeter::new(MeterConfig {
-                        format: Some(format),
-                        model: Some("gpt-4o".into()),
-                        limit,
-                        credit,
-                        ..Default::default()
-                    });
+                    let mut m = meter(format, limit, credit);
                     let mut out = Vec::new();
                     for c in stream.as_bytes().chunks(split) {
                         let o = m.feed(c);
@@ -2070,13 +2074,7 @@ mod template_path_tests {
                 // size cuts at (the cut adds its ending after the same bytes).
                 for cap in [1u64, 2, 3, 5, 8, 13] {
                     let stop = |limit: Option<u64>, credit: Option<u64>| {
-                        let mut m = StreamMeter::new(MeterConfig {
-                            format: Some(format),
-                            model: Some("gpt-4o".into()),
-                            limit,
-                            credit,
-                            ..Default::default()
-                        });
+                        let mut m = meter(format, limit, credit);
                         let mut out = Vec::new();
                         for c in stream.as_bytes().chunks(split) {
                             let o = m.feed(c);

@@ -12,14 +12,13 @@ from typing import Any
 
 import orjson
 
-from meterkit import _core
 from meterkit.client.session import SessionClient
 from meterkit.payments import mpp
-from meterkit.sessions.channels import PREPAID_ESCROW, ZERO_ADDRESS, Channel
 from meterkit.sessions.store import SessionStore
 from support.inproc import chat, gateway, llm_config
 from support.payment_values import WRONG_VALUES, paths, replace
-from support.payments import ASSET, PAY_TO, key, paid
+from support.payments import key, paid
+from support.sessions import credit_prepaid
 
 CHAT = "/v1/chat/completions"
 
@@ -32,24 +31,9 @@ def test_no_malformed_session_credential_gets_a_5xx(tmp_path: Path) -> None:
 
     async def go() -> list[tuple[int, str]]:
         k = key()
-        payer = _core.address_of(k)
-        cid = _core.evm_channel_id(
-            payer=payer,
-            payee=PAY_TO,
-            token=ASSET.address,
-            salt="0x" + "00" * 31 + "07",
-            authorized_signer=ZERO_ADDRESS,
-            escrow=PREPAID_ESCROW,
-            chain_id=ASSET.chain_id,
-        )
         store = SessionStore(db)
         await store.open()
-        await store.credit(
-            Channel(
-                cid, payer, PAY_TO, ASSET.address, ZERO_ADDRESS, ASSET.chain_id, PREPAID_ESCROW, 0
-            ),
-            10**9,
-        )
+        cid = await credit_prepaid(store, k, 10**9)
         await store.close()
         bad: list[tuple[int, str]] = []
         sent = 0

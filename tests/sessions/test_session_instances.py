@@ -17,7 +17,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from meterkit import _core, count_tokens
+from meterkit import count_tokens
 from meterkit.client.session import SessionClient
 from meterkit.config import config_from_dict
 from meterkit.payments import mpp
@@ -28,6 +28,7 @@ from meterkit.sessions.store import SessionStore
 from support.http import texts
 from support.inproc import Gateway, chat, gateway, llm_config
 from support.payments import ASSET, PAY_TO, key, paid
+from support.sessions import credit_prepaid
 from support.tcpproxy import relay
 
 CHAT = "/v1/chat/completions"
@@ -70,22 +71,8 @@ async def store_of(ledger: dict[str, Any]) -> AsyncIterator[ChannelStore]:
 
 
 async def prepaid(ledger: dict[str, Any], payer_key: bytes, deposit: int) -> str:
-    payer = _core.address_of(payer_key)
-    cid = _core.evm_channel_id(
-        payer=payer,
-        payee=PAY_TO,
-        token=ASSET.address,
-        salt="0x" + "00" * 31 + "07",
-        authorized_signer=ZERO_ADDRESS,
-        escrow=PREPAID_ESCROW,
-        chain_id=ASSET.chain_id,
-    )
     async with store_of(ledger) as store:
-        channel = Channel(
-            cid, payer, PAY_TO, ASSET.address, ZERO_ADDRESS, ASSET.chain_id, PREPAID_ESCROW, 0
-        )
-        await store.credit(channel, deposit)
-    return cid
+        return await credit_prepaid(store, payer_key, deposit)
 
 
 @asynccontextmanager

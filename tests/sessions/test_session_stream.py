@@ -13,14 +13,15 @@ from typing import Any
 import orjson
 import pytest
 
-from meterkit import SseDecoder, _core, count_tokens
+from meterkit import SseDecoder, count_tokens
 from meterkit.client.session import SessionClient, SessionDeclined
 from meterkit.payments import mpp
-from meterkit.sessions.channels import PREPAID_ESCROW, ZERO_ADDRESS, Channel
+from meterkit.sessions.channels import Channel
 from meterkit.sessions.store import SessionStore
 from support.http import texts
 from support.inproc import chat, gateway, llm_config
-from support.payments import ASSET, PAY_TO, key, paid
+from support.payments import ASSET, key, paid
+from support.sessions import credit_prepaid
 
 CHAT = "/v1/chat/completions"
 # $0.00001 a completion token = 10 base units of a 6-decimal token; prompts are free here.
@@ -39,24 +40,12 @@ def tree(db: Path, **session: Any) -> dict[str, Any]:
 
 
 async def prepaid(db: Path, payer_key: bytes, deposit: int, salt: int = 1) -> str:
-    payer = _core.address_of(payer_key)
-    cid = _core.evm_channel_id(
-        payer=payer,
-        payee=PAY_TO,
-        token=ASSET.address,
-        salt="0x" + f"{salt:064x}",
-        authorized_signer=ZERO_ADDRESS,
-        escrow=PREPAID_ESCROW,
-        chain_id=ASSET.chain_id,
-    )
     store = SessionStore(db)
     await store.open()
-    await store.credit(
-        Channel(cid, payer, PAY_TO, ASSET.address, ZERO_ADDRESS, ASSET.chain_id, PREPAID_ESCROW, 0),
-        deposit,
-    )
-    await store.close()
-    return cid
+    try:
+        return await credit_prepaid(store, payer_key, deposit, salt)
+    finally:
+        await store.close()
 
 
 def delivered_text(body: bytes) -> str:

@@ -31,42 +31,32 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
+from multidict import CIMultiDict
 
-from meterkit.payments.problems import PaymentProblem
-from meterkit.pipeline.problems import problem_response
-from meterkit.sessions.meter import CHANNEL_HINT, Completion, PaidStream, Receipted, SessionMeter
+from meterkit.problems import Rendered
+from meterkit.sessions.meter import CHANNEL_HINT, Completion, PaidStream, SessionMeter
 
 __all__ = ["Completion", "admit", "cleanup_ctx", "paid_stream", "stream"]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def _refusal(
-    request: web.Request, meter: SessionMeter, e: PaymentProblem, now: float
-) -> web.Response:
-    host = request.url.host
-    hint = request.headers.get(CHANNEL_HINT)
-    return problem_response(meter.problem(e, now, host=host, channel_hint=hint), None)
+def _response(r: Rendered) -> web.Response:
+    return web.Response(status=r.status, headers=CIMultiDict(r.headers), body=r.body or None)
 
 
 async def admit(request: web.Request, meter: SessionMeter) -> PaidStream | web.Response:
     """The request's session admission: a `PaidStream` to `stream`, or the response to
     send instead (the 402, a 204 receipt for a voucher or close, a refusal)."""
     body = await request.read()  # cached: the handler can still read it
-    now = time.time()
-    host = request.url.host
-    try:
-        admitted = await meter.admit(
-            request.headers, method=request.method, has_body=bool(body), now=now, host=host
-        )
-    except PaymentProblem as e:
-        return _refusal(request, meter, e, now)
-    if admitted is None:
-        hint = request.headers.get(CHANNEL_HINT)
-        return problem_response(meter.payment_required(now, host=host, channel_hint=hint), None)
-    if isinstance(admitted, Receipted):
-        return web.Response(status=admitted.status, headers=admitted.headers)
-    return admitted
+    out = await meter.answer(
+        request.headers,
+        method=request.method,
+        has_body=bool(body),
+        now=time.time(),
+        host=request.url.host,
+    )
+    return _response(out) if isinstance(out, Rendered) else out
 
 
 async def stream(
@@ -75,13 +65,11 @@ async def stream(
     """Charge the prompt, then send the completion metered and paid (`PaidStream.relay`).
     A channel without credit for the prompt and one token gets its problem instead, and
     the completion is never read."""
-    try:
-        await paid.open(completion.prompt_tokens)
-    except PaymentProblem as e:
-        close = getattr(completion.chunks, "aclose", None)
-        if close is not None:
-            await close()
-        return _refusal(request, paid.meter, e, time.time())
+    refused = await paid.begin(
+        completion, host=request.url.host, channel_hint=request.headers.get(CHANNEL_HINT)
+    )
+    if refused is not None:
+        return _response(refused)
     resp = web.StreamResponse(
         headers={
             "Content-Type": "text/event-stream",

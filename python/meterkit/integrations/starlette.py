@@ -39,18 +39,16 @@ except ImportError as e:  # pragma: no cover - depends on the environment
         "meterkit.integrations.starlette needs Starlette: pip install starlette"
     ) from e
 
-from meterkit.payments.problems import PaymentProblem
-from meterkit.problems import Problem, render
-from meterkit.sessions.meter import CHANNEL_HINT, Completion, PaidStream, Receipted, SessionMeter
+from meterkit.problems import Rendered
+from meterkit.sessions.meter import CHANNEL_HINT, Completion, PaidStream, SessionMeter
 
 __all__ = ["Completion", "PaidStreamingResponse", "admit", "lifespan", "paid_stream", "stream"]
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 
-def problem_response(problem: Problem) -> Response:
-    """Problem details as a Starlette response (`WWW-Authenticate` repeated per challenge)."""
-    r = render(problem)
+def _response(r: Rendered) -> Response:
+    """A rendered answer as a Starlette response (`WWW-Authenticate` repeated per challenge)."""
     resp = Response(content=r.body, status_code=r.status)
     for name, value in r.headers:
         if name.lower() == "www-authenticate":
@@ -60,29 +58,18 @@ def problem_response(problem: Problem) -> Response:
     return resp
 
 
-def _refusal(request: Request, meter: SessionMeter, e: PaymentProblem, now: float) -> Response:
-    hint = request.headers.get(CHANNEL_HINT)
-    return problem_response(meter.problem(e, now, host=request.url.hostname, channel_hint=hint))
-
-
 async def admit(request: Request, meter: SessionMeter) -> PaidStream | Response:
     """The request's session admission: a `PaidStream` to `stream`, or the response to
     send instead (the 402, a 204 receipt for a voucher or close, a refusal)."""
     body = await request.body()  # cached: the endpoint can still read it
-    now = time.time()
-    host = request.url.hostname
-    try:
-        admitted = await meter.admit(
-            request.headers, method=request.method, has_body=bool(body), now=now, host=host
-        )
-    except PaymentProblem as e:
-        return _refusal(request, meter, e, now)
-    if admitted is None:
-        hint = request.headers.get(CHANNEL_HINT)
-        return problem_response(meter.payment_required(now, host=host, channel_hint=hint))
-    if isinstance(admitted, Receipted):
-        return Response(status_code=admitted.status, headers=admitted.headers)
-    return admitted
+    out = await meter.answer(
+        request.headers,
+        method=request.method,
+        has_body=bool(body),
+        now=time.time(),
+        host=request.url.hostname,
+    )
+    return _response(out) if isinstance(out, Rendered) else out
 
 
 class PaidStreamingResponse(Response):
@@ -142,13 +129,11 @@ async def stream(request: Request, paid: PaidStream, completion: Completion) -> 
     """Charge the prompt, then the completion metered and paid (`PaidStream.relay`). A
     channel without credit for the prompt and one token gets its problem instead, and the
     completion is never read."""
-    try:
-        await paid.open(completion.prompt_tokens)
-    except PaymentProblem as e:
-        close = getattr(completion.chunks, "aclose", None)
-        if close is not None:
-            await close()
-        return _refusal(request, paid.meter, e, time.time())
+    refused = await paid.begin(
+        completion, host=request.url.hostname, channel_hint=request.headers.get(CHANNEL_HINT)
+    )
+    if refused is not None:
+        return _response(refused)
     relay = paid.relay(
         completion.chunks, format=completion.format, model=completion.model, path=completion.path
     )

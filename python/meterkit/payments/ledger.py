@@ -27,6 +27,7 @@ from typing import Any, Protocol, TypeVar
 
 import orjson
 
+from meterkit.pgpool import open_pool
 from meterkit.sqlite_thread import SqliteThread
 
 T = TypeVar("T")
@@ -516,23 +517,7 @@ class PostgresLedger:
         self._pool: Any = None
 
     async def open(self) -> None:
-        import asyncpg
-
-        settings = {"search_path": self.schema} if self.schema else None
-        if self.schema:
-            conn = await asyncpg.connect(self.url)
-            try:
-                await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
-            finally:
-                await conn.close()
-        self._pool = await asyncpg.create_pool(
-            self.url,
-            min_size=1,
-            max_size=10,
-            server_settings=settings,
-            timeout=self.timeout,
-            command_timeout=self.timeout,
-        )
+        self._pool = await open_pool(self.url, self.schema, self.timeout)
         async with self._pool.acquire() as c, c.transaction():
             # One instance migrates at a time.
             await c.execute("SELECT pg_advisory_xact_lock(7236218)")

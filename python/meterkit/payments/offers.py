@@ -147,15 +147,4 @@ def refusal(
                 )
             )
         extra["price"] = str(price)
-    if e.retry_after is not None:
-        headers.append(("Retry-After", str(e.retry_after)))
-    return Problem(
-        e.status,
-        e.code,
-        e.title,
-        e.detail,
-        type_base=e.type_base,
-        extra=extra,
-        headers=tuple(headers),
-        reason=e.reason,
-    )
+    return e.problem(headers, extra)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from meterkit.problems import Problem
+
 PROBLEM_BASE = "https://paymentauth.org/problems/"
 
 
@@ -29,6 +31,25 @@ class PaymentProblem(Exception):
         # A short machine-readable reason for metrics and logs.
         self.reason = reason or self.code
         self.extra = extra
+
+    def problem(
+        self, headers: list[tuple[str, str]], extra: dict[str, Any] | None = None
+    ) -> Problem:
+        """As the web-free `Problem` the renderer sends: `headers` (the fresh challenges of
+        a 402, say) and then `Retry-After` when the refusal is transient; `extra` members
+        (default: this error's own)."""
+        if self.retry_after is not None:
+            headers = [*headers, ("Retry-After", str(self.retry_after))]
+        return Problem(
+            self.status,
+            self.code,
+            self.title,
+            self.detail,
+            type_base=self.type_base,
+            extra=dict(self.extra) if extra is None else extra,
+            headers=tuple(headers),
+            reason=self.reason,
+        )
 
     def body(
         self, request_id: str | None = None, challenge_id: str | None = None

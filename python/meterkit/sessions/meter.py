@@ -52,7 +52,7 @@ from meterkit.payments.problems import (
     PaymentProblem,
     PaymentRequired,
 )
-from meterkit.problems import Problem
+from meterkit.problems import Problem, Rendered, render
 from meterkit.sessions import wire
 from meterkit.sessions.channels import (
     HOLD_TOKENS,
@@ -326,18 +326,7 @@ class SessionMeter:
                 ("WWW-Authenticate", c.header())
                 for c in self.challenges(now, host=host, channel_hint=channel_hint)
             ]
-        if e.retry_after is not None:
-            headers.append(("Retry-After", str(e.retry_after)))
-        return Problem(
-            e.status,
-            e.code,
-            e.title,
-            e.detail,
-            type_base=e.type_base,
-            extra=dict(e.extra),
-            headers=tuple(headers),
-            reason=e.reason,
-        )
+        return e.problem(headers)
 
     def payment_required(
         self, now: float, *, host: str | None = None, channel_hint: str | None = None
@@ -377,6 +366,42 @@ class SessionMeter:
         return await self.admit_credential(
             cred, method=method, has_body=has_body, now=now, host=host
         )
+
+    async def answer(
+        self,
+        headers: Mapping[str, str],
+        *,
+        method: str,
+        has_body: bool,
+        now: float,
+        host: str | None = None,
+    ) -> PaidStream | Rendered:
+        """`admit`, with every answer that is not a paid stream as a framework-free response:
+        the 402 (no session credential), a 204 receipt (a voucher, a top-up, a close), or a
+        refusal's problem details. What a web framework's adapter turns into its response."""
+        hint = headers.get(CHANNEL_HINT)
+        try:
+            admitted = await self.admit(
+                headers, method=method, has_body=has_body, now=now, host=host
+            )
+        except PaymentProblem as e:
+            return self.refusal(e, now, host=host, channel_hint=hint)
+        if admitted is None:
+            return render(self.payment_required(now, host=host, channel_hint=hint))
+        if isinstance(admitted, Receipted):
+            return Rendered(admitted.status, list(admitted.headers.items()), b"")
+        return admitted
+
+    def refusal(
+        self,
+        e: PaymentProblem,
+        now: float,
+        *,
+        host: str | None = None,
+        channel_hint: str | None = None,
+    ) -> Rendered:
+        """A refusal rendered as problem details (`problem`, ready to send)."""
+        return render(self.problem(e, now, host=host, channel_hint=channel_hint))
 
     def offer_for(self, ch: mpp.Challenge, now: float, host: str | None = None) -> SessionOffer:
         """The offer an echoed challenge was issued for; raises when it was not issued here,
@@ -751,6 +776,25 @@ class PaidStream:
         channel = self._settled or await self.meter.store.get(self.channel_id)
         assert channel is not None
         return wire.receipt_event(self.receipt(channel, self.meter.clock()))
+
+    async def begin(
+        self,
+        completion: Completion,
+        *,
+        host: str | None = None,
+        channel_hint: str | None = None,
+    ) -> Rendered | None:
+        """`open` for a `Completion` about to be relayed: None when the stream may go on; the
+        refusal, ready to send, when the channel has no credit for the prompt and one token
+        — and then the completion is closed unread."""
+        try:
+            await self.open(completion.prompt_tokens)
+        except PaymentProblem as e:
+            close = getattr(completion.chunks, "aclose", None)
+            if close is not None:
+                await close()
+            return self.meter.refusal(e, self.meter.clock(), host=host, channel_hint=channel_hint)
+        return None
 
     # ---- the library relay ------------------------------------------------------------------
 

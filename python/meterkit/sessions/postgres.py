@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from meterkit.pgpool import open_pool
 from meterkit.sessions.channels import Channel, Draw, Drawn, draw, follow_escrow
 from meterkit.sessions.store import AMOUNTS, COLUMNS
 
@@ -84,26 +85,8 @@ class PostgresSessionStore:
         self._reconnect: asyncio.Task[None] | None = None
         self._closing = False
 
-    def _settings(self) -> dict[str, str] | None:
-        return {"search_path": self.schema} if self.schema else None
-
     async def open(self) -> None:
-        import asyncpg
-
-        if self.schema:
-            conn = await asyncpg.connect(self.url, timeout=self.timeout)
-            try:
-                await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
-            finally:
-                await conn.close()
-        self._pool = await asyncpg.create_pool(
-            self.url,
-            min_size=1,
-            max_size=10,
-            server_settings=self._settings(),
-            timeout=self.timeout,
-            command_timeout=self.timeout,
-        )
+        self._pool = await open_pool(self.url, self.schema, self.timeout)
         async with self._pool.acquire() as c, c.transaction():
             # One instance creates the tables at a time (the ledger's lock number + 1).
             await c.execute("SELECT pg_advisory_xact_lock(7236219)")
