@@ -153,20 +153,28 @@ class OnchainSettler:
                 reason="wrong_chain",
             )
 
-    async def simulate(self, asset: Asset, auth: Authorization) -> None:
-        call = {"from": self.relayer, "to": asset.address, "data": transfer_calldata(auth)}
+    async def would_revert(self, to: str, data: str) -> str | None:
+        """Simulate a call from the relayer (`eth_call` at the latest block): None when it
+        would succeed, else its revert reason. A node that cannot tell (no answer, an error
+        that is not a revert) is `ChainUnavailable`: nothing was sent."""
         try:
-            await self._call("eth_call", call, "latest")
+            await self._call("eth_call", {"from": self.relayer, "to": to, "data": data}, "latest")
         except RpcError as e:
             reason = revert_reason(e)
             if reason is None:
                 raise ChainUnavailable(
                     f"the RPC node refused the simulation: {e}", reason="rpc_error"
                 ) from e
+            return reason
+        return None
+
+    async def simulate(self, asset: Asset, auth: Authorization) -> None:
+        reason = await self.would_revert(asset.address, transfer_calldata(auth))
+        if reason is not None:
             raise SettlementFailed(
                 f"the transfer would revert: {reason}",
                 reason="nonce_used" if _USED in reason else "reverted",
-            ) from None
+            )
 
     async def authorization_used(self, asset: Asset, authorizer: str, nonce: str) -> bool:
         """`authorizationState(authorizer, nonce)`: the chain's word on whether an

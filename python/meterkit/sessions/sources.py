@@ -21,7 +21,7 @@ from meterkit import _core
 from meterkit.chain import escrow as esc
 from meterkit.chain.rpc import RpcError, RpcUnavailable
 from meterkit.config.sessions import OnchainChannels
-from meterkit.payments.onchain import OnchainSettler, revert_reason
+from meterkit.payments.onchain import OnchainSettler
 from meterkit.payments.problems import ChainUnavailable, MethodUnsupported, VerificationFailed
 from meterkit.sessions.channels import PREPAID_ESCROW, Channel
 from meterkit.sessions.problems import TransactionReverted
@@ -173,24 +173,12 @@ class OnchainSource:
             return None
         capture = max(capture, view.settled)
         data = esc.close_calldata(cid, channel.accepted, capture, channel.signature)
-        try:
-            await self.settler.rpc.call(
-                "eth_call", {"from": self.operator, "to": self.escrow, "data": data}, "latest"
-            )
-        except RpcError as e:
-            reason = revert_reason(e)
-            if reason is None:
-                raise ChainUnavailable(
-                    f"the close simulation failed: {e}", reason="rpc_error"
-                ) from e
+        # The operator is the settler's relayer: the simulation runs as the real close would.
+        reason = await self.settler.would_revert(self.escrow, data)
+        if reason is not None:
             raise TransactionReverted(
                 f"closing the channel would revert: {reason}", reason="close_reverted"
-            ) from None
-        except RpcUnavailable as e:
-            raise ChainUnavailable(
-                f"the chain's RPC node did not answer ({e}): nothing was sent",
-                reason="rpc_unavailable",
-            ) from e
+            )
         tx = await self.settler.send_call(await self.chain_id(), self.escrow, data, cid)
         receipt = await self.settler.wait_mined(
             tx, "the channel closes when it mines; `getChannel` tells"
