@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 from contextlib import ExitStack
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -35,10 +36,11 @@ from meterkit.bench.plots import Output
 from meterkit.bench.processes import cpu_seconds, rss_bytes, running
 from meterkit.bench.proxy import _pct
 from meterkit.bench.timing import best_of, environment, progress, table
+from meterkit.client.session import SessionClient
 from meterkit.config.payments import KNOWN_ASSETS
 from meterkit.payments import mpp
 from meterkit.runtime import new_event_loop
-from meterkit.sessions.channels import PREPAID_ESCROW, ZERO_ADDRESS, Channel
+from meterkit.sessions.channels import prepaid_channel
 from meterkit.sessions.store import SessionStore
 from meterkit.sessions.wire import sign_voucher, voucher_digest
 
@@ -83,30 +85,12 @@ async def _channels(db: Path, n: int) -> list[tuple[bytes, str]]:
     try:
         for i in range(n):
             key = os.urandom(31) + bytes([i % 255 + 1])
-            payer = _core.address_of(key)
             salt = "0x" + os.urandom(32).hex()
-            cid = _core.evm_channel_id(
-                payer=payer,
-                payee=PAY_TO,
-                token=ASSET.address,
-                salt=salt,
-                authorized_signer=ZERO_ADDRESS,
-                escrow=PREPAID_ESCROW,
-                chain_id=ASSET.chain_id,
+            channel = prepaid_channel(
+                _core.address_of(key), PAY_TO, ASSET.address, ASSET.chain_id, salt
             )
-            await store.credit(
-                Channel(
-                    cid,
-                    payer,
-                    PAY_TO,
-                    ASSET.address,
-                    ZERO_ADDRESS,
-                    ASSET.chain_id,
-                    PREPAID_ESCROW,
-                    0,
-                ),
-                10**15,
-            )
+            await store.credit(channel, 10**15)
+            cid = channel.channel_id
             out.append((key, cid))
     finally:
         await store.close()
@@ -114,22 +98,19 @@ async def _channels(db: Path, n: int) -> list[tuple[bytes, str]]:
 
 
 class Payer:
-    """One channel's side: the challenge once, then vouchers."""
+    """One channel's side: the challenge once, then vouchers (signed by meterkit's own
+    session client, uncapped here)."""
 
     def __init__(self, key: bytes, cid: str, ch: mpp.Challenge) -> None:
-        self.key, self.cid, self.ch = key, cid, ch
-        self.cumulative = 0
+        self.ch = ch
+        self.client = SessionClient(key, cid, max_total=Decimal(10**12))
+
+    @property
+    def cumulative(self) -> int:
+        return self.client.cumulative
 
     def header(self, amount: int) -> dict[str, str]:
-        sig = sign_voucher(self.key, "evm", ASSET.chain_id, PREPAID_ESCROW, self.cid, amount)
-        self.cumulative = max(self.cumulative, amount)
-        payload = {
-            "action": "voucher",
-            "channelId": self.cid,
-            "cumulativeAmount": str(amount),
-            "signature": sig,
-        }
-        return {"Authorization": "Payment " + mpp.credential_token(self.ch, payload)}
+        return self.client.authorization(self.ch, amount)
 
 
 async def _challenge(session: aiohttp.ClientSession, base: str) -> mpp.Challenge:
