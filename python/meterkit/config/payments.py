@@ -544,12 +544,7 @@ def parse_payments(value: Any, path: KeyPath, problems: Problems) -> Payments:
                 kw[k] = value[k]
     if "secret" in kw and len(kw["secret"]) < 16:
         problems.add(path / "secret", "use at least 16 characters (it binds challenge ids)")
-    for k in ("expires", "max_validity"):
-        if k in value:
-            try:
-                kw[k] = parse_duration(value[k])
-            except ValueError as e:
-                problems.add(path / k, str(e))
+    kw.update(problems.parsed(path, value, ("expires", "max_validity"), parse_duration)[0])
     if "protocols" in value:
         pr = value["protocols"]
         if not isinstance(pr, list) or not pr or any(x not in ("mpp", "x402") for x in pr):
@@ -657,20 +652,15 @@ def parse_chain(
                 ok = False
             else:
                 kw[k] = v
-    for k in ("max_fee_per_gas", "max_priority_fee_per_gas"):
-        if k in value:
-            try:
-                kw[k] = parse_wei(value[k])
-            except ValueError as e:
-                problems.add(path / k, str(e))
-                ok = False
-    for k in ("receipt_timeout", "poll_interval"):
-        if k in value:
-            try:
-                kw[k] = parse_duration(value[k])
-            except ValueError as e:
-                problems.add(path / k, str(e))
-                ok = False
+    fees, fees_ok = problems.parsed(
+        path, value, ("max_fee_per_gas", "max_priority_fee_per_gas"), parse_wei
+    )
+    times, times_ok = problems.parsed(
+        path, value, ("receipt_timeout", "poll_interval"), parse_duration
+    )
+    kw.update(fees)
+    kw.update(times)
+    ok = ok and fees_ok and times_ok
     if not ok:
         return None
     assert isinstance(url, str) and isinstance(key, str)

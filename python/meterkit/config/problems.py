@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 _PLAIN = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 
@@ -58,6 +61,27 @@ class Problems:
                 f"; did you mean {hint[0]!r}?" if hint else f"; known keys: {', '.join(known)}"
             )
             self.add(path / str(key), f"unknown key{suggestion}")
+
+    def parsed(
+        self,
+        path: KeyPath,
+        value: Mapping[str, Any],
+        keys: Iterable[str],
+        parse: Callable[[Any], T],
+    ) -> tuple[dict[str, T], bool]:
+        """`parse` each of `keys` present in `value` (a duration, a size, an amount): what
+        parsed, and whether everything did; a value it refuses (ValueError) is a problem at
+        its key path, with the parser's message."""
+        out: dict[str, T] = {}
+        ok = True
+        for k in keys:
+            if k in value:
+                try:
+                    out[k] = parse(value[k])
+                except ValueError as e:
+                    self.add(path / k, str(e))
+                    ok = False
+        return out, ok
 
     def __bool__(self) -> bool:
         return bool(self.items)

@@ -363,12 +363,7 @@ def _gateway(value: Any, path: KeyPath, problems: Problems) -> Gateway:
         kw["host"] = h
     if "port" in m and (p := _port(m["port"], path / "port", problems)) is not None:
         kw["port"] = p
-    for size_key in ("max_request_body", "max_pending_bytes"):
-        if size_key in m:
-            try:
-                kw[size_key] = parse_size(m[size_key])
-            except ValueError as e:
-                problems.add(path / size_key, str(e))
+    kw.update(problems.parsed(path, m, ("max_request_body", "max_pending_bytes"), parse_size)[0])
     if "trusted_proxies" in m:
         tp = m["trusted_proxies"]
         if not isinstance(tp, list) or not all(isinstance(x, str) for x in tp):

@@ -82,14 +82,8 @@ def parse_sessions(value: Any, path: KeyPath, problems: Problems) -> Sessions:
     if not isinstance(escrow, str) or not _ADDRESS.fullmatch(escrow):
         problems.add(cpath / "escrow", "the escrow contract's address (0x + 40 hex digits)")
         ok = False
-    times: dict[str, float] = {}
-    for k in ("cache", "timeout"):
-        if k in ch:
-            try:
-                times[k] = parse_duration(ch[k])
-            except ValueError as e:
-                problems.add(cpath / k, str(e))
-                ok = False
+    times, times_ok = problems.parsed(cpath, ch, ("cache", "timeout"), parse_duration)
+    ok = ok and times_ok
     chain = parse_chain(ch, cpath, problems, key_name="operator_key", who="operator")
     if not ok or chain is None:
         return Sessions()
