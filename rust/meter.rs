@@ -265,6 +265,21 @@ impl Core {
         resolved.0
     }
 
+    fn see_choice(&mut self, choice: u32) {
+        if !self.choices.contains(&choice) {
+            self.choices.push(choice);
+        }
+    }
+
+    /// A delivered delta: its choice is seen, its text counted in its slot.
+    fn push_delta(&mut self, choice: u32, part: u32, channel: Channel, text: &str) {
+        self.see_choice(choice);
+        let i = self.slot_index(choice, part, channel);
+        let slot = &mut self.slots[i];
+        slot.counter.push(text);
+        slot.dirty = true;
+    }
+
     fn upper_bound_total(&self) -> u64 {
         self.slots.iter().map(Slot::upper_bound).sum()
     }
@@ -388,17 +403,9 @@ impl Core {
                 }
                 for k in 0..self.template.choices_seen().len() {
                     let c = self.template.choices_seen()[k];
-                    if !self.choices.contains(&c) {
-                        self.choices.push(c);
-                    }
+                    self.see_choice(c);
                 }
-                if !self.choices.contains(&d.choice) {
-                    self.choices.push(d.choice);
-                }
-                let i = self.slot_index(d.choice, d.part, d.channel);
-                let slot = &mut self.slots[i];
-                slot.counter.push(&d.text);
-                slot.dirty = true;
+                self.push_delta(d.choice, d.part, d.channel, &d.text);
                 return Verdict::Forward;
             }
         }
@@ -550,18 +557,10 @@ impl Core {
             self.open_block = None;
         }
         for c in ex.choices_seen.iter().copied() {
-            if !self.choices.contains(&c) {
-                self.choices.push(c);
-            }
+            self.see_choice(c);
         }
         for d in ex.deltas {
-            if !self.choices.contains(&d.choice) {
-                self.choices.push(d.choice);
-            }
-            let i = self.slot_index(d.choice, d.part, d.channel);
-            let slot = &mut self.slots[i];
-            slot.counter.push(&d.text);
-            slot.dirty = true;
+            self.push_delta(d.choice, d.part, d.channel, &d.text);
         }
         for (choice, reason) in ex.finishes {
             match self.finishes.iter_mut().find(|(c, _)| *c == choice) {
