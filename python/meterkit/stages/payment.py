@@ -566,17 +566,11 @@ class PaymentStage(Stage):
     def _session_only(self, ctx: RequestContext) -> Problem:
         """The 402 of a route paid only per token: its session challenges."""
         self.metrics.payment_required.labels(ctx.route.key).inc()
-        e = PaymentRequired("this route is paid per token over a payment channel")
-        challenges = self.session_challenges(ctx) if self.session_challenges else []
-        return Problem(
-            e.status,
-            e.code,
-            e.title,
-            e.detail,
-            type_base=e.type_base,
-            headers=tuple(("WWW-Authenticate", c.header()) for c in challenges),
-            reason="no_credential",
+        e = PaymentRequired(
+            "this route is paid per token over a payment channel", reason="no_credential"
         )
+        challenges = self.session_challenges(ctx) if self.session_challenges else []
+        return e.problem([("WWW-Authenticate", c.header()) for c in challenges])
 
     async def _refuse(self, ctx: RequestContext, state: PaymentState, e: PaymentProblem) -> Problem:
         if not isinstance(e, PaymentRequired):
