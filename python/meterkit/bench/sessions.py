@@ -97,6 +97,17 @@ async def _channels(db: Path, n: int) -> list[tuple[bytes, str]]:
     return out
 
 
+def _stream(tokens: int, tps: int = 0) -> dict[str, str]:
+    """The headers of a streamed chat request to the mock: `tokens` tokens at `tps` a
+    second (0: unpaced), the first at once."""
+    return {
+        "Content-Type": "application/json",
+        "x-mock-length": str(tokens),
+        "x-mock-tps": str(tps),
+        "x-mock-ttft": "0",
+    }
+
+
 class Payer:
     """One channel's side: the challenge once, then vouchers (signed by meterkit's own
     session client, uncapped here)."""
@@ -135,13 +146,7 @@ async def resume_round_trips(
     async with aiohttp.ClientSession() as session:
 
         async def one(p: Payer) -> None:
-            h = {
-                "Content-Type": "application/json",
-                "x-mock-length": str(tokens),
-                "x-mock-tps": "0",
-                "x-mock-ttft": "0",
-                **p.header(p.cumulative + step * PRICE),
-            }
+            h = {**_stream(tokens), **p.header(p.cumulative + step * PRICE)}
             async with session.post(base + PAID, data=BODY, headers=h) as r:
                 decoder, t0 = SseDecoder(), None
                 async for chunk in r.content.iter_any():
@@ -169,12 +174,7 @@ async def resume_round_trips(
 
 async def cpu_per_event(base: str, pid: int, payers: list[Payer], length: int) -> dict[str, float]:
     """CPU of the proxy per event, paid (vouchers cover the stream) versus unpaid."""
-    common = {
-        "Content-Type": "application/json",
-        "x-mock-length": str(length),
-        "x-mock-tps": "0",
-        "x-mock-ttft": "0",
-    }
+    common = _stream(length)
     events = len(payers) * (length + 3)
     async with aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=None)
@@ -276,11 +276,8 @@ async def overrun(base: str, mock: str, payer: Payer, trials: int) -> dict[str, 
             progress("overrun after a disconnect", i + 1, trials)
             rid = f"overrun-{i}-{os.urandom(4).hex()}"
             h = {
-                "Content-Type": "application/json",
+                **_stream(2000, tps=1000),
                 "X-Request-Id": rid,
-                "x-mock-length": "2000",
-                "x-mock-tps": "1000",
-                "x-mock-ttft": "0",
                 **payer.header(payer.cumulative + 10 * PRICE),
             }
             async with session.post(base + PAID, data=BODY, headers=h) as r:
@@ -311,13 +308,7 @@ async def paused_memory(base: str, pid: int, payers: list[Payer]) -> dict[str, f
 
         async def one(p: Payer) -> None:
             nonlocal paused
-            h = {
-                "Content-Type": "application/json",
-                "x-mock-length": "100",
-                "x-mock-tps": "0",
-                "x-mock-ttft": "0",
-                **p.header(p.cumulative + 2 * PRICE),
-            }
+            h = {**_stream(100), **p.header(p.cumulative + 2 * PRICE)}
             async with session.post(base + PAID, data=BODY, headers=h) as r:
                 buf = b""
                 async for chunk in r.content.iter_any():
