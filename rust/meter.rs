@@ -11,6 +11,8 @@
 //! - `limit`: a hard cap on delivered completion tokens. The first event whose text would take
 //!   the count past it is not forwarded; the format's synthetic ending is, and the stream is
 //!   over (`Truncated`). With `shadow` the cap is only observed (`would_truncate_at`).
+//! - `shadow_limit`: a cap that is only observed, beside an enforced `limit` (a shadow budget
+//!   on a route whose paid quote is enforced): both apply, each in its own way.
 //! - `credit`: prepaid or leased headroom. When an event would overrun it the meter stops
 //!   before that event (`Paused`) and keeps the rest; `grant` adds headroom and resumes from
 //!   exactly that event. `truncate` ends a paused stream instead.
@@ -58,6 +60,8 @@ pub struct MeterConfig {
     pub max_event_size: usize,
     pub limit: Option<u64>,
     pub shadow: bool,
+    /// Observed only, whatever `shadow` says: where it would cut goes to `would_truncate_at`.
+    pub shadow_limit: Option<u64>,
     pub ending: EndingStyle,
     /// Prompt tokens counted at admission, reported in synthetic usage.
     pub prompt_tokens: Option<u64>,
@@ -80,6 +84,7 @@ impl Default for MeterConfig {
             max_event_size: DEFAULT_MAX_EVENT_SIZE,
             limit: None,
             shadow: false,
+            shadow_limit: None,
             ending: EndingStyle::Graceful,
             prompt_tokens: None,
             credit: None,
@@ -226,8 +231,10 @@ struct Core {
     unknown_reported: bool,
     after_done_reported: bool,
     events: u64,
+    /// The enforced cap (cuts).
     limit: Option<u64>,
-    shadow: bool,
+    /// The observed cap (`would_truncate_at` only): `shadow_limit`, and `limit` with `shadow`.
+    observed: Option<u64>,
     credit: Option<u64>,
     would_truncate_at: Option<u64>,
     stream_error: Option<StreamError>,
@@ -340,7 +347,7 @@ impl Core {
 
     /// No limit or rewriting: every event is forwarded as it came, unless a credit stops it.
     fn plain_forwarding(&self) -> bool {
-        self.limit.is_none() && !self.strip_usage && !self.partial_usage
+        self.limit.is_none() && self.observed.is_none() && !self.strip_usage && !self.partial_usage
     }
 
     /// The templated fast path may take an event whose delta adds `bytes`: always without
@@ -442,16 +449,14 @@ impl Core {
         }
         if !ex.deltas.is_empty() {
             let cap_credit = self.credit;
-            let cap_limit = self.limit;
-            if let Some(cap) = cap_limit {
+            if let Some(cap) = self.observed {
+                if self.would_truncate_at.is_none() && !self.fits(&ex, cap) {
+                    self.would_truncate_at = Some(self.total());
+                }
+            }
+            if let Some(cap) = self.limit {
                 if !self.fits(&ex, cap) {
-                    if self.shadow {
-                        if self.would_truncate_at.is_none() {
-                            self.would_truncate_at = Some(self.total());
-                        }
-                    } else {
-                        return Verdict::Cut;
-                    }
+                    return Verdict::Cut;
                 }
             }
             if let Some(cap) = cap_credit {
@@ -658,8 +663,11 @@ impl StreamMeter {
                 unknown_reported: false,
                 after_done_reported: false,
                 events: 0,
-                limit: cfg.limit,
-                shadow: cfg.shadow,
+                limit: if cfg.shadow { None } else { cfg.limit },
+                observed: match (if cfg.shadow { cfg.limit } else { None }, cfg.shadow_limit) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                },
                 credit: cfg.credit,
                 would_truncate_at: None,
                 stream_error: None,
@@ -1158,8 +1166,9 @@ impl StreamMeter {
         self.core.credit
     }
 
+    /// The cap as configured: the enforced one, else the observed one.
     pub fn limit(&self) -> Option<u64> {
-        self.core.limit
+        self.core.limit.or(self.core.observed)
     }
 
     pub fn would_truncate_at(&self) -> Option<u64> {
@@ -1325,6 +1334,38 @@ mod tests {
         );
         assert_eq!(m.would_truncate_at(), Some(3));
         assert_eq!(m.state(), MeterState::Finished);
+    }
+
+    #[test]
+    fn an_observed_cap_beside_an_enforced_one_reports_and_the_enforced_one_cuts() {
+        let bytes = chat_stream(WORDS);
+        let cut_alone = {
+            let mut m = StreamMeter::new(MeterConfig {
+                limit: Some(5),
+                ..Default::default()
+            });
+            run(&mut m, &bytes, 9)
+        };
+        let mut m = StreamMeter::new(MeterConfig {
+            limit: Some(5),
+            shadow_limit: Some(3),
+            ..Default::default()
+        });
+        let out = run(&mut m, &bytes, 9);
+        // The observed cap changes nothing on the wire: the same bytes as the limit alone.
+        assert_eq!(out, cut_alone);
+        assert_eq!(m.would_truncate_at(), Some(3));
+        assert_eq!(m.state(), MeterState::Truncated);
+        assert_eq!(m.completion_tokens(), 5);
+        // An observed cap above the enforced one is never reached.
+        let mut m = StreamMeter::new(MeterConfig {
+            limit: Some(3),
+            shadow_limit: Some(5),
+            ..Default::default()
+        });
+        run(&mut m, &bytes, 9);
+        assert_eq!(m.would_truncate_at(), None);
+        assert_eq!(m.completion_tokens(), 3);
     }
 
     #[test]

@@ -639,7 +639,8 @@ impl PyFeedResult {
 ///   over is replaced by the format's ending (`ending="graceful"`: finish_reason "length" /
 ///   stop_reason "max_tokens" / response.incomplete, then the end marker; `"error_chunk"`: the
 ///   format's error event). With `shadow=True` nothing is cut: `would_truncate_at` records
-///   where it would have been.
+///   where it would have been. `shadow_limit`: a cap only observed beside an enforced
+///   `limit` (the smaller of the two observed caps counts when both are given with `shadow`).
 /// - `credit`: tokens the stream may deliver before it must be granted more. The meter pauses
 ///   *before* the event that would overrun it (`state == "paused"`, nothing of that event
 ///   released); `grant(n)` resumes at exactly that event, `clear_credit()` removes the gate.
@@ -691,8 +692,8 @@ impl PyStreamMeter {
     #[new]
     #[pyo3(signature = (
         format = "auto", model = None, *, path = None, encoding = None, limit = None,
-        shadow = false, ending = "graceful", credit = None, prompt_tokens = None,
-        max_event_size = sse::DEFAULT_MAX_EVENT_SIZE, strip_usage = false, partial_usage = false
+        shadow = false, shadow_limit = None, ending = "graceful", credit = None,
+        prompt_tokens = None, max_event_size = sse::DEFAULT_MAX_EVENT_SIZE, strip_usage = false, partial_usage = false
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -702,6 +703,7 @@ impl PyStreamMeter {
         encoding: Option<&str>,
         limit: Option<u64>,
         shadow: bool,
+        shadow_limit: Option<u64>,
         ending: &str,
         credit: Option<u64>,
         prompt_tokens: Option<u64>,
@@ -727,6 +729,7 @@ impl PyStreamMeter {
                 max_event_size,
                 limit,
                 shadow,
+                shadow_limit,
                 ending,
                 prompt_tokens,
                 credit,

@@ -196,6 +196,7 @@ class StreamMeter:
         encoding: str | None = None,
         limit: int | None = None,
         shadow: bool = False,
+        shadow_limit: int | None = None,
         ending: str = "graceful",
         credit: int | None = None,
         prompt_tokens: int | None = None,

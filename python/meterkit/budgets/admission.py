@@ -51,6 +51,15 @@ def plan(policy: BudgetPolicy, requested: int | None, prompt: int, stream: bool)
     return Plan(cap, first, prompt + cap, prompt + first, mid_stream, policy.mode == "shadow")
 
 
+def prepaid(p: Plan, paid: int) -> Plan:
+    """The plan of a request whose completion was paid for up front (`paid` tokens): it is
+    granted whole — all of it reserved at admission, no mid-stream lease that could cut a
+    paid stream short (the payment's own cap cuts it at what was paid)."""
+    cap = min(p.cap, paid)
+    prompt = p.need - p.cap
+    return Plan(cap, cap, prompt + cap, prompt + cap, False, p.shadow)
+
+
 def key_missing(policy: BudgetPolicy) -> Problem:
     what = _KEY_WORDS.get(policy.key.kind) or f"the {policy.key.header} header"
     return Problem(

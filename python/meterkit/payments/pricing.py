@@ -61,8 +61,15 @@ def _by_model(table: Mapping[str, T], model: str | None) -> T | None:
 
 
 def quote(
-    payment: RoutePayment, body: dict[str, Any] | None, fmt: str | None, model: str | None
+    payment: RoutePayment,
+    body: dict[str, Any] | None,
+    fmt: str | None,
+    model: str | None,
+    cap: int | None = None,
 ) -> Quote:
+    """The price of a request. `cap`: the smallest completion cap other features put on it
+    (a budget's `max_completion_tokens`): a token-based quote never charges for completion
+    tokens the request cannot get."""
     if payment.type == "fixed":
         if payment.prices_by_model:
             p = _by_model(payment.prices_by_model, model)
@@ -84,6 +91,8 @@ def quote(
         prompt = count_request_prompt(body, fmt, model)
         requested, _ = requested_max(body, fmt)
         max_out = requested if requested is not None else DEFAULT_QUOTE_MAX_TOKENS
+        if cap is not None:
+            max_out = min(max_out, cap)
         price = rates.input * prompt + rates.output * max_out
         return Quote(price, "token-based", model, prompt, max_out)
     return Quote(Decimal(0), "free")

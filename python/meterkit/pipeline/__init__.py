@@ -5,20 +5,35 @@
 `Pipeline` runs the stages and guarantees each that entered hears how the request ended.
 """
 
-from meterkit.pipeline.context import MeterSettings, RequestContext, Result
+from meterkit.pipeline.context import (
+    Caps,
+    Gates,
+    Identity,
+    MeterSettings,
+    PaymentFacts,
+    RequestContext,
+    Result,
+)
+from meterkit.pipeline.order import ORDER, ordered
 from meterkit.pipeline.problems import problem_response
 from meterkit.pipeline.run import Pipeline
 from meterkit.pipeline.stage import Answer, Stage
 from meterkit.problems import Problem, ProxyError
 
 __all__ = [
+    "ORDER",
     "Answer",
+    "Caps",
+    "Gates",
+    "Identity",
     "MeterSettings",
+    "PaymentFacts",
     "Pipeline",
     "Problem",
     "ProxyError",
     "RequestContext",
     "Result",
     "Stage",
+    "ordered",
     "problem_response",
 ]

@@ -1,37 +1,79 @@
 """Per-request state: what the handler learned about a request, what the stages decided,
-and how the response ended (`Result`), which becomes its one usage record."""
+and how the response ended (`Result`), which becomes its one usage record.
+
+What one stage learns and another needs is a typed field here, written once by the stage
+that owns it (`identity`, `payment`) or added to by each (`caps`, `gates`, `trailers`):
+`state` is for a stage's private notes only. Strings in a shared dict and single-slot
+callables that a later stage overwrote are how features broke each other on one route
+(a session replaced the budget's lease; a payer never reached a payer-keyed budget)."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from meterkit.config import Route, Upstream
+from meterkit.pipeline.limits import Caps, Emit, Gates, TruncationCause
 from meterkit.usage import Outcome
 
 if TYPE_CHECKING:
     from meterkit import StreamMeter
+    from meterkit.config.keys import KeyEntry
+    from meterkit.payments.pricing import Quote
     from meterkit.pipeline.stage import Stage
+    from meterkit.sessions.meter import PaidStream
 
-# What cut a stream short: the per-request limit, the shared budget, or the payer's credit.
-TruncationCause = Literal["limit", "budget", "payment"]
-Emit = Callable[[bytes], Awaitable[None]]
+__all__ = [
+    "Caps",
+    "Emit",
+    "Gates",
+    "Identity",
+    "MeterSettings",
+    "PaymentFacts",
+    "RequestContext",
+    "Result",
+    "TruncationCause",
+]
 
 
 @dataclass
 class MeterSettings:
-    """What a stage may ask of the stream's meter before it starts."""
+    """How the stream's meter rewrites and ends a stream (its caps and credit are
+    `RequestContext.caps` and `.gates`)."""
 
-    limit: int | None = None
-    shadow: bool = False
     ending: str = "graceful_close"
-    credit: int | None = None
     strip_usage: bool = False
     partial_usage: bool = False
+
+
+@dataclass
+class Identity:
+    """Who the request is, as the stages that verified it found."""
+
+    # The registered API key (the key stage).
+    key: KeyEntry | None = None
+    # The verified payer's address: the one-time credential's signer (the payment stage) or
+    # the session voucher's channel payer (the session stage). Never from an unverified header.
+    payer: str | None = None
+
+
+@dataclass
+class PaymentFacts:
+    """What the money stages tell the others about this request."""
+
+    # The one-time price (the payment stage), when the route is priced.
+    quote: Quote | None = None
+    # Completion tokens paid for up front (a token-based quote): they are granted whole at
+    # admission — a budget reserves them all or refuses before anything is claimed.
+    prepaid_completion: int | None = None
+    # The request pays per token from a channel (the session stage): its account.
+    session: PaidStream | None = None
+    # The request carries a session credential (a voucher): the session stage answers for it.
+    session_credential: bool = False
 
 
 @dataclass
@@ -82,19 +124,17 @@ class RequestContext:
     prompt_tokens: int | None = None
     prompt_provenance: str | None = None
     meter: MeterSettings = field(default_factory=MeterSettings)
-    # Called when the meter pauses for want of credit: the tokens granted (0: none, end the
-    # stream), or None to stop gating the stream. `credit_kind` names who grants it, and so
-    # the cause of a truncation when the answer is 0.
-    # The source is handed `emit`, which writes bytes to the client between two events (a
-    # `payment-need-voucher` event, say) while the stream is paused.
-    credit_source: Callable[[Emit], Awaitable[int | None]] | None = None
-    credit_kind: TruncationCause = "budget"
+    identity: Identity = field(default_factory=Identity)
+    payment: PaymentFacts = field(default_factory=PaymentFacts)
+    # Completion caps (cut) and credit gates (pause), each stage adding its own.
+    caps: Caps = field(default_factory=Caps)
+    gates: Gates = field(default_factory=Gates)
     # Bytes to send after the stream's own ending, just before it closes (a session's final
-    # `payment-receipt` event); not called when the client already left.
-    stream_trailer: Callable[[], Awaitable[bytes]] | None = None
+    # `payment-receipt` event), in the order added; not called when the client already left.
+    trailers: list[Callable[[], Awaitable[bytes]]] = field(default_factory=list)
     # Extra headers for the client response (e.g. a payment receipt).
     response_headers: dict[str, str] = field(default_factory=dict)
-    # Free-form state for stages, keyed by stage name.
+    # A stage's private notes, keyed by its name; never data another stage reads.
     state: dict[str, Any] = field(default_factory=dict)
     # Stages whose `on_request` was called, in order: each gets `on_abort` or `on_complete`.
     entered: list[Stage] = field(default_factory=list)

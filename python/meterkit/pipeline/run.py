@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from aiohttp import web
 
+from meterkit import formats
 from meterkit.config import Route
 from meterkit.pipeline.context import RequestContext
 from meterkit.pipeline.problems import UpstreamError, internal_error, problem_response
@@ -97,6 +98,7 @@ class Pipeline:
             if answer is not None:
                 ctx.result.reason = _reason(answer, stage)
                 return answer
+        write_caps(ctx)
         return None
 
     async def upstream_answered(self, ctx: RequestContext, status: int) -> Answer | None:
@@ -141,6 +143,16 @@ class Pipeline:
                     "on_complete" if delivered else "on_abort",
                     extra={"stage": stage.name},
                 )
+
+
+def write_caps(ctx: RequestContext) -> None:
+    """Ask the upstream for no more than the smallest enforced cap (`ctx.caps`), when the
+    client asked for more or said nothing: the upstream must not outrun what was reserved or
+    paid for. Shadow caps change nothing on the wire."""
+    cap = ctx.caps.limit
+    if cap is not None and ctx.json is not None and ctx.format is not None:
+        if formats.set_completion_cap(ctx.json, ctx.format, cap):
+            ctx.body_changed = True
 
 
 # nginx's "client closed request": the client left before any response was sent.

@@ -1,13 +1,14 @@
 """The stage contract: every hook a pipeline stage can implement, declared here with a no-op
 default, each saying when it fires and what its answers mean.
 
-The order of a request (see `meterkit.pipeline.run`):
+The order of a request (see `meterkit.pipeline.run`; which stage comes first and why:
+`meterkit.pipeline.order`):
 
     on_request (each stage, in order)        admission: nothing that moves money
     before_upstream (each stage, in order)   commit: claim / settle a payment
     upstream request
     on_upstream_response | on_upstream_failure
-    stream through the meter (credit from `ctx.credit_source`)
+    stream through the meter (cut at `ctx.caps`, paused at the smallest of `ctx.gates`)
     on_complete | on_abort (each stage that entered, in reverse order), then the usage record
 
 A hook that answers returns a `Problem` (rendered as RFC 9457 problem details) or an aiohttp

@@ -23,7 +23,8 @@ from meterkit.observability.metrics import CONTENT_TYPE_LATEST, ProxyMetrics
 from meterkit.payments import discovery
 from meterkit.payments.ledger import Ledger, SqliteLedger, journal, make_ledger
 from meterkit.payments.settlement import FacilitatorSettler, Settler, make_settler
-from meterkit.pipeline import Pipeline, Stage
+from meterkit.payments.hooks import RouteHooks
+from meterkit.pipeline import Pipeline, Stage, ordered
 from meterkit.proxy.handler import handle
 from meterkit.proxy.keys import (
     BUDGET_BACKEND,
@@ -54,7 +55,7 @@ from meterkit.proxy.workers import Worker
 from meterkit.runtime import BackgroundTasks, bound_port
 from meterkit.sessions import make_store
 from meterkit.sessions.sources import make_source
-from meterkit.stages import BudgetStage, KeyStage, PaymentStage, SessionStage
+from meterkit.stages import BudgetStage, HookStage, KeyStage, PaymentStage, SessionStage
 from meterkit.stages.payment import STALE_CLAIM
 from meterkit.usage import PostgresSink, UsageSink, make_sink
 
@@ -222,9 +223,10 @@ def build_app(
     settler: Settler | None = None,
     key_registry: KeyRegistry | None = None,
 ) -> web.Application:
-    """The proxy app for `config`. The stages the config asks for run first (payments, then
-    budgets, which may be keyed by the verified payer), then `stages` in order. A payment
-    is verified at admission but claimed only after every stage admitted the request."""
+    """The proxy app for `config`. The stages the config asks for run first, in the order
+    `meterkit.pipeline.order` declares (keys, hooks, budget, session, payment), then
+    `stages` in order. A payment is verified at admission but claimed only after every
+    stage admitted the request."""
     app = web.Application(client_max_size=config.gateway.max_request_body)
     app[CONFIG] = config
     app[ROUTER] = Router(config.routes)
@@ -232,13 +234,16 @@ def build_app(
     app[METRICS] = ProxyMetrics(key_label=config.metrics.key_label, process=True)
     app[SINK] = sink if sink is not None else make_sink(config.usage, app[METRICS])
     configured: list[Stage] = []
+    base = Path(config.source).parent if Path(config.source).is_file() else None
+    hooks = RouteHooks(config.routes, base)
+    if hooks.by_route:
+        configured.append(HookStage(hooks))
     if config.keys is not None:
         # First: a 401 for an unknown key costs nothing and precedes any 402 or 429.
         app[KEY_REGISTRY] = key_registry or make_registry(config.keys)
         configured.append(KeyStage(config, app[KEY_REGISTRY]))
         app.cleanup_ctx.append(_key_registry)
     if any(PaymentStage.applies(r.payment) for r in config.routes):
-        base = Path(config.source).parent if Path(config.source).is_file() else None
         app[LEDGER] = ledger or make_ledger(
             config.ledger.type,
             config.ledger.path,
@@ -249,7 +254,7 @@ def build_app(
         app[SETTLER] = settler or make_settler(
             config.payments.settlement, base, journal(app[LEDGER])
         )
-        payment = PaymentStage(config, app[LEDGER], app[SETTLER], app[METRICS], base)
+        payment = PaymentStage(config, app[LEDGER], app[SETTLER], app[METRICS], base, hooks)
         if any(SessionStage.applies(r.payment) for r in config.routes):
             # Sessions keep their channels beside the ledger (its SQLite file, or its
             # PostgreSQL database for several instances).
@@ -259,6 +264,7 @@ def build_app(
                 app[SESSION_STORE],
                 app[METRICS],
                 make_source(config.sessions.onchain, app[SESSION_STORE]),
+                hooks,
             )
             payment.session_challenges = sessions.challenges
             configured.append(sessions)
@@ -272,7 +278,7 @@ def build_app(
         backend = budget_backend or make_backend(config.budget_store)
         app[BUDGET_BACKEND] = backend
         configured.append(BudgetStage(config, backend, app[METRICS]))
-    app[PIPELINE] = Pipeline((*configured, *stages))
+    app[PIPELINE] = Pipeline(ordered(configured, stages))
     # Process-wide, in the core: what all streams may hold of unfinished upstream events.
     _core.set_pending_budget(config.gateway.max_pending_bytes or None)
     app[TASKS] = BackgroundTasks()

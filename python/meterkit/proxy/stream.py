@@ -53,18 +53,22 @@ class _StreamRun:
         """Write what a meter result releases; while the meter waits for credit, get more
         (or end the stream when there is none). False when the stream is over."""
         await self.emit(fed.forward)
+        gates = self.ctx.gates
         while fed.paused or self.meter.state == "paused":
-            source = self.ctx.credit_source
-            granted = await source(self.emit) if source is not None else 0
-            if granted is None:
-                fed = self.meter.clear_credit()
-            elif granted > 0:
-                fed = self.meter.grant(granted)
-            else:
-                self.result.truncation = self.ctx.credit_kind
-                await self.emit(self.meter.truncate(_EXHAUSTED[self.ctx.credit_kind]))
+            # Only the gates at the meter's credit are asked: a session is not asked for a
+            # voucher while the budget is what holds the stream back, nor the reverse.
+            cause = await gates.refill(self.meter.completion_tokens, self.emit)
+            if cause is not None:
+                self.result.truncation = cause
+                await self.emit(self.meter.truncate(_EXHAUSTED[cause]))
                 self.result.outcome = "truncated"
                 return False
+            # Every gate at the old credit gave more or left: the smallest allowance rose.
+            credit = gates.credit
+            if credit is None:
+                fed = self.meter.clear_credit()
+            else:
+                fed = self.meter.grant(credit - (self.meter.credit or 0))
             await self.emit(fed.forward)
         if fed.truncated:
             self.result.outcome, self.result.truncation = "truncated", "limit"
@@ -88,8 +92,7 @@ class _StreamRun:
 
     async def trailer(self) -> None:
         """The stages' last words after the stream's own ending (a payment receipt)."""
-        make = self.ctx.stream_trailer
-        if make is not None:
+        for make in self.ctx.trailers:
             await self.emit(await make())
 
     def fail(self, error: str, public: str | None = None) -> None:
@@ -116,10 +119,10 @@ async def stream_events(
         ctx.format or "auto",
         ctx.model,
         path=ctx.upstream_path,
-        limit=settings.limit,
-        shadow=settings.shadow,
+        limit=ctx.caps.limit,
+        shadow_limit=ctx.caps.shadow_limit,
         ending=settings.ending,
-        credit=settings.credit,
+        credit=ctx.gates.credit,
         prompt_tokens=ctx.prompt_tokens,
         strip_usage=settings.strip_usage,
         partial_usage=settings.partial_usage,
@@ -173,7 +176,7 @@ async def stream_events(
         if result.outcome == "upstream_error":
             metrics.upstream_errors.labels(route, "stream").inc()
             await run.emit(meter.fail(run.public_error))
-        if ctx.stream_trailer is not None:
+        if ctx.trailers:
             await run.trailer()
         await out.write_eof()
     except asyncio.CancelledError:

@@ -181,8 +181,13 @@ class SessionMeter:
         description: str | None = None,
         on_event: EventHook | None = None,
         clock: Callable[[], float] = time.time,
+        credential_header: str | None = None,
     ) -> None:
         self.store = store
+        # Where clients send vouchers: None for `Authorization`, or a field such as
+        # `Payment-Authorization` for clients that keep `Authorization: Bearer` for their
+        # API key beside the voucher (advertised in, and bound by, each challenge).
+        self.credential_header = mpp.advertised_header(credential_header)
         self.offers = list(offers)
         self.secret = secret.encode() if isinstance(secret, str) else secret
         self.realm = realm
@@ -308,6 +313,7 @@ class SessionMeter:
             mpp.rfc3339(now + self.expires),
             self.description,
             channel_id=hint.lower() if _HEX32.match(hint) else None,
+            header=self.credential_header,
         )
 
     def problem(
@@ -360,11 +366,12 @@ class SessionMeter:
     ) -> PaidStream | Receipted | None:
         """Admit a request by its credential (see `admit_credential`); None: it carries no
         session credential (answer `payment_required`)."""
+        found = mpp.request_credential(headers)
         cred = self.credential(headers)
-        if cred is None:
+        if found is None or cred is None:
             return None
         return await self.admit_credential(
-            cred, method=method, has_body=has_body, now=now, host=host
+            cred, method=method, has_body=has_body, now=now, host=host, field=found[0]
         )
 
     async def answer(
@@ -445,13 +452,21 @@ class SessionMeter:
         has_body: bool,
         now: float,
         host: str | None = None,
+        field: str = mpp.AUTHORIZATION,
     ) -> PaidStream | Receipted:
         """Check a session credential's challenge and voucher, in the session specs' order,
         and make an accepted voucher durable. A request with no body (POST or HEAD) only
         manages the channel — a new voucher, a close — and is answered `Receipted` (204);
-        any other request is a `PaidStream` to `open`. Refusals raise `PaymentProblem`s."""
+        any other request is a `PaidStream` to `open`. Refusals raise `PaymentProblem`s.
+        `field`: the header the credential came in, which must be the one its challenge
+        asked for."""
         ch = cred.challenge
         offer = self.offer_for(ch, now, host)
+        if field.lower() != ch.credential_header.lower():
+            raise InvalidChallenge(
+                f"the challenge asked for the credential in {ch.credential_header}, not {field}",
+                reason="header",
+            )
         p = wire.parse_payload(cred.payload)
         if p.action == "topUp":
             return await self._top_up(ch, offer, p, now)
@@ -476,7 +491,7 @@ class SessionMeter:
             # repeated need-voucher): limited. A voucher that raises the total never is.
             raise TooManyVouchers("too many vouchers on this channel; slow down", reason="rate")
         assert channel is not None
-        paid = PaidStream(self, p.channel_id, ch.method, ch.id, offer)
+        paid = PaidStream(self, p.channel_id, ch.method, ch.id, offer, channel.payer)
         if p.action == "close":
             # Capture what was consumed, never more: max(spent, settled).
             settled = max(channel.spent, channel.settled)
@@ -581,9 +596,12 @@ class PaidStream:
         method: str,
         challenge_id: str,
         offer: SessionOffer,
+        payer: str | None = None,
     ) -> None:
         self.meter = meter
         self.channel_id = channel_id
+        # The channel's payer: whose vouchers were verified (what a payer-keyed budget keys).
+        self.payer = payer
         self.method = method
         self.challenge_id = challenge_id
         self.offer = offer

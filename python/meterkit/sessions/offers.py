@@ -80,6 +80,7 @@ def session_challenges(
     expires: str,
     description: str | None,
     channel_id: str | None = None,
+    header: str | None = None,
 ) -> list[mpp.Challenge]:
     return [
         mpp.make_challenge(
@@ -91,6 +92,7 @@ def session_challenges(
             expires=expires,
             opaque={"n": secrets.token_hex(12)},
             description=description,
+            header=header,
         )
         for o in offers
         for method in METHODS

@@ -17,13 +17,19 @@ from meterkit.budgets.keys import with_overrides
 from meterkit.budgets.policy import Limits
 from meterkit.config import Config, Route
 from meterkit.config.budgets import BudgetPolicy
-from meterkit.config.keys import KeyEntry
 from meterkit.observability.metrics import ProxyMetrics
 from meterkit.pipeline import Answer, RequestContext, Stage
-from meterkit.stages.keys import STATE as KEY_STATE
 from meterkit.usage import UsageRecord
 
 log = logging.getLogger("meterkit.budgets")
+
+
+@dataclass(frozen=True)
+class _Planned:
+    """A request admitted by nothing yet: the policy that applies and its plan."""
+
+    policy: BudgetPolicy
+    plan: admission.Plan
 
 
 @dataclass
@@ -56,55 +62,80 @@ class BudgetStage(Stage):
         return route.budget is not None
 
     async def on_request(self, ctx: RequestContext) -> Answer | None:
+        """Declare the budget's cap (nothing taken yet): the payment stage after this one
+        prices no completion the budget would not allow."""
         if ctx.route.budget is None or ctx.json is None or ctx.format is None:
             return None
         policy = self.config.budgets[ctx.route.budget]
-        entry: KeyEntry | None = ctx.state.get(KEY_STATE)
+        entry = ctx.identity.key
         if entry is not None and policy.key.kind == "api_key":
-            # A registered key (the key stage verified it): its alias keys the budget, so a
-            # rotated key keeps it, and its own limits apply.
+            # A registered key (the key stage verified it): its own limits apply.
             policy = with_overrides(policy, entry)
-            key: str | None = f"key_{entry.alias}"
-        else:
-            payer = ctx.state.get("payer")
-            key = identity_of(
-                policy.key, ctx.request.headers, ctx.request.remote, self.trusted, payer
-            )
-        if key is None:
-            return admission.key_missing(policy)
-        who = Identity(policy.name, key)
         prompt = await self._prompt(ctx)
         requested, _ = formats.requested_max(ctx.json, ctx.format)
         p = admission.plan(policy, requested, prompt, ctx.stream)
-        # The upstream must not be able to outrun what was reserved.
-        if formats.set_completion_cap(ctx.json, ctx.format, p.cap):
-            ctx.body_changed = True
-        if formats.ask_for_usage(ctx.json, ctx.format, ctx.stream):
+        # Shadow observes: its cap is watched, and nothing of the request changes.
+        ctx.caps.add("budget", p.cap, shadow=p.shadow)
+        if not p.shadow and formats.ask_for_usage(ctx.json, ctx.format, ctx.stream):
             # Reconciliation needs the provider's figures; the client did not ask for them.
             ctx.body_changed = True
             ctx.meter.strip_usage = True
+        ctx.meter.ending = policy.streaming.on_limit_exceeded
+        ctx.meter.partial_usage = policy.streaming.include_partial_usage
+        ctx.state["budget"] = _Planned(policy, p)
+        return None
+
+    async def before_upstream(self, ctx: RequestContext) -> Answer | None:
+        """Take the reservation, once every stage admitted the request and before anything
+        moves money (the budget stage comes before the session and payment stages): a 429
+        here costs the client nothing. Keyed by the verified payer when the budget says so
+        (known only now: the payment and session stages verify it in `on_request`)."""
+        planned = ctx.state.get("budget")
+        if not isinstance(planned, _Planned):
+            return None
+        policy, p = planned.policy, planned.plan
+        entry = ctx.identity.key
+        if entry is not None and policy.key.kind == "api_key":
+            # Its alias keys the budget, so a rotated key keeps it.
+            key: str | None = f"key_{entry.alias}"
+        else:
+            key = identity_of(
+                policy.key,
+                ctx.request.headers,
+                ctx.request.remote,
+                self.trusted,
+                ctx.identity.payer,
+            )
+        if key is None:
+            del ctx.state["budget"]
+            return admission.key_missing(policy)
+        prepaid = ctx.payment.prepaid_completion
+        if prepaid is not None:
+            # Completion paid up front is granted up front: all of it reserved now, or a 429
+            # before the payment is claimed; never a paid stream cut by the budget.
+            p = admission.prepaid(p, prepaid)
+        who = Identity(policy.name, key)
         limits = admission.limits_of(policy)
-        state = BudgetState(who, policy, limits, p.cap, prompt, p.take, p.first)
+        state = BudgetState(who, policy, limits, p.cap, p.need - p.cap, p.take, p.first)
+        ctx.state["budget"] = state
         t0 = time.perf_counter()
         try:
             decision = await self.backend.admit(
                 who, limits, p.need, p.take, ctx.request_id, self.lease_ttl
             )
         except BackendUnavailable as e:
-            return self._backend_down(ctx, state, e)
+            return self._backend_down(state, e)
         finally:
             self.metrics.budget_admission.labels(self.backend.name).observe(
                 time.perf_counter() - t0
             )
-        ctx.meter.limit = p.cap
-        ctx.meter.shadow = p.shadow
-        ctx.meter.ending = policy.streaming.on_limit_exceeded
-        ctx.meter.partial_usage = policy.streaming.include_partial_usage
         if not decision.allowed:
             self.metrics.budget_decisions.labels(
                 policy.name, "would_reject" if p.shadow else "rejected"
             ).inc()
             if not p.shadow:
+                # Nothing was taken: there is nothing for on_abort to give back.
+                state.reserved = False
                 reason = decision.reason or "tpm_exceeded"
                 remaining = (
                     decision.tpm_remaining if reason == "tpm_exceeded" else decision.tpd_remaining
@@ -123,11 +154,11 @@ class BudgetStage(Stage):
                     decision.tpm_remaining, decision.tpd_remaining, limits, time.time()
                 )
             )
-        ctx.state["budget"] = state
         if p.mid_stream and state.reserved and not p.shadow:
-            ctx.meter.credit = p.first
-            ctx.credit_source = lambda _emit: self._lease(ctx, state)
-            ctx.credit_kind = "budget"
+            # The budget's own gate, beside any other (a session's credit): the stream
+            # pauses at the smaller and leases more from the budget only when it is the
+            # budget that holds it back.
+            ctx.gates.add("budget", p.first, lambda _delivered, _emit: self._lease(ctx, state))
         return None
 
     async def _prompt(self, ctx: RequestContext) -> int:
@@ -136,7 +167,7 @@ class BudgetStage(Stage):
         ctx.prompt_tokens, ctx.prompt_provenance = n, prov
         return n
 
-    def _backend_down(self, ctx: RequestContext, state: BudgetState, e: Exception) -> Answer | None:
+    def _backend_down(self, state: BudgetState, e: Exception) -> Answer | None:
         policy = state.policy
         decision = policy.on_backend_failure
         self.metrics.budget_backend_failures.labels(policy.name, decision).inc()
@@ -145,10 +176,9 @@ class BudgetStage(Stage):
             decision,
             extra={"budget": policy.name, "backend": self.backend.name, "error": str(e)},
         )
+        # Nothing reserved either way; failing open keeps the budget's cap on the stream.
+        state.reserved = False
         if decision == "open":
-            ctx.meter.limit = state.cap
-            state.reserved = False
-            ctx.state["budget"] = state
             return None
         return admission.backend_down(policy)
 
@@ -177,8 +207,8 @@ class BudgetStage(Stage):
 
     async def on_abort(self, ctx: RequestContext, record: UsageRecord) -> None:
         """Nothing reached the client: give back everything taken."""
-        state: BudgetState | None = ctx.state.pop("budget", None)
-        if state is None:
+        state = ctx.state.pop("budget", None)
+        if not isinstance(state, BudgetState):
             return
         info = self._info(state, actual=0)
         if state.reserved:
@@ -195,8 +225,8 @@ class BudgetStage(Stage):
         record.budget = info
 
     async def on_complete(self, ctx: RequestContext, record: UsageRecord) -> None:
-        state: BudgetState | None = ctx.state.get("budget")
-        if state is None:
+        state = ctx.state.get("budget")
+        if not isinstance(state, BudgetState):
             return
         actual = (record.prompt_tokens or 0) + (record.completion_tokens or 0)
         info = self._info(state, actual)

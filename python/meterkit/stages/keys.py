@@ -6,17 +6,25 @@ Which routes require a key: a route's `keys: required` or `keys: optional` says 
 either, a route requires one exactly when its budget is keyed by `api_key` (a budget keyed by
 a token nobody verified is one a client resets by changing its token). An optional route
 still recognises a registered key, so its alias and limits apply there too; any other key
-is budgeted as without a registry."""
+is budgeted as without a registry.
+
+A voucher is not a request for the model: on a route paid per token, a request that only
+manages its channel (a session credential and no body: a new voucher, a top-up, a close) is
+authenticated by its signature and channel, not by an API key, and passes this stage (the
+session stage checks it next). The key belongs to the stream request, which still needs
+it; a client that keeps `Authorization: Bearer KEY` there sends its voucher in the header
+the route's `credential_header: Payment-Authorization` names, or its key as `x-api-key`."""
 
 from __future__ import annotations
 
 from meterkit.budgets.identity import api_key
 from meterkit.budgets.keys import KeyRegistry, key_sha256
 from meterkit.config import Config, Route
+from meterkit.payments import mpp
+from meterkit.payments.problems import PaymentProblem
 from meterkit.pipeline import Answer, RequestContext, Stage
 from meterkit.problems import Problem
 
-STATE = "api_key"
 _CHALLENGE = (("WWW-Authenticate", 'Bearer realm="meterkit"'),)
 
 
@@ -54,9 +62,9 @@ class KeyStage(Stage):
             raw = api_key(ctx.request.headers)
             entry = await self.registry.lookup(key_sha256(raw)) if raw is not None else None
             if entry is not None:
-                ctx.state[STATE] = entry
+                ctx.identity.key = entry
             return None
-        if route not in self.required:
+        if route not in self.required or _channel_management(ctx):
             return None
         raw = api_key(ctx.request.headers)
         if raw is None:
@@ -70,5 +78,17 @@ class KeyStage(Stage):
             return _unauthorized(
                 "api-key-unknown", "Unknown API key", "the API key is not registered"
             )
-        ctx.state[STATE] = entry
+        ctx.identity.key = entry
         return None
+
+
+def _channel_management(ctx: RequestContext) -> bool:
+    """A bodiless request on a route paid per token that carries a session credential: a
+    voucher, a top-up or a close, which the session stage authenticates by its signature."""
+    if ctx.route.payment.session is None or ctx.body:
+        return False
+    try:
+        found = mpp.request_credential(ctx.request.headers)
+        return found is not None and mpp.decode_credential(found[1]).challenge.intent == "session"
+    except PaymentProblem:
+        return False

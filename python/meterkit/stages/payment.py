@@ -3,16 +3,14 @@ credential (MPP `Payment` / x402 v1 / x402 v2), claim its authorization durably,
 it at the route's moment. Verification happens at admission; the claim (the first durable
 step towards moving money) only once every stage has admitted the request.
 
-Hook contract (YAML `hooks:` on a route; `package.module:function` or `file.py:function`,
-sync or async):
-- `onRequest(ctx)` — before anything else. Return an aiohttp response to answer with it
-  (e.g. 401); return None to continue; raising `ProxyError` answers its problem details.
-- `onPriceResolved(ctx, quote)` — after pricing. Return a `Quote` (or a `Decimal` price) to
-  replace it; None keeps it.
-- `onSettled(ctx, receipt)` — after the payment settled (or was queued); the receipt dict.
-- `onResponse(ctx, status)` — once the upstream's status is known.
-- `onError(ctx, error)` — when a payment is refused or the upstream failed.
-Exceptions raised by the last three are logged and do not change the response.
+What it hands the other stages (`ctx.payment`, `ctx.identity`, `ctx.caps`): the quote; for a
+token-based quote, the completion tokens paid for up front, which become an enforced cap
+(the upstream is asked for no more, and the stream is cut there) and which a budget on the
+same route reserves whole before the claim; the verified payer. The quote itself prices at
+most the smallest cap the stages before it declared (a budget's `max_completion_tokens`).
+
+Operator hooks (docs/hooks.md) are `RouteHooks`: this stage fires `onPriceResolved`, and
+`onSettled` / `onError` for one-time payments; the hook stage fires the others.
 """
 
 from __future__ import annotations
@@ -36,7 +34,7 @@ from meterkit import formats
 from meterkit.config import Config, Route
 from meterkit.observability.metrics import ProxyMetrics
 from meterkit.payments import access, evm, mpp, receipts, x402
-from meterkit.payments.callables import call, load_callable
+from meterkit.payments.hooks import RouteHooks
 from meterkit.payments.ledger import Claim, Ledger
 from meterkit.payments.offers import (
     ChallengeTerms,
@@ -117,6 +115,7 @@ class PaymentStage(Stage):
         settler: Settler,
         metrics: ProxyMetrics,
         base_dir: Path | None = None,
+        hooks: RouteHooks | None = None,
     ) -> None:
         self.config = config
         self.pay = config.payments
@@ -129,12 +128,7 @@ class PaymentStage(Stage):
         # The session challenges of a route paid per token, offered in the same 402 (set by
         # the app when it has a session stage).
         self.session_challenges: Callable[[RequestContext], list[mpp.Challenge]] | None = None
-        self.hooks: dict[str, dict[str, Any]] = {}
-        for r in config.routes:
-            if r.payment.hooks:
-                self.hooks[r.key] = {
-                    name: load_callable(ref, base_dir) for name, ref in r.payment.hooks.items()
-                }
+        self.hooks = hooks if hooks is not None else RouteHooks(config.routes, base_dir)
 
     @staticmethod
     def applies(route_payment: Any) -> bool:
@@ -142,7 +136,6 @@ class PaymentStage(Stage):
             route_payment.priced
             or route_payment.require_access
             or route_payment.mint_access_ttl
-            or route_payment.hooks
             or route_payment.session
         )
 
@@ -173,24 +166,7 @@ class PaymentStage(Stage):
         return out
 
     async def _hook(self, ctx: RequestContext, name: str, *args: Any) -> Any:
-        fn = self.hooks.get(ctx.route.key, {}).get(name)
-        if fn is None:
-            return None
-        if name in ("onRequest", "onPriceResolved"):
-            try:
-                return await call(fn, ctx, *args)
-            except ProxyError:
-                raise
-            except Exception as e:
-                log.exception("hook %s failed", name, extra={"route": ctx.route.key})
-                raise ProxyError(
-                    500, "hook-failed", "Hook failed", f"the route's {name} hook failed"
-                ) from e
-        try:
-            return await call(fn, ctx, *args)
-        except Exception:
-            log.exception("hook %s failed", name, extra={"route": ctx.route.key})
-            return None
+        return await self.hooks.fire(ctx, name, *args)
 
     # ---- admission: price and verify (nothing durable yet) -----------------------------
 
@@ -198,9 +174,6 @@ class PaymentStage(Stage):
         rp = ctx.route.payment
         if not self.applies(rp):
             return None
-        answer = await self._hook(ctx, "onRequest")
-        if isinstance(answer, web.StreamResponse):
-            return answer
         if rp.require_access:
             try:
                 claims = access.check(
@@ -218,14 +191,14 @@ class PaymentStage(Stage):
                     header=access.HEADER,
                 ) from None
             ctx.state["access"] = claims
-        if ctx.state.get("session_credential"):
+        if ctx.payment.session_credential:
             return None  # paid per token: the session stage's
         if not rp.priced:
             if rp.session is None:
                 return None
             return self._session_only(ctx)
         try:
-            q = quote(rp, ctx.json, ctx.format, ctx.model)
+            q = quote(rp, ctx.json, ctx.format, ctx.model, cap=ctx.caps.limit)
         except PaymentProblem as e:
             raise ProxyError(e.status, e.code, e.title, e.detail) from None
         replaced = await self._hook(ctx, "onPriceResolved", q)
@@ -233,12 +206,13 @@ class PaymentStage(Stage):
             q = replaced
         elif isinstance(replaced, Decimal):
             q = Quote(replaced, "hook", q.model, q.prompt_tokens, q.max_completion_tokens)
-        if q.basis == "token-based" and ctx.json is not None:
-            # The upstream must not produce more than the quote paid for.
-            requested, key = formats.requested_max(ctx.json, ctx.format)
-            if requested is None:
-                ctx.json[key] = q.max_completion_tokens
-                ctx.body_changed = True
+        ctx.payment.quote = q
+        if q.basis == "token-based" and q.max_completion_tokens is not None:
+            # Paid up front, granted up front: the upstream is asked for no more and the
+            # stream is cut there (an upstream that ignores the request's cap gives nothing
+            # away), and a budget on the route reserves all of it or refuses before the claim.
+            ctx.payment.prepaid_completion = q.max_completion_tokens
+            ctx.caps.add("payment", q.max_completion_tokens)
         req = ctx.request
         scope = request_scope(req.method, ctx.route.pattern, req.path, req.query_string)
         state = PaymentState(
@@ -263,7 +237,7 @@ class PaymentStage(Stage):
         except PaymentProblem as e:
             return await self._refuse(ctx, state, e)
         state.verified = verified
-        ctx.state["payer"] = verified.payer
+        ctx.identity.payer = verified.payer
         return None
 
     def _read_credential(self, ctx: RequestContext, state: PaymentState) -> Verified | None:
@@ -471,7 +445,6 @@ class PaymentStage(Stage):
     # ---- after the upstream answered ---------------------------------------------------
 
     async def on_upstream_response(self, ctx: RequestContext, status: int) -> Answer | None:
-        await self._hook(ctx, "onResponse", status)
         state: PaymentState | None = ctx.state.get("payment")
         if state is None or not state.pending:
             return None
@@ -487,7 +460,6 @@ class PaymentStage(Stage):
         return None
 
     async def on_upstream_failure(self, ctx: RequestContext, error: ProxyError) -> None:
-        await self._hook(ctx, "onError", error)
         state: PaymentState | None = ctx.state.get("payment")
         if state is not None and state.pending:
             await self._skip(

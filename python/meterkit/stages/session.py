@@ -4,8 +4,9 @@ A request that carries a session credential either manages the channel (a POST w
 body: a new voucher, a top-up, a close) and is answered 204 + `Payment-Receipt` without
 reaching the upstream, or is an LLM request paid from the channel: its prompt is charged
 before the upstream is called, and each streamed event's tokens are reserved against what
-the payer's vouchers cover (`ctx.meter.credit`, from the stream's hold on the channel in the
-session store, so concurrent streams on any instance never spend the same credit). When
+the payer's vouchers cover (the stream's `payment` gate in `ctx.gates`, fed from its hold on
+the channel in the session store, so concurrent streams on any instance never spend the same
+credit; a budget's gate on the same route applies beside it, whichever is smaller). When
 they run out, the stream pauses before that exact event, sends ONE `payment-need-voucher`
 event, and waits for a voucher; it resumes the moment one is accepted (on any instance
 sharing the store), or ends with the format's ending when none comes in time. The stream
@@ -18,6 +19,11 @@ payer's); the dead stream's hold frees itself when its lease ends.
 
 Requests without a session credential are left to the payment stage, whose 402 offers the
 session challenges beside any one-time price.
+
+What it hands the others: `ctx.payment.session_credential` (the payment stage leaves the
+request alone), `ctx.payment.session` (the paid stream) and `ctx.identity.payer` (the
+channel's payer, for a payer-keyed budget). Operator hooks: `onError` when a voucher is
+refused, `onSettled` with the session receipt when a paid stream ends or a channel closes.
 
 The money logic — offers, voucher checks, the prompt charge, more credit, receipts, settling
 — is `meterkit.sessions.meter` (one `SessionMeter` per session route, sharing the store, the
@@ -36,6 +42,7 @@ from meterkit import formats
 from meterkit.config import Config
 from meterkit.observability.metrics import ProxyMetrics
 from meterkit.payments import mpp
+from meterkit.payments.hooks import RouteHooks
 from meterkit.payments.problems import PaymentProblem
 from meterkit.pipeline import Answer, RequestContext, Stage
 from meterkit.problems import Problem
@@ -64,8 +71,10 @@ class SessionStage(Stage):
         store: ChannelStore,
         metrics: ProxyMetrics,
         source: ChannelSource | None = None,
+        hooks: RouteHooks | None = None,
     ) -> None:
         self.config = config
+        self.hooks = hooks if hooks is not None else RouteHooks(())
         self.store = store
         # Channels are read from the source (prepaid: the store itself; on chain: the
         # escrow, cached); the money state (accepted, spent, units) is the store's.
@@ -90,6 +99,7 @@ class SessionStage(Stage):
                 expires=config.payments.expires,
                 description=r.payment.description,
                 on_event=self._counter(r.key),
+                credential_header=r.payment.credential_header,
             )
 
     def _counter(self, route: str) -> EventHook:
@@ -134,10 +144,10 @@ class SessionStage(Stage):
         except PaymentProblem as e:
             if ctx.route.payment.priced:
                 return None  # the payment stage answers for the credential it may own
-            return self._refuse(ctx, e)
+            return await self._refuse(ctx, e)
         if cred.challenge.intent != "session":
             return None  # a one-time charge: the payment stage's
-        ctx.state["session_credential"] = True
+        ctx.payment.session_credential = True
         try:
             admitted = await meter.admit_credential(
                 cred,
@@ -145,22 +155,27 @@ class SessionStage(Stage):
                 has_body=bool(ctx.body),
                 now=time.time(),
                 host=self._host(ctx),
+                field=found[0],
             )
         except PaymentProblem as e:
-            return self._refuse(ctx, e)
+            return await self._refuse(ctx, e)
+        account = admitted.account if isinstance(admitted, Receipted) else admitted
+        ctx.identity.payer = account.payer
         if isinstance(admitted, Receipted):
             # A management request: 204 + the session receipt, no upstream call.
             ctx.state["session"] = admitted.account
+            if "settled" in admitted.receipt:
+                # A close: the channel's books are settled.
+                await self.hooks.fire(ctx, "onSettled", admitted.receipt)
             return web.Response(status=admitted.status, headers=admitted.headers)
         # An LLM request: its prompt is charged and its credit reserved only once every stage
         # admitted it (`before_upstream`): a later refusal (a budget's 429) costs nothing.
-        ctx.state["session"] = admitted
-        ctx.state["session_open"] = True
+        ctx.payment.session = admitted
         return None
 
     async def before_upstream(self, ctx: RequestContext) -> Answer | None:
-        paid: PaidStream | None = ctx.state.get("session")
-        if paid is None or not ctx.state.get("session_open"):
+        paid = ctx.payment.session
+        if paid is None:
             return None
         try:
             prompt = 0
@@ -171,12 +186,14 @@ class SessionStage(Stage):
                 ctx.prompt_tokens = prompt
             credit = await paid.open(prompt)
         except PaymentProblem as e:
-            return self._refuse(ctx, e)
+            return await self._refuse(ctx, e)
         openai = (ctx.format or "").startswith("openai")
-        ctx.meter.credit = credit
-        ctx.credit_source = lambda emit: paid.more_credit(self._delivered(ctx), emit, openai=openai)
-        ctx.credit_kind = "payment"
-        ctx.stream_trailer = lambda: paid.final_receipt(self._delivered(ctx))
+        ctx.gates.add(
+            "payment",
+            credit,
+            lambda delivered, emit: paid.more_credit(delivered, emit, openai=openai),
+        )
+        ctx.trailers.append(lambda: paid.final_receipt(self._delivered(ctx)))
         ctx.response_headers.update(paid.headers)
         return None
 
@@ -194,22 +211,37 @@ class SessionStage(Stage):
         await self._end(ctx, record)
 
     async def _end(self, ctx: RequestContext, record: UsageRecord) -> None:
-        paid: PaidStream | None = ctx.state.get("session")
+        paid = ctx.payment.session
         if paid is None:
             return
         # A client that left is charged up to the last event it was sent.
         await paid.settle(self._delivered(ctx))
+        asset = paid.offer.accept.asset
+        # The same keys as a one-time payment's section (protocol, payer, amount, asset,
+        # settled), so the books read both alike: `amount` is what the channel was charged
+        # for this request, in the asset's base units.
         record.payment = {
             "protocol": f"mpp-session-{paid.method}",
+            "payer": paid.payer,
+            "amount": str(paid.spent),
+            "asset": asset.address,
+            "settled": paid.spent > 0,
             "channel": paid.channel_id,
             "prompt_units": paid.prompt_units,
             "completion_units": paid.charged_tokens,
             "price": str(paid.offer.price),
             "spent": str(paid.spent),
         }
+        if paid.credit is not None and self.hooks.has(ctx.route):
+            # The stream's books are closed: its receipt, with what this request paid.
+            channel = await paid.meter.store.get(paid.channel_id)
+            if channel is not None:
+                rcpt = {**paid.receipt(channel, time.time()), "amount": str(paid.spent)}
+                await self.hooks.fire(ctx, "onSettled", rcpt)
 
-    def _refuse(self, ctx: RequestContext, e: PaymentProblem) -> Problem:
+    async def _refuse(self, ctx: RequestContext, e: PaymentProblem) -> Problem:
         self.metrics.payments.labels(ctx.route.key, "rejected", e.reason).inc()
+        await self.hooks.fire(ctx, "onError", e)
         return self.meters[ctx.route.key].problem(
             e,
             time.time(),
