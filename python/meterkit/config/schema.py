@@ -551,6 +551,17 @@ def build_config(tree: Any, problems: Problems, source: str = "config") -> Confi
             )
     if any(r.payment.session is not None for r in routes):
         check_payee(sessions, accepts, root / "sessions", problems)
+    for r in routes:
+        # A combination that cannot be honoured is refused here, not with a 401 per request.
+        policy = budgets.get(r.budget) if r.budget is not None else None
+        if policy is not None and policy.key.kind == "payer" and not (
+            r.payment.priced or r.payment.session is not None
+        ):
+            problems.add(
+                root / "routes" / r.key / "budget",
+                f"budget {policy.name!r} is keyed by the payer, and nothing pays on this route "
+                "(add a price or session:, or key the budget by api_key, ip or a header)",
+            )
     if keys is None:
         for r in routes:
             if r.keys == "required":
