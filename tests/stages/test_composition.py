@@ -137,9 +137,7 @@ async def session_stream(
     return result, cid
 
 
-async def pay_once(
-    url: str, headers: dict[str, str], body: dict[str, Any] | None = None
-) -> Any:
+async def pay_once(url: str, headers: dict[str, str], body: dict[str, Any] | None = None) -> Any:
     async with PayingClient(key(), max_total=Decimal("1")) as client:
         return await client.request("POST", url + CHAT, json=body or chat(), headers=headers)
 

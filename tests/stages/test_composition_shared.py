@@ -89,11 +89,11 @@ def test_session_streams_on_two_instances_share_one_budget(
                     r = await client.stream("POST", url + CHAT, json=chat(), headers=h)
                     return r, cid
 
-            results = await asyncio.gather(*(one(k, c) for k, c in zip(payers, channels)))
+            results = await asyncio.gather(
+                *(one(k, c) for k, c in zip(payers, channels, strict=True))
+            )
             await asyncio.sleep(0.3)
-            served = [
-                r for g in (a, b) for r in g.sink.records if r.status == 200 and r.stream
-            ]
+            served = [r for g in (a, b) for r in g.sink.records if r.status == 200 and r.stream]
             # Both instances served some of them.
             assert {id(g) for g in (a, b) for r in g.sink.records if r.stream} == {id(a), id(b)}
             used = sum((r.prompt_tokens or 0) + (r.completion_tokens or 0) for r in served)
@@ -102,9 +102,7 @@ def test_session_streams_on_two_instances_share_one_budget(
             backend = RedisBackend(redis_url, prefix=prefix)
             try:
                 (who,) = {r.budget["key"] for r in served if r.budget}
-                standing = await backend.standing(
-                    Identity("b", who), Limits(None, BUDGET, None)
-                )
+                standing = await backend.standing(Identity("b", who), Limits(None, BUDGET, None))
             finally:
                 await backend.close()
             assert standing.tpd_used == used

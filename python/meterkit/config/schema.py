@@ -554,8 +554,10 @@ def build_config(tree: Any, problems: Problems, source: str = "config") -> Confi
     for r in routes:
         # A combination that cannot be honoured is refused here, not with a 401 per request.
         policy = budgets.get(r.budget) if r.budget is not None else None
-        if policy is not None and policy.key.kind == "payer" and not (
-            r.payment.priced or r.payment.session is not None
+        if (
+            policy is not None
+            and policy.key.kind == "payer"
+            and not (r.payment.priced or r.payment.session is not None)
         ):
             problems.add(
                 root / "routes" / r.key / "budget",

@@ -21,9 +21,9 @@ from meterkit.budgets.keys import KeyRegistry, make_registry
 from meterkit.config import Config
 from meterkit.observability.metrics import CONTENT_TYPE_LATEST, ProxyMetrics
 from meterkit.payments import discovery
+from meterkit.payments.hooks import RouteHooks
 from meterkit.payments.ledger import Ledger, SqliteLedger, journal, make_ledger
 from meterkit.payments.settlement import FacilitatorSettler, Settler, make_settler
-from meterkit.payments.hooks import RouteHooks
 from meterkit.pipeline import Pipeline, Stage, ordered
 from meterkit.proxy.handler import handle
 from meterkit.proxy.keys import (

@@ -28,9 +28,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import orjson
-from aiohttp import web
 
-from meterkit import formats
 from meterkit.config import Config, Route
 from meterkit.observability.metrics import ProxyMetrics
 from meterkit.payments import access, evm, mpp, receipts, x402

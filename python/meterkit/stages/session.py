@@ -50,7 +50,6 @@ from meterkit.sessions.hub import Hub
 from meterkit.sessions.meter import (
     CHANNEL_HINT,
     EventHook,
-    PaidStream,
     Receipted,
     SessionMeter,
 )
