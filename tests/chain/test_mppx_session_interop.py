@@ -17,6 +17,7 @@ import orjson
 import pytest
 
 from meterkit import count_tokens
+from meterkit.budgets.registry import key_sha256
 from meterkit.chain import escrow
 from support.chain import SECRET, UNIT, LocalChain
 from support.escrow import OPERATOR, accepts, open_channel, payer, sessions
@@ -27,6 +28,7 @@ MODULES = ROOT / ".chain" / "node_modules"
 SCRIPT = ROOT / "tests" / "support" / "mppx_session.mjs"
 CHAT = "/v1/chat/completions"
 PRICE = 10  # $0.00001 a completion token
+API_KEY = "sk-mppx-payer-0123456789"
 
 
 def node_or_skip() -> str:
@@ -38,9 +40,13 @@ def node_or_skip() -> str:
     return node
 
 
+@pytest.mark.parametrize("keys", [False, True], ids=["open", "keys-required"])
 def test_mppx_session_legacy_manager_pays_a_stream_per_token_through_meterkit(
-    chain: LocalChain, chain_escrows: dict[str, str], tmp_path: Path
+    chain: LocalChain, chain_escrows: dict[str, str], tmp_path: Path, keys: bool
 ) -> None:
+    """`keys-required`: the route needs a registered API key, which mppx sends with the
+    stream request only (as `x-api-key`); its voucher POSTs and its close carry none and are
+    served, authenticated by their signature and channel."""
     node = node_or_skip()
     esc = chain_escrows["tempo"]
     key, address = payer(chain)
@@ -60,6 +66,11 @@ def test_mppx_session_legacy_manager_pays_a_stream_per_token_through_meterkit(
         "ledger": {"type": "sqlite", "path": str(tmp_path / "l.db")},
         "sessions": sessions(chain, esc),
     }
+    own: dict[str, str] = {}
+    if keys:
+        tree["keys"] = {"entries": {"alice": {"sha256": key_sha256(API_KEY)}}}
+        tree["routes"][f"POST {CHAT}"]["keys"] = "required"
+        own = {"x-api-key": API_KEY}
 
     async def go() -> dict[str, Any]:
         async with gateway(tree) as g:
@@ -72,7 +83,7 @@ def test_mppx_session_legacy_manager_pays_a_stream_per_token_through_meterkit(
                 "channelId": cid,
                 "maxDeposit": "1",
                 # A few tokens: mppx sends a voucher per token, meterkit allows ~10 a second.
-                "headers": {"x-mock-length": "6", "x-mock-tps": "0"},
+                "headers": {"x-mock-length": "6", "x-mock-tps": "0", **own},
                 "body": chat(),
             }
             proc = await asyncio.create_subprocess_exec(

@@ -14,10 +14,10 @@ import pytest
 import yaml
 
 from meterkit.budgets import MemoryBackend
-from meterkit.budgets.keys import key_sha256
+from meterkit.budgets.registry import key_sha256
 from meterkit.cli import main
 from meterkit.proxy.admin import start_admin
-from meterkit.proxy.keys import CONFIG
+from meterkit.proxy.appkeys import CONFIG
 from support.inproc import chat, gateway, llm_config
 
 TOKEN = "admin-token-for-tests-0123"

@@ -24,7 +24,7 @@ import pytest
 
 from meterkit import count_request_prompt, count_tokens
 from meterkit.budgets import MemoryBackend
-from meterkit.budgets.keys import key_sha256
+from meterkit.budgets.registry import key_sha256
 from meterkit.client import PayingClient
 from meterkit.client.session import SessionClient
 from meterkit.config import ConfigError, config_from_dict

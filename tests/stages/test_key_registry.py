@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 import pytest
 
-from meterkit.budgets.keys import PostgresRegistry, key_sha256, make_registry
+from meterkit.budgets.registry import PostgresRegistry, key_sha256, make_registry
 from meterkit.config import ConfigError, config_from_dict, load_config
 from support.inproc import chat, gateway, llm_config
 

@@ -20,7 +20,7 @@ from multidict import CIMultiDict
 from meterkit.config import config_from_dict
 from meterkit.mock.server import start_mock
 from meterkit.proxy.app import build_app, start
-from meterkit.proxy.keys import METRICS
+from meterkit.proxy.appkeys import METRICS
 from meterkit.usage import MemorySink, UsageRecord
 
 

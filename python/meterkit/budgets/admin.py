@@ -14,8 +14,8 @@ from typing import Any
 
 from meterkit.budgets.admission import limits_of
 from meterkit.budgets.backends import BudgetBackend, Identity
-from meterkit.budgets.keys import KeyRegistry, with_overrides
 from meterkit.budgets.policy import Limits, Standing
+from meterkit.budgets.registry import KeyRegistry, with_overrides
 from meterkit.config import Config
 
 ACTIONS = ("show", "grant", "reset")

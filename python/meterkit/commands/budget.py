@@ -80,7 +80,7 @@ async def _direct(config: Config, args: argparse.Namespace) -> tuple[int, dict[s
     from meterkit.budgets import RedisBackend
     from meterkit.budgets import admin as budget_admin
     from meterkit.budgets.backends import BackendUnavailable
-    from meterkit.budgets.keys import make_registry
+    from meterkit.budgets.registry import make_registry
 
     store = config.budget_store
     assert store.url is not None

@@ -91,7 +91,7 @@ def key_file(config: Config) -> list[Check]:
     """The key registry file reads and every entry in it is valid."""
     if config.keys is None or config.keys.file is None:
         return []
-    from meterkit.budgets.keys import load_key_file
+    from meterkit.budgets.registry import load_key_file
     from meterkit.config import ConfigError
 
     what = f"keys.file {config.keys.file}"

@@ -263,7 +263,7 @@ def mock_llm(args: argparse.Namespace) -> int:
 def hash_key(args: argparse.Namespace) -> int:
     """Print the SHA-256 the key registry stores for a key read from stdin (one line), so
     the raw key never lands in a config file or a shell history."""
-    from meterkit.budgets.keys import key_sha256
+    from meterkit.budgets.registry import key_sha256
 
     raw = sys.stdin.readline().strip()
     if not raw:

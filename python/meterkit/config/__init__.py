@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from meterkit.config.loader import interpolate, parse_yaml
-from meterkit.config.problems import ConfigError, KeyPath, Problem, Problems
+from meterkit.config.problems import ConfigError, ConfigProblem, KeyPath, Problems
 from meterkit.config.schema import (
     Config,
     Gateway,
@@ -32,10 +32,10 @@ from meterkit.config.units import parse_duration, parse_money, parse_size
 __all__ = [
     "Config",
     "ConfigError",
+    "ConfigProblem",
     "Gateway",
     "Logging",
     "Metrics",
-    "Problem",
     "Route",
     "Timeouts",
     "Upstream",
@@ -69,7 +69,7 @@ def config_from_text(
     try:
         tree = parse_yaml(text, source)
     except ValueError as e:
-        raise ConfigError([Problem("(file)", str(e))], source) from None
+        raise ConfigError([ConfigProblem("(file)", str(e))], source) from None
     return config_from_dict(tree, source, env)
 
 
@@ -97,7 +97,9 @@ def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = No
     try:
         text = p.read_text(encoding="utf-8")
     except OSError as e:
-        raise ConfigError([Problem("(file)", f"cannot read {p}: {e.strerror}")], str(p)) from None
+        raise ConfigError(
+            [ConfigProblem("(file)", f"cannot read {p}: {e.strerror}")], str(p)
+        ) from None
     except UnicodeDecodeError as e:
-        raise ConfigError([Problem("(file)", f"not UTF-8: {e}")], str(p)) from None
+        raise ConfigError([ConfigProblem("(file)", f"not UTF-8: {e}")], str(p)) from None
     return resolve_paths(config_from_text(text, str(p), env), p.absolute().parent)

@@ -65,7 +65,7 @@ DEFERRED_EXPIRY_MARGIN = 3600.0
 
 
 @dataclass(frozen=True)
-class Settlement:
+class SettlementConfig:
     """How authorizations are settled: an x402 facilitator, a deferred queue in the ledger
     (exported for batch submission), or a Python callable `module:function`.
 
@@ -122,14 +122,14 @@ class Payments:
     # Longest an x402 authorization may stay valid from now.
     max_validity: float = 3600.0
     protocols: tuple[str, ...] = ("mpp", "x402")
-    settlement: Settlement = field(default_factory=Settlement)
+    settlement: SettlementConfig = field(default_factory=SettlementConfig)
     discovery: bool = True
     # Signing key for time-window access tokens (defaults to the challenge secret).
     access_secret: str | None = None
 
 
 @dataclass(frozen=True)
-class Ledger:
+class LedgerConfig:
     type: str = "sqlite"
     path: str = "meterkit-data/ledger.sqlite3"
     url: str | None = None
@@ -564,9 +564,9 @@ def parse_payments(value: Any, path: KeyPath, problems: Problems) -> Payments:
 
 def _deferred_windows(kw: dict[str, Any], path: KeyPath, problems: Problems) -> None:
     """With deferred settlement, challenges and accepted authorizations last the settlement's
-    `max_validity` (see `Settlement`): a 300 s challenge made a queued authorization expire
+    `max_validity` (see `SettlementConfig`): a 300 s challenge made a queued authorization expire
     five minutes after the payer held a success receipt, long before any batch."""
-    settlement: Settlement = kw.get("settlement", Settlement())
+    settlement: SettlementConfig = kw.get("settlement", SettlementConfig())
     if settlement.type != "deferred":
         return
     window = settlement.max_validity
@@ -671,14 +671,14 @@ def parse_chain(
     return chain
 
 
-def _settlement(value: Any, path: KeyPath, problems: Problems) -> Settlement:
+def _settlement(value: Any, path: KeyPath, problems: Problems) -> SettlementConfig:
     if not isinstance(value, dict):
         problems.add(
             path,
             "expected {type: facilitator, url: …} | {type: onchain, rpc_url: …, relayer_key: …}"
             " | {type: deferred} | {type: callable, callable: …}",
         )
-        return Settlement()
+        return SettlementConfig()
     problems.unknown_keys(
         path,
         value,
@@ -698,7 +698,7 @@ def _settlement(value: Any, path: KeyPath, problems: Problems) -> Settlement:
         problems.add(
             path / "type", f"expected facilitator, onchain, deferred or callable, got {kind!r}"
         )
-        return Settlement()
+        return SettlementConfig()
     chain = _chain(value, kind, path, problems)
     url = value.get("url")
     if kind == "facilitator" and (
@@ -737,7 +737,7 @@ def _settlement(value: Any, path: KeyPath, problems: Problems) -> Settlement:
             f"must be longer than expiry_margin ({windows['expiry_margin']:g} s), or every "
             "queued authorization is exported as expiring",
         )
-    return Settlement(
+    return SettlementConfig(
         type=kind,
         url=url if isinstance(url, str) else None,
         timeout=timeout,
@@ -749,39 +749,39 @@ def _settlement(value: Any, path: KeyPath, problems: Problems) -> Settlement:
     )
 
 
-def parse_ledger(value: Any, path: KeyPath, problems: Problems) -> Ledger:
+def parse_ledger(value: Any, path: KeyPath, problems: Problems) -> LedgerConfig:
     if value is None:
-        return Ledger()
+        return LedgerConfig()
     if not isinstance(value, dict):
         problems.add(path, "expected {type: sqlite, path: …} or {type: postgres, url: …}")
-        return Ledger()
+        return LedgerConfig()
     problems.unknown_keys(path, value, ("type", "path", "url", "schema", "timeout"))
     kind = value.get("type", "sqlite")
     if kind not in ("sqlite", "postgres"):
         problems.add(path / "type", f"expected sqlite or postgres, got {kind!r}")
-        return Ledger()
+        return LedgerConfig()
     url = value.get("url")
     if kind == "postgres" and (
         not isinstance(url, str) or not url.startswith(("postgres://", "postgresql://"))
     ):
         problems.add(path / "url", "a postgres ledger needs a postgresql:// URL")
-    p = value.get("path", Ledger.path)
+    p = value.get("path", LedgerConfig.path)
     if not isinstance(p, str):
         problems.add(path / "path", "expected a file path")
-        p = Ledger.path
+        p = LedgerConfig.path
     schema = value.get("schema")
     if schema is not None and (
         not isinstance(schema, str) or not re.match(r"^[a-z_][a-z0-9_]*$", schema)
     ):
         problems.add(path / "schema", "expected a lowercase SQL identifier")
         schema = None
-    timeout = Ledger.timeout
+    timeout = LedgerConfig.timeout
     if "timeout" in value:
         try:
             timeout = parse_duration(value["timeout"])
         except ValueError as e:
             problems.add(path / "timeout", str(e))
-    return Ledger(
+    return LedgerConfig(
         type=kind,
         path=p,
         url=url if isinstance(url, str) else None,

@@ -36,7 +36,7 @@ class KeyPath:
 
 
 @dataclass(frozen=True)
-class Problem:
+class ConfigProblem:
     path: str
     message: str
 
@@ -46,10 +46,10 @@ class Problem:
 
 class Problems:
     def __init__(self) -> None:
-        self.items: list[Problem] = []
+        self.items: list[ConfigProblem] = []
 
     def add(self, path: KeyPath, message: str) -> None:
-        self.items.append(Problem(str(path), message))
+        self.items.append(ConfigProblem(str(path), message))
 
     def unknown_keys(self, path: KeyPath, given: Iterable[object], known: Iterable[str]) -> None:
         known = list(known)
@@ -90,7 +90,7 @@ class Problems:
 class ConfigError(ValueError):
     """Invalid configuration: every problem, each with its key path."""
 
-    def __init__(self, problems: list[Problem], source: str = "config") -> None:
+    def __init__(self, problems: list[ConfigProblem], source: str = "config") -> None:
         self.problems = problems
         self.source = source
         lines = "\n".join(f"  {p}" for p in problems)

@@ -17,7 +17,7 @@ from meterkit.config.ops import Admin, parse_admin, parse_key_label, parse_price
 from meterkit.config.payments import (
     ROUTE_PAYMENT_KEYS,
     Accept,
-    Ledger,
+    LedgerConfig,
     Payments,
     RoutePayment,
     TokenRates,
@@ -150,7 +150,7 @@ class Config:
     wallets: Mapping[str, str] = field(default_factory=dict)
     accepts: tuple[Accept, ...] = ()
     payments: Payments = field(default_factory=Payments)
-    ledger: Ledger = field(default_factory=Ledger)
+    ledger: LedgerConfig = field(default_factory=LedgerConfig)
     # Where session routes find their payment channels (prepaid, or an escrow on chain).
     sessions: Sessions = field(default_factory=Sessions)
     # The API key registry; None: `key: api_key` budgets hash whatever key arrives.

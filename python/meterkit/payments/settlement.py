@@ -21,8 +21,7 @@ from typing import Any, Protocol
 import aiohttp
 import orjson
 
-from meterkit.config.payments import Asset
-from meterkit.config.payments import Settlement as SettlementConfig
+from meterkit.config.payments import Asset, SettlementConfig
 from meterkit.payments.callables import call, load_callable
 from meterkit.payments.evm import Authorization
 from meterkit.payments.problems import (

@@ -28,7 +28,7 @@ from meterkit.budgets.backends import BackendUnavailable
 from meterkit.config.ops import Admin
 from meterkit.pipeline.problems import problem_response
 from meterkit.problems import ProxyError
-from meterkit.proxy.keys import BUDGET_BACKEND, CONFIG, KEY_REGISTRY, METRICS
+from meterkit.proxy.appkeys import BUDGET_BACKEND, CONFIG, KEY_REGISTRY, METRICS
 
 log = logging.getLogger("meterkit.admin")
 

@@ -17,7 +17,7 @@ from aiohttp import web
 
 from meterkit import _core
 from meterkit.budgets import BudgetBackend, make_backend
-from meterkit.budgets.keys import KeyRegistry, make_registry
+from meterkit.budgets.registry import KeyRegistry, make_registry
 from meterkit.config import Config
 from meterkit.observability.metrics import CONTENT_TYPE_LATEST, ProxyMetrics
 from meterkit.payments import discovery
@@ -25,8 +25,7 @@ from meterkit.payments.hooks import RouteHooks
 from meterkit.payments.ledger import Ledger, SqliteLedger, journal, make_ledger
 from meterkit.payments.settlement import FacilitatorSettler, Settler, make_settler
 from meterkit.pipeline import Pipeline, Stage, ordered
-from meterkit.proxy.handler import handle
-from meterkit.proxy.keys import (
+from meterkit.proxy.appkeys import (
     BUDGET_BACKEND,
     CONFIG,
     KEY_REGISTRY,
@@ -41,6 +40,7 @@ from meterkit.proxy.keys import (
     SINK,
     TASKS,
 )
+from meterkit.proxy.handler import handle
 from meterkit.proxy.routing import Router, route_plans
 from meterkit.proxy.server import (
     GatewayRunner,

@@ -27,9 +27,9 @@ from meterkit.pipeline.problems import problem_response
 from meterkit.pipeline.run import client_left
 from meterkit.problems import ProxyError
 from meterkit.proxy import record
+from meterkit.proxy.appkeys import CONFIG, METRICS, PIPELINE, PLANS, ROUTER, SINK
 from meterkit.proxy.encoding import UnsupportedEncoding, decoder_for
 from meterkit.proxy.ids import new_request_id
-from meterkit.proxy.keys import CONFIG, METRICS, PIPELINE, PLANS, ROUTER, SINK
 from meterkit.proxy.passthrough import pass_through
 from meterkit.proxy.routing import upstream_path
 from meterkit.proxy.server import body_chunks

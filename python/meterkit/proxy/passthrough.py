@@ -11,9 +11,9 @@ import orjson
 from aiohttp import web
 
 from meterkit.pipeline import RequestContext
+from meterkit.proxy.appkeys import METRICS
 from meterkit.proxy.encoding import CorruptBody, Decoder
 from meterkit.proxy.headers import client_response_headers
-from meterkit.proxy.keys import METRICS
 from meterkit.proxy.upstream import IdleWatchdog
 
 # Bigger JSON bodies pass without usage extraction rather than being held in memory.

@@ -17,7 +17,7 @@ from aiohttp import web
 from meterkit import formats
 from meterkit.observability import spend
 from meterkit.pipeline import RequestContext
-from meterkit.proxy.keys import CONFIG, METRICS, PIPELINE, SINK, TASKS
+from meterkit.proxy.appkeys import CONFIG, METRICS, PIPELINE, SINK, TASKS
 from meterkit.usage import Outcome, UsageRecord
 
 log = logging.getLogger("meterkit.proxy")

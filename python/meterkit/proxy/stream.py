@@ -14,9 +14,9 @@ from aiohttp import web
 
 from meterkit import FeedResult, StreamMeter
 from meterkit.pipeline import RequestContext
+from meterkit.proxy.appkeys import METRICS
 from meterkit.proxy.encoding import CorruptBody, Decoder
 from meterkit.proxy.headers import client_response_headers
-from meterkit.proxy.keys import METRICS
 from meterkit.proxy.upstream import IdleWatchdog
 
 _EXHAUSTED = {

@@ -16,8 +16,8 @@ from aiohttp import web
 from meterkit.pipeline import RequestContext
 from meterkit.pipeline import problems as gateway
 from meterkit.problems import ProxyError
+from meterkit.proxy.appkeys import CONFIG, METRICS, SESSION
 from meterkit.proxy.headers import upstream_request_headers
-from meterkit.proxy.keys import CONFIG, METRICS, SESSION
 from meterkit.proxy.routing import client_timeout
 from meterkit.proxy.server import body_chunks
 

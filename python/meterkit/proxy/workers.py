@@ -40,7 +40,7 @@ import time
 from dataclasses import dataclass
 
 from meterkit.config import Config
-from meterkit.config.problems import Problem
+from meterkit.config.problems import ConfigProblem
 from meterkit.proxy.server import ListenError
 
 log = logging.getLogger("meterkit.workers")
@@ -59,17 +59,17 @@ class Worker:
     fd: int
 
 
-def problems(config: Config, workers: int) -> list[Problem]:
+def problems(config: Config, workers: int) -> list[ConfigProblem]:
     """Why `config` cannot run in `workers` processes, each with the key path it concerns."""
     if workers <= 1:
         return []
     from meterkit.stages import PaymentStage, SessionStage
 
     n = f"with {workers} workers"
-    found: list[Problem] = []
+    found: list[ConfigProblem] = []
     if any(r.budget for r in config.routes) and config.budget_store.type != "redis":
         found.append(
-            Problem(
+            ConfigProblem(
                 "budget_store.type",
                 f"{n}, budgets must be shared: in memory each worker would grant the whole "
                 "budget again; use budget_store: {type: redis, url: …}",
@@ -78,7 +78,7 @@ def problems(config: Config, workers: int) -> list[Problem]:
     if any(PaymentStage.applies(r.payment) for r in config.routes):
         if config.ledger.type != "postgres":
             found.append(
-                Problem(
+                ConfigProblem(
                     "ledger.type",
                     f"{n}, the ledger must be PostgreSQL: a SQLite ledger belongs to one "
                     "process (at start it resolves every in-flight claim as left by a crash, "
@@ -87,7 +87,7 @@ def problems(config: Config, workers: int) -> list[Problem]:
             )
         if config.payments.settlement.type == "onchain":
             found.append(
-                Problem(
+                ConfigProblem(
                     "payments.settlement.type",
                     f"{n}, on-chain settlement cannot run: each worker would send from the "
                     "relayer with its own nonce sequence; use deferred or a facilitator, or "
@@ -99,7 +99,7 @@ def problems(config: Config, workers: int) -> list[Problem]:
         # Session routes themselves are fine: their channels, holds and vouchers are in the
         # ledger's PostgreSQL (required above), which wakes a paused stream on any worker.
         found.append(
-            Problem(
+            ConfigProblem(
                 "sessions.channels",
                 f"{n}, on-chain channels cannot be closed safely: each worker would send "
                 "from the operator key with its own nonce sequence; use one worker",

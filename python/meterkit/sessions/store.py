@@ -27,7 +27,7 @@ from meterkit.sessions.channels import Channel, Draw, Drawn, draw, follow_escrow
 from meterkit.sqlite_thread import SqliteThread
 
 if TYPE_CHECKING:
-    from meterkit.config.payments import Ledger
+    from meterkit.config.payments import LedgerConfig
 
 
 class ChannelStore(Protocol):
@@ -335,7 +335,7 @@ class SessionStore:
         return None  # no notifications in SQLite: `accepted` is polled
 
 
-def make_store(ledger: Ledger) -> ChannelStore:
+def make_store(ledger: LedgerConfig) -> ChannelStore:
     """The session store beside the configured ledger: its SQLite file, or its PostgreSQL
     database (and schema)."""
     if ledger.type == "postgres":

@@ -13,8 +13,8 @@ from meterkit import formats
 from meterkit.budgets import admission
 from meterkit.budgets.backends import BackendUnavailable, BudgetBackend, Identity
 from meterkit.budgets.identity import identity_of, networks
-from meterkit.budgets.keys import with_overrides
 from meterkit.budgets.policy import Limits
+from meterkit.budgets.registry import with_overrides
 from meterkit.config import Config, Route
 from meterkit.config.budgets import BudgetPolicy
 from meterkit.observability.metrics import ProxyMetrics

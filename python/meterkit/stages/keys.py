@@ -18,7 +18,7 @@ the route's `credential_header: Payment-Authorization` names, or its key as `x-a
 from __future__ import annotations
 
 from meterkit.budgets.identity import api_key
-from meterkit.budgets.keys import KeyRegistry, key_sha256
+from meterkit.budgets.registry import KeyRegistry, key_sha256
 from meterkit.config import Config, Route
 from meterkit.payments import mpp
 from meterkit.payments.problems import PaymentProblem

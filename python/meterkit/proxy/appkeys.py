@@ -6,7 +6,7 @@ import aiohttp
 from aiohttp import web
 
 from meterkit.budgets.backends import BudgetBackend
-from meterkit.budgets.keys import KeyRegistry
+from meterkit.budgets.registry import KeyRegistry
 from meterkit.config import Config
 from meterkit.observability.metrics import ProxyMetrics
 from meterkit.payments.ledger import Ledger

@@ -21,7 +21,7 @@ import orjson
 from meterkit.config.budgets import BudgetPolicy
 from meterkit.config.keys import OVERRIDE_KEYS, KeyEntry, Keys, parse_entries
 from meterkit.config.loader import parse_yaml
-from meterkit.config.problems import ConfigError, KeyPath, Problem, Problems
+from meterkit.config.problems import ConfigError, ConfigProblem, KeyPath, Problems
 
 _CACHE_SIZE = 10_000
 
@@ -73,7 +73,7 @@ def load_key_file(path: str | Path) -> dict[str, KeyEntry]:
     try:
         tree = parse_yaml(text, str(path))
     except ValueError as e:
-        raise ConfigError([Problem("(file)", str(e))], str(path)) from None
+        raise ConfigError([ConfigProblem("(file)", str(e))], str(path)) from None
     problems = Problems()
     entries: dict[str, KeyEntry] = {}
     if not isinstance(tree, dict) or "entries" not in tree:
