@@ -34,7 +34,8 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from meterkit.problems import Rendered
-from meterkit.sessions.meter import CHANNEL_HINT, Completion, PaidStream, SessionMeter
+from meterkit.sessions.meter import CHANNEL_HINT, SessionMeter
+from meterkit.sessions.stream import Completion, PaidStream
 
 __all__ = ["Completion", "admit", "cleanup_ctx", "paid_stream", "stream"]
 

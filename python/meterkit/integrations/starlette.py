@@ -40,7 +40,8 @@ except ImportError as e:  # pragma: no cover - depends on the environment
     ) from e
 
 from meterkit.problems import Rendered
-from meterkit.sessions.meter import CHANNEL_HINT, Completion, PaidStream, SessionMeter
+from meterkit.sessions.meter import CHANNEL_HINT, SessionMeter
+from meterkit.sessions.stream import Completion, PaidStream
 
 __all__ = ["Completion", "PaidStreamingResponse", "admit", "lifespan", "paid_stream", "stream"]
 

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from meterkit.config.keys import KeyEntry
     from meterkit.payments.pricing import Quote
     from meterkit.pipeline.stage import Stage
-    from meterkit.sessions.meter import PaidStream
+    from meterkit.sessions.stream import PaidStream
 
 __all__ = [
     "Caps",
