@@ -21,6 +21,7 @@ from meterkit.budgets.registry import KeyRegistry, make_registry
 from meterkit.config import Config
 from meterkit.observability.metrics import CONTENT_TYPE_LATEST, ProxyMetrics
 from meterkit.payments import discovery
+from meterkit.payments.claims import STALE_CLAIM
 from meterkit.payments.hooks import RouteHooks
 from meterkit.payments.ledger import Ledger, SqliteLedger, journal, make_ledger
 from meterkit.payments.settlement import FacilitatorSettler, Settler, make_settler
@@ -56,7 +57,6 @@ from meterkit.runtime import BackgroundTasks, bound_port
 from meterkit.sessions import make_store
 from meterkit.sessions.sources import make_source
 from meterkit.stages import BudgetStage, HookStage, KeyStage, PaymentStage, SessionStage
-from meterkit.stages.payment import STALE_CLAIM
 from meterkit.usage import PostgresSink, UsageSink, make_sink
 
 log = logging.getLogger("meterkit.proxy")

@@ -27,13 +27,11 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, TypeVar
 
-import orjson
-
 from meterkit.config import Config, Route
 from meterkit.observability.metrics import ProxyMetrics
-from meterkit.payments import access, evm, mpp, receipts, x402
+from meterkit.payments import access, claims, mpp, receipts, x402
 from meterkit.payments.hooks import RouteHooks
-from meterkit.payments.ledger import Claim, Ledger
+from meterkit.payments.ledger import Ledger
 from meterkit.payments.offers import (
     ChallengeTerms,
     Offer,
@@ -46,7 +44,6 @@ from meterkit.payments.problems import (
     LedgerUnavailable,
     PaymentProblem,
     PaymentRequired,
-    Replayed,
     SettlementUnknown,
 )
 from meterkit.payments.settlement import SettlementFailed, SettlementRequest, Settler
@@ -58,12 +55,6 @@ from meterkit.usage import UsageRecord
 log = logging.getLogger("meterkit.payments")
 
 STATUS_HEADER = "X-Payment-Status"
-# How long a duplicate request waits for the first one's settlement outcome.
-_CLAIM_WAIT = 15.0
-# A claim still in flight (pending, settling, or paid with no delivery outcome) that nobody
-# touched for this long belongs to a request whose process died: it is resolved as at
-# startup. Long enough for any settlement timeout and any stream that is still running.
-STALE_CLAIM = 600.0
 
 T = TypeVar("T")
 
@@ -288,75 +279,19 @@ class PaymentStage(Stage):
         return None
 
     async def _claim(self, ctx: RequestContext, state: PaymentState, v: Verified) -> None:
-        asset = v.offer.accept.asset
-        key = evm.claim_key(v.auth, asset)
-        claim = Claim(
-            claim_key=key,
-            status="pending",
-            protocol=v.protocol,
-            network=asset.caip2,
-            asset=asset.address,
-            payer=v.payer,
-            pay_to=v.offer.accept.pay_to,
-            amount=str(v.offer.amount),
-            nonce=v.auth.nonce,
-            valid_before=v.auth.valid_before,
-            route=ctx.route.key,
-            request_id=ctx.request_id,
-            challenge_id=v.challenge_id,
-            authorization_json=orjson.dumps(
-                {
-                    "authorization": v.auth.fields(),
-                    "signature": v.auth.signature,
-                    "token": asset.address,
-                    "chainId": asset.chain_id,
-                }
-            ).decode(),
+        taken = await claims.take(
+            self.ledger,
+            claims.new_claim(v, ctx.route.key, ctx.request_id),
+            call=self._ledger,
+            recover=self._recover,
         )
-        for _ in range(3):
-            won, existing = await self._ledger(self.ledger.claim(claim))
-            if won:
-                state.claim_key = key
-                self.metrics.payments.labels(ctx.route.key, "verified", v.protocol).inc()
-                return
-            existing = await self._outcome(existing)
-            if existing is None:
-                continue  # released meanwhile: nothing was settled; claim it again
-            if existing.status in ("settled", "queued") and existing.delivery == "undelivered":
-                if await self._ledger(
-                    self.ledger.take_redelivery(key, ctx.request_id, time.time())
-                ):
-                    # Paid before, never delivered: serve it now, without a second charge.
-                    state.claim_key, state.redelivery = key, True
-                    self._paid(ctx, state, existing.status, existing.reference)
-                    return
-            raise Replayed(
-                _replay_detail(existing, time.time()), reason="replay", reference=existing.reference
-            )
-        raise Replayed("this authorization is being settled by another request", reason="replay")
-
-    async def _outcome(self, existing: Claim | None) -> Claim | None:
-        """Wait while another request settles the same authorization; None if it released
-        the claim (nothing was settled), else the finished claim. A claim in flight that
-        nobody touched for `STALE_CLAIM` seconds is resolved first (its process died)."""
-        deadline = time.monotonic() + _CLAIM_WAIT
-        while existing is not None and existing.status in ("pending", "settling"):
-            if existing.updated_at < time.time() - STALE_CLAIM:
-                await self._recover(time.time() - STALE_CLAIM)
-            elif time.monotonic() >= deadline:
-                break
-            else:
-                await asyncio.sleep(0.05)
-            existing = await self._ledger(self.ledger.get_claim(existing.claim_key))
-        if (
-            existing is not None
-            and existing.delivery is None
-            and existing.status in ("settled", "queued")
-            and existing.updated_at < time.time() - STALE_CLAIM
-        ):
-            await self._recover(time.time() - STALE_CLAIM)
-            existing = await self._ledger(self.ledger.get_claim(existing.claim_key))
-        return existing
+        state.claim_key = taken.key
+        if taken.redelivery is not None:
+            # Paid before, never delivered: serve it now, without a second charge.
+            state.redelivery = True
+            self._paid(ctx, state, taken.redelivery.status, taken.redelivery.reference)
+        else:
+            self.metrics.payments.labels(ctx.route.key, "verified", v.protocol).inc()
 
     async def recover(self, older_than: float | None) -> dict[str, int]:
         """Resolve claims left by requests whose process died (see `Ledger.recover`)."""
@@ -573,26 +508,3 @@ class PaymentStage(Stage):
             sessions = tuple(("WWW-Authenticate", c.header()) for c in self.session_challenges(ctx))
             problem = dataclasses.replace(problem, headers=problem.headers + sessions)
         return problem
-
-
-def _replay_detail(claim: Claim, now: float) -> str:
-    """Why an authorization that another request claimed cannot pay for this one, truly."""
-    if claim.status in ("settled", "queued"):
-        if claim.delivery == "delivered":
-            return "this authorization has already paid for a request, which was delivered"
-        if claim.delivery == "undelivered":
-            return (
-                "this authorization paid for a request that was never delivered, but it is no "
-                "longer valid, so that request cannot be served again"
-                if claim.valid_before <= now
-                else "this authorization's undelivered request is being served again"
-            )
-        return "this authorization has paid for a request that is still being answered"
-    if claim.status == "unknown":
-        return (
-            "the settlement of this authorization has an unknown outcome; it is never "
-            "charged twice, and it pays for nothing more until that is reconciled"
-        )
-    if claim.status == "expired":
-        return "this authorization expired in the settlement queue; nothing was charged"
-    return "this authorization is being settled by another request"

@@ -1,0 +1,173 @@
+"""Claiming an authorization: the durable "this one is mine to settle" (see
+`payments.ledger`), what a second request with the same authorization is told, and how a
+claim left by a dead process is noticed.
+
+The decisions are pure functions of a `Claim` and `now`; `take` is the one loop that talks to
+the ledger: insert the claim, or wait while the request that holds it settles, then either
+serve a paid-but-undelivered request again (no second charge) or refuse the replay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
+
+import orjson
+
+from meterkit.payments import evm
+from meterkit.payments.ledger import Claim, Ledger
+from meterkit.payments.problems import Replayed
+from meterkit.payments.verify import Verified
+
+T = TypeVar("T")
+
+# How long a duplicate request waits for the first one's settlement outcome.
+CLAIM_WAIT = 15.0
+# A claim still in flight (pending, settling, or paid with no delivery outcome) that nobody
+# touched for this long belongs to a request whose process died: it is resolved as at
+# startup. Long enough for any settlement timeout and any stream that is still running.
+STALE_CLAIM = 600.0
+PAID = ("settled", "queued")
+
+
+class Bounded(Protocol):
+    """A ledger call made bounded (a timeout, outages as a 503): the stage's `_ledger`."""
+
+    def __call__(self, call: Awaitable[T], /) -> Awaitable[T]: ...
+
+
+def new_claim(v: Verified, route: str, request_id: str) -> Claim:
+    """The ledger row for a verified authorization, before anything was sent to a settler."""
+    asset = v.offer.accept.asset
+    return Claim(
+        claim_key=evm.claim_key(v.auth, asset),
+        status="pending",
+        protocol=v.protocol,
+        network=asset.caip2,
+        asset=asset.address,
+        payer=v.payer,
+        pay_to=v.offer.accept.pay_to,
+        amount=str(v.offer.amount),
+        nonce=v.auth.nonce,
+        valid_before=v.auth.valid_before,
+        route=route,
+        request_id=request_id,
+        challenge_id=v.challenge_id,
+        authorization_json=orjson.dumps(
+            {
+                "authorization": v.auth.fields(),
+                "signature": v.auth.signature,
+                "token": asset.address,
+                "chainId": asset.chain_id,
+            }
+        ).decode(),
+    )
+
+
+def in_flight(c: Claim) -> bool:
+    """Another request is settling it: wait for the outcome."""
+    return c.status in ("pending", "settling")
+
+
+def stale(c: Claim, now: float) -> bool:
+    """Untouched for `STALE_CLAIM` seconds: its request's process died."""
+    return c.updated_at < now - STALE_CLAIM
+
+
+def orphaned(c: Claim, now: float) -> bool:
+    """In flight, or paid with no delivery outcome, and stale: to be resolved first."""
+    return stale(c, now) and (in_flight(c) or (c.status in PAID and c.delivery is None))
+
+
+def redeliverable(c: Claim) -> bool:
+    """Paid for a request whose response never reached the client: served once more."""
+    return c.status in PAID and c.delivery == "undelivered"
+
+
+def replay_detail(claim: Claim, now: float) -> str:
+    """Why an authorization that another request claimed cannot pay for this one, truly."""
+    if claim.status in PAID:
+        if claim.delivery == "delivered":
+            return "this authorization has already paid for a request, which was delivered"
+        if claim.delivery == "undelivered":
+            return (
+                "this authorization paid for a request that was never delivered, but it is no "
+                "longer valid, so that request cannot be served again"
+                if claim.valid_before <= now
+                else "this authorization's undelivered request is being served again"
+            )
+        return "this authorization has paid for a request that is still being answered"
+    if claim.status == "unknown":
+        return (
+            "the settlement of this authorization has an unknown outcome; it is never "
+            "charged twice, and it pays for nothing more until that is reconciled"
+        )
+    if claim.status == "expired":
+        return "this authorization expired in the settlement queue; nothing was charged"
+    return "this authorization is being settled by another request"
+
+
+@dataclass(frozen=True)
+class Taken:
+    """The claim is this request's: a new one, or (`redelivery`) a paid claim whose request
+    was never delivered, taken over to serve it again without a second charge."""
+
+    key: str
+    redelivery: Claim | None = None
+
+
+async def take(
+    ledger: Ledger,
+    claim: Claim,
+    *,
+    call: Bounded,
+    recover: Callable[[float], Awaitable[object]],
+    clock: Callable[[], float] = time.time,
+) -> Taken:
+    """Claim `claim` for its request, or wait for the request that holds it. `call` bounds
+    each ledger call (the stage's timeout and outage handling); `recover(older_than)`
+    resolves claims left by dead processes. Raises `Replayed` when the authorization paid
+    (or is paying) for another request."""
+    for _ in range(3):
+        won, existing = await call(ledger.claim(claim))
+        if won:
+            return Taken(claim.claim_key)
+        existing = await _outcome(ledger, existing, call, recover, clock)
+        if existing is None:
+            continue  # released meanwhile: nothing was settled; claim it again
+        if redeliverable(existing) and await call(
+            ledger.take_redelivery(claim.claim_key, claim.request_id, clock())
+        ):
+            return Taken(claim.claim_key, existing)
+        raise Replayed(
+            replay_detail(existing, clock()), reason="replay", reference=existing.reference
+        )
+    raise Replayed("this authorization is being settled by another request", reason="replay")
+
+
+async def _outcome(
+    ledger: Ledger,
+    existing: Claim | None,
+    call: Bounded,
+    recover: Callable[[float], Awaitable[object]],
+    clock: Callable[[], float],
+) -> Claim | None:
+    """Wait while another request settles the same authorization; None if it released the
+    claim (nothing was settled), else the finished claim. An orphaned claim is resolved
+    first."""
+    deadline = time.monotonic() + CLAIM_WAIT
+    while existing is not None and in_flight(existing):
+        if stale(existing, clock()):
+            await recover(clock() - STALE_CLAIM)
+        elif time.monotonic() >= deadline:
+            break
+        else:
+            await asyncio.sleep(0.05)
+        existing = await call(ledger.get_claim(existing.claim_key))
+    if existing is not None and orphaned(existing, clock()):
+        await recover(clock() - STALE_CLAIM)
+        existing = await call(ledger.get_claim(existing.claim_key))
+    return existing
