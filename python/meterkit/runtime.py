@@ -1,13 +1,19 @@
 """Running an asyncio entry point the way every meterkit command does: uvloop when it is
-installed, clean shutdown on SIGINT/SIGTERM."""
+installed, clean shutdown on SIGINT/SIGTERM; and starting an aiohttp site the one way every
+listener does (`serve_app`)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
+import socket
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 
 def _hangup_ignored() -> None:
@@ -47,6 +53,45 @@ def event_loop_name() -> str:
     except ImportError:
         return "asyncio"
     return "uvloop"
+
+
+class ListenError(OSError):
+    """The listening address cannot be bound (taken, not an address of this machine)."""
+
+
+async def serve_app(
+    app: web.Application | web.AppRunner,
+    host: str,
+    port: int,
+    *,
+    backlog: int = 128,
+    reuse_port: bool = False,
+    what: str = "",
+    **runner_options: Any,
+) -> tuple[web.AppRunner, int]:
+    """Serve `app` (set up here) or a runner already set up, on host:port; the runner and
+    the bound port (port 0 picks one). A taken or foreign address is a `ListenError` with the errno's own words
+    (asyncio's text repeats the address), after the runner was cleaned up. `what` names the
+    listener in that message (" (admin)"). `runner_options` go to `web.AppRunner`."""
+    from aiohttp import web
+
+    if isinstance(app, web.AppRunner):
+        runner = app
+    else:
+        runner = web.AppRunner(app, **runner_options)
+        await runner.setup()
+    site = web.TCPSite(runner, host, port, backlog=backlog, reuse_port=reuse_port or None)
+    try:
+        await site.start()
+    except OSError as e:
+        await runner.cleanup()
+        reason = (
+            os.strerror(e.errno)
+            if e.errno and e.errno > 0 and not isinstance(e, socket.gaierror)
+            else (e.strerror or str(e))
+        )
+        raise ListenError(e.errno or 0, f"cannot listen on {host}:{port}{what}: {reason}") from e
+    return runner, bound_port(site)
 
 
 def bound_port(site: object) -> int:

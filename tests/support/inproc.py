@@ -19,8 +19,9 @@ from multidict import CIMultiDict
 
 from meterkit.config import config_from_dict
 from meterkit.mock.server import start_mock
-from meterkit.proxy.app import build_app, start
+from meterkit.proxy.app import build_app
 from meterkit.proxy.appkeys import METRICS
+from meterkit.proxy.lifecycle import start
 from meterkit.usage import MemorySink, UsageRecord
 
 

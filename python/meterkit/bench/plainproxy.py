@@ -15,7 +15,7 @@ import aiohttp
 from aiohttp import web
 
 from meterkit.proxy.headers import client_response_headers, upstream_request_headers
-from meterkit.runtime import bound_port, run_forever
+from meterkit.runtime import run_forever, serve_app
 
 UPSTREAM = web.AppKey("upstream", str)
 SESSION = web.AppKey("session", aiohttp.ClientSession)
@@ -72,11 +72,10 @@ def main() -> None:
         app[UPSTREAM] = args.upstream.rstrip("/")
         app.cleanup_ctx.append(_session)
         app.router.add_route("*", "/{tail:.*}", _handle)
-        runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, args.host, args.port, backlog=4096)
-        await site.start()
-        print(f"plain proxy listening on http://{args.host}:{bound_port(site)}", flush=True)
+        runner, port = await serve_app(
+            app, args.host, args.port, backlog=4096, handler_cancellation=True, access_log=None
+        )
+        print(f"plain proxy listening on http://{args.host}:{port}", flush=True)
         try:
             await asyncio.Event().wait()
         finally:

@@ -47,7 +47,8 @@ def show(title: str, rows: list[tuple[str, str, str]]) -> None:
 
 async def run(node: Anvil, data_dir: Path, serve: bool) -> int:
     from meterkit.mock.server import MockOptions, start_mock
-    from meterkit.proxy.app import build_app, start
+    from meterkit.proxy.app import build_app
+    from meterkit.proxy.lifecycle import start
 
     address = token.deploy(node.url)
     key = os.urandom(32)

@@ -113,7 +113,8 @@ def validate(args: argparse.Namespace) -> int:
 
 def _started(run: Callable[[], None]) -> None:
     """Run a server, turning the ordinary ways a start fails into one-line errors."""
-    from meterkit.proxy.server import ListenError, StartupError
+    from meterkit.proxy.server import StartupError
+    from meterkit.runtime import ListenError
 
     try:
         run()
@@ -151,7 +152,7 @@ def serve(args: argparse.Namespace) -> int:
     if config is None:
         return EXIT_FAILED
     if args.worker_index is not None:
-        from meterkit.proxy.workers import Worker
+        from meterkit.proxy.lifecycle import Worker
 
         worker = Worker(args.worker_index, args.worker_fd)
         _started(lambda: serve_proxy(config, args.host, args.port, worker))
@@ -191,7 +192,8 @@ def _serve_workers(args: argparse.Namespace, config: Config, workers: int) -> in
 def _serve_demo(args: argparse.Namespace) -> int:
     from meterkit.mock.server import MockOptions, start_mock
     from meterkit.observability.logs import configure_logging
-    from meterkit.proxy.app import build_app, start
+    from meterkit.proxy.app import build_app
+    from meterkit.proxy.lifecycle import start
     from meterkit.proxy.server import StartupError
     from meterkit.runtime import run_forever
 

@@ -27,7 +27,7 @@ from meterkit import _core
 from meterkit.config.payments import KNOWN_ASSETS, Asset
 from meterkit.payments import evm
 from meterkit.payments.problems import PaymentProblem
-from meterkit.runtime import bound_port
+from meterkit.runtime import serve_app
 
 if TYPE_CHECKING:
     from meterkit.payments.onchain import OnchainSettler
@@ -208,11 +208,7 @@ def build_facilitator_app(
 async def start_facilitator(
     host: str, port: int, settler: OnchainSettler | None = None, chain_id: int = 0
 ) -> tuple[web.AppRunner, int]:
-    runner = web.AppRunner(build_facilitator_app(settler, chain_id), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port)
-    await site.start()
-    return runner, bound_port(site)
+    return await serve_app(build_facilitator_app(settler, chain_id), host, port, access_log=None)
 
 
 def run_facilitator(host: str, port: int, rpc_url: str | None = None, key: str = "") -> None:

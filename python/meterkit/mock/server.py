@@ -41,7 +41,7 @@ from aiohttp import web
 
 from meterkit import count_request_prompt, synth
 from meterkit.mock.text import Words, words
-from meterkit.runtime import bound_port
+from meterkit.runtime import serve_app
 
 __all__ = ["MockOptions", "RequestStats", "build_mock_app", "run_mock"]
 
@@ -519,11 +519,14 @@ async def start_mock(
     """Start the mock on the running loop; returns the runner and the bound port."""
     # Cancelling the handler when the client disconnects is what lets the mock record the
     # moment its connection closed.
-    runner = web.AppRunner(build_mock_app(options), handler_cancellation=True, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port, backlog=4096)
-    await site.start()
-    return runner, bound_port(site)
+    return await serve_app(
+        build_mock_app(options),
+        host,
+        port,
+        backlog=4096,
+        handler_cancellation=True,
+        access_log=None,
+    )
 
 
 def run_mock(host: str, port: int, options: MockOptions) -> None:

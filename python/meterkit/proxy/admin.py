@@ -171,20 +171,12 @@ async def start_admin(
     proxy: web.Application, settings: Admin, host: str | None = None, port: int | None = None
 ) -> tuple[web.AppRunner, int]:
     """Serve the admin app; the runner and the bound port. Raises ListenError."""
-    import os
+    from meterkit.runtime import serve_app
 
-    from meterkit.proxy.server import ListenError
-    from meterkit.runtime import bound_port
-
-    runner = web.AppRunner(build_admin_app(proxy, settings), access_log=None)
-    await runner.setup()
-    host = host or settings.host
-    port = settings.port if port is None else port
-    site = web.TCPSite(runner, host, port)
-    try:
-        await site.start()
-    except OSError as e:
-        await runner.cleanup()
-        reason = os.strerror(e.errno) if e.errno and e.errno > 0 else (e.strerror or str(e))
-        raise ListenError(e.errno or 0, f"cannot listen on {host}:{port} (admin): {reason}") from e
-    return runner, bound_port(site)
+    return await serve_app(
+        build_admin_app(proxy, settings),
+        host or settings.host,
+        settings.port if port is None else port,
+        what=" (admin)",
+        access_log=None,
+    )

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
@@ -44,16 +42,10 @@ from meterkit.proxy.appkeys import (
 from meterkit.proxy.handler import handle
 from meterkit.proxy.routing import Router, route_plans
 from meterkit.proxy.server import (
-    GatewayRunner,
-    ListenError,
     RateLimitedWarning,
-    ServerLimits,
     StartupError,
-    connection_cap,
-    quiet_accept_errors,
 )
-from meterkit.proxy.workers import Worker
-from meterkit.runtime import BackgroundTasks, bound_port
+from meterkit.runtime import BackgroundTasks
 from meterkit.sessions import make_store
 from meterkit.sessions.sources import make_source
 from meterkit.stages import BudgetStage, HookStage, KeyStage, PaymentStage, SessionStage
@@ -290,150 +282,3 @@ def build_app(
         app.router.add_get(config.metrics.path, _metrics)
     app.router.add_route("*", "/{tail:.*}", handle)
     return app
-
-
-def server_limits(config: Config) -> ServerLimits:
-    gw = config.gateway
-    cap = connection_cap(gw.max_connections)
-    if gw.max_connections is not None and cap < gw.max_connections:
-        log.warning(
-            "gateway.max_connections lowered to what the descriptor limit allows",
-            extra={"configured": gw.max_connections, "max_connections": cap},
-        )
-    return ServerLimits(
-        header_timeout=gw.header_timeout,
-        keepalive_timeout=gw.keepalive_timeout,
-        max_connections=cap,
-    )
-
-
-async def start(
-    app: web.Application, host: str, port: int, *, reuse_port: bool = False
-) -> tuple[web.AppRunner, int]:
-    """Start serving `app`; returns the runner and the bound port (useful with port 0).
-    Raises `StartupError` when a resource does not open (a store, a data path) and
-    `ListenError` when the address cannot be bound. `reuse_port`: bind with SO_REUSEPORT
-    beside the other workers of `serve --workers`."""
-    quiet_accept_errors(asyncio.get_running_loop())
-    # handler_cancellation: aiohttp cancels a handler when its client disconnects, which is
-    # how the upstream request gets aborted the moment the client leaves.
-    runner = GatewayRunner(
-        app, server_limits(app[CONFIG]), handler_cancellation=True, access_log=None
-    )
-    try:
-        await runner.setup()
-    except StartupError:
-        raise
-    except Exception as e:
-        raise StartupError(e) from e
-    site = web.TCPSite(runner, host, port, backlog=4096, reuse_port=reuse_port or None)
-    try:
-        await site.start()
-    except OSError as e:
-        await runner.cleanup()
-        # asyncio's text repeats the address; the errno's own words are enough.
-        reason = (
-            os.strerror(e.errno)
-            if e.errno and e.errno > 0 and not isinstance(e, socket.gaierror)
-            else (e.strerror or str(e))
-        )
-        raise ListenError(e.errno or 0, f"cannot listen on {host}:{port}: {reason}") from e
-    return runner, bound_port(site)
-
-
-def _reread(source: str) -> None:
-    """SIGHUP: a running proxy does not swap its config (in-memory budgets, open streams and
-    stores would not survive it). It checks the file again and says whether a restart would
-    start, so an operator's reload never kills the process."""
-    from meterkit.config import ConfigError, load_config
-
-    if not Path(source).is_file():
-        log.warning("SIGHUP ignored: no config file to re-read", extra={"source": source})
-        return
-    try:
-        load_config(source)
-    except ConfigError as e:
-        log.error(
-            "SIGHUP: the config file is invalid; still running the loaded config",
-            extra={"source": source, "problems": [str(p) for p in e.problems]},
-        )
-        return
-    log.warning(
-        "SIGHUP: the config file is valid; restart to apply it (still running the loaded one)",
-        extra={"source": source},
-    )
-
-
-def serve(
-    config: Config,
-    host: str | None = None,
-    port: int | None = None,
-    worker: Worker | None = None,
-) -> None:
-    """Run the proxy until SIGINT/SIGTERM. SIGHUP re-validates the config file and logs the
-    result; it never stops the proxy. `worker`: one of the processes of `serve --workers`
-    (SO_REUSEPORT, readiness and lifetime through the parent's socket, see proxy/workers.py)."""
-    from meterkit.observability.logs import configure_logging
-    from meterkit.runtime import event_loop_name, run_forever
-
-    configure_logging(config.logging.level, config.logging.format)
-    host = host or config.gateway.host
-    port = config.gateway.port if port is None else port
-
-    async def main() -> None:
-        try:
-            app = build_app(config)
-        except Exception as e:
-            raise StartupError(e) from e
-        if worker is not None:
-            app[METRICS].worker_info.labels(str(worker.index), str(os.getpid())).set(1)
-        runner, bound = await start(app, host, port, reuse_port=worker is not None)
-        where = {"url": f"http://{host}:{bound}", "loop": event_loop_name()}
-        if worker is None:
-            log.info("listening", extra={**where, "routes": len(config.routes)})
-            print(f"meterkit serving on http://{host}:{bound}", flush=True)
-        else:
-            log.info("worker listening", extra={**where, "worker": worker.index})
-            _report_to_parent(worker)
-        admin_runner = None
-        try:
-            if config.admin is not None and (worker is None or worker.index == 0):
-                from meterkit.proxy.admin import start_admin
-
-                admin_runner, admin_port = await start_admin(app, config.admin)
-                log.info(
-                    "admin listening", extra={"url": f"http://{config.admin.host}:{admin_port}"}
-                )
-            await asyncio.Event().wait()
-        finally:
-            if admin_runner is not None:
-                await admin_runner.cleanup()
-            await runner.cleanup()
-
-    # Workers leave SIGHUP to their parent (which re-validates once for all of them).
-    run_forever(main(), on_hangup=(lambda: None) if worker else lambda: _reread(config.source))
-
-
-def _report_to_parent(worker: Worker) -> None:
-    """Tell the parent this worker listens; stop when the parent's end closes (the parent is
-    gone, even killed), as on SIGTERM."""
-    sock = socket.socket(fileno=worker.fd)
-    sock.sendall(b"R")
-    sock.setblocking(False)
-    loop = asyncio.get_running_loop()
-    task = asyncio.current_task()
-    assert task is not None
-
-    def closed() -> None:
-        try:
-            if sock.recv(16):
-                return
-        except BlockingIOError:
-            return
-        except OSError:
-            pass
-        loop.remove_reader(sock)
-        log.warning("the supervisor is gone; stopping")
-        task.cancel()
-
-    loop.add_reader(sock, closed)

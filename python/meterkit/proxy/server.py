@@ -64,10 +64,6 @@ _BUSY = (
 )
 
 
-class ListenError(OSError):
-    """The listening address cannot be bound (taken, not an address of this machine)."""
-
-
 class StartupError(Exception):
     """A resource the proxy needs did not open (a store, a data path, an operator hook);
     `cause` is the original exception."""

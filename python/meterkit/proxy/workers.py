@@ -37,26 +37,16 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 
 from meterkit.config import Config
 from meterkit.config.problems import ConfigProblem
-from meterkit.proxy.server import ListenError
+from meterkit.runtime import ListenError
 
 log = logging.getLogger("meterkit.workers")
 
 # How long the parent waits for the workers to drain after SIGTERM before it kills them
 # (aiohttp's own shutdown gives open requests 60 s, then usage records get 10 s).
 DRAIN_TIMEOUT = 90.0
-
-
-@dataclass(frozen=True)
-class Worker:
-    """What a worker process knows of its place: its index (0 runs the admin listener) and
-    the descriptor of its socket to the parent."""
-
-    index: int
-    fd: int
 
 
 def problems(config: Config, workers: int) -> list[ConfigProblem]:
@@ -241,7 +231,7 @@ def _watch(
 ) -> int | None:
     """Until a stop signal (None) or a dead worker (the exit code to return)."""
     from meterkit.commands import EXIT_FAILED
-    from meterkit.proxy.app import _reread
+    from meterkit.proxy.lifecycle import reread
 
     announced = False
     while True:
@@ -264,7 +254,7 @@ def _watch(
                 log.info("stopping workers", extra={"signal": signal.Signals(signum).name})
                 return None
             if signum == signal.SIGHUP:
-                _reread(config.source)
+                reread(config.source)
         for c in children:
             code = c.proc.poll()
             if code is None:
