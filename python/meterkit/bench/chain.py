@@ -23,9 +23,9 @@ from typing import Any
 import yaml
 
 from meterkit import _core
-from meterkit.bench.payments import round_trips
 from meterkit.bench.processes import running
 from meterkit.bench.proxy import _pct
+from meterkit.bench.roundtrips import round_trips
 from meterkit.bench.timing import progress, table
 from meterkit.chain import token
 from meterkit.chain.anvil import ACCOUNT_KEYS, Anvil, find_anvil, funded_key

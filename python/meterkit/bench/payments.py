@@ -17,14 +17,11 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from contextlib import ExitStack
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import orjson
 import yaml
 
@@ -32,16 +29,14 @@ from meterkit import _core
 from meterkit.bench import plots as draw
 from meterkit.bench.plots import Output
 from meterkit.bench.processes import running
-from meterkit.bench.proxy import _pct
+from meterkit.bench.roundtrips import round_trips
 from meterkit.bench.timing import best_of, environment, progress, table
-from meterkit.client import PayingClient
 from meterkit.config.payments import KNOWN_ASSETS
 from meterkit.payments import evm
 from meterkit.runtime import new_event_loop
 
 ASSET = KNOWN_ASSETS[("USDC", "base-sepolia")]
 PAY_TO = "0x" + "22" * 20
-BODY = {"model": "gpt-4o", "messages": [{"role": "user", "content": "Hello"}]}
 
 
 def signatures(n: int) -> list[tuple[evm.Authorization, dict[str, str], str]]:
@@ -130,35 +125,6 @@ def _libsecp_recover(digests: list[tuple[bytes, bytes]]) -> Callable[[], None] |
             address(d, sig)
 
     return run
-
-
-async def round_trips(url: str, n: int, key: bytes | None = None) -> dict[str, float]:
-    """A paid request (402, sign, retry, settle) beside the same route unpaid, `n` times;
-    `key` pays (default: a fresh key, for settlers that check no balance)."""
-    free, paid = [], []
-    key = key or os.urandom(31) + b"\x07"
-    async with aiohttp.ClientSession() as session:
-        async with PayingClient(key, session=session, max_total=Decimal(10**6)) as client:
-            for _ in range(3):  # warm-up
-                await client.request("POST", url + "/paid", json=BODY)
-            for i in range(n):
-                progress("pay-and-retry round trip", i + 1, n)
-                t0 = time.perf_counter()
-                async with session.post(url + "/free", json=BODY) as r:
-                    await r.read()
-                free.append(time.perf_counter() - t0)
-                t0 = time.perf_counter()
-                result = await client.request("POST", url + "/paid", json=BODY)
-                paid.append(time.perf_counter() - t0)
-                assert result.status == 200, result.body
-    return {
-        "free_p50_ms": _pct(free, 0.5) * 1e3,
-        "free_p99_ms": _pct(free, 0.99) * 1e3,
-        "paid_p50_ms": _pct(paid, 0.5) * 1e3,
-        "paid_p99_ms": _pct(paid, 0.99) * 1e3,
-        "added_p50_ms": (_pct(paid, 0.5) - _pct(free, 0.5)) * 1e3,
-        "added_p99_ms": (_pct(paid, 0.99) - _pct(free, 0.99)) * 1e3,
-    }
 
 
 def _config(mock: str, settlement: dict[str, Any], d: Path, name: str) -> Path:

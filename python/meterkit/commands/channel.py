@@ -18,7 +18,7 @@ from meterkit.config import Config
 from meterkit.config.units import parse_money
 from meterkit.payments.pricing import base_units
 from meterkit.sessions.channels import ZERO_ADDRESS, Channel, prepaid_channel
-from meterkit.sessions.store import make_store
+from meterkit.sessions.stores import make_store
 
 
 def _config(args: argparse.Namespace) -> Config | None:

@@ -13,7 +13,7 @@ a `SettlementFailed`: nothing was settled.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import aiohttp
 import orjson
 
-from meterkit.config.payments import Asset, SettlementConfig
+from meterkit.config.payments import Asset
 from meterkit.payments.callables import call, load_callable
 from meterkit.payments.evm import Authorization
 from meterkit.payments.problems import (
@@ -38,7 +38,6 @@ __all__ = [
     "SettlementFailed",
     "SettlementRequest",
     "Settler",
-    "make_settler",
 ]
 
 
@@ -293,24 +292,3 @@ class FacilitatorSettler:
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
-
-
-def make_settler(
-    cfg: SettlementConfig,
-    base: Path | None = None,
-    journal: Callable[[str, str], Awaitable[None]] | None = None,
-) -> Settler:
-    """The settler `cfg` asks for. `journal(claim_key, tx_hash)` records an on-chain
-    transaction before it is broadcast (the ledger's `settlements` table)."""
-    if cfg.type == "onchain":
-        from meterkit.payments.onchain import OnchainSettler
-
-        assert cfg.chain is not None
-        return OnchainSettler(cfg.chain, cfg.timeout, journal)
-    if cfg.type == "facilitator":
-        assert cfg.url is not None
-        return FacilitatorSettler(cfg.url, cfg.timeout, cfg.headers)
-    if cfg.type == "callable":
-        assert cfg.callable is not None
-        return CallableSettler(cfg.callable, base)
-    return DeferredSettler()

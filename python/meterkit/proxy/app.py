@@ -22,7 +22,8 @@ from meterkit.payments import discovery
 from meterkit.payments.claims import STALE_CLAIM
 from meterkit.payments.hooks import RouteHooks
 from meterkit.payments.ledger import Ledger, SqliteLedger, journal, make_ledger
-from meterkit.payments.settlement import FacilitatorSettler, Settler, make_settler
+from meterkit.payments.settlement import FacilitatorSettler, Settler
+from meterkit.payments.settlers import make_settler
 from meterkit.pipeline import Pipeline, Stage, ordered
 from meterkit.proxy.appkeys import (
     BUDGET_BACKEND,

@@ -7,7 +7,8 @@ session stage is `meterkit.stages.session`, the aiohttp and Starlette adapters a
 from meterkit.sessions.channels import PREPAID_ESCROW, Channel, accept
 from meterkit.sessions.hub import Hub
 from meterkit.sessions.meter import Completion, PaidStream, Receipted, SessionMeter
-from meterkit.sessions.store import ChannelStore, SessionStore, make_store
+from meterkit.sessions.store import ChannelStore, SessionStore
+from meterkit.sessions.stores import make_store
 from meterkit.sessions.wire import SessionPayload, parse_payload, recover_signer, sign_voucher
 
 __all__ = [

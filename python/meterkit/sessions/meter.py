@@ -434,7 +434,7 @@ class SessionMeter:
             else:  # a higher voucher landed meanwhile
                 channel = await self.source.get(p.channel_id)
             self.hub.notify(p.channel_id)
-            self._event("voucher", ch.method)
+            self.event("voucher", ch.method)
         elif not has_body and not self.hub.allow_voucher(p.channel_id, now):
             # A voucher that buys nothing new, again and again (a client answering every
             # repeated need-voucher): limited. A voucher that raises the total never is.
@@ -482,11 +482,12 @@ class SessionMeter:
             raise ChannelNotFound("no such channel here", reason="channel")
         if channel.finalized:
             raise ChannelFinalized("the channel is closed; open a new one", reason="finalized")
-        self._event("top_up", ch.method)
+        self.event("top_up", ch.method)
         paid = PaidStream(self, p.channel_id, ch.method, ch.id, offer)
         return Receipted(paid, paid.receipt(channel, now))
 
-    def _event(self, name: str, method: str) -> None:
+    def event(self, name: str, method: str) -> None:
+        """Tell the metrics hook (`on_event`) what happened: voucher, top_up, need_voucher."""
         if self.on_event is not None:
             self.on_event(name, method)
 

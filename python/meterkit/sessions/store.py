@@ -21,13 +21,10 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from meterkit.sessions.channels import Channel, Draw, Drawn, draw, follow_escrow
 from meterkit.sqlite_thread import SqliteThread
-
-if TYPE_CHECKING:
-    from meterkit.config.payments import LedgerConfig
 
 
 class ChannelStore(Protocol):
@@ -333,14 +330,3 @@ class SessionStore:
 
     def on_voucher(self, callback: Callable[[str], None]) -> None:
         return None  # no notifications in SQLite: `accepted` is polled
-
-
-def make_store(ledger: LedgerConfig) -> ChannelStore:
-    """The session store beside the configured ledger: its SQLite file, or its PostgreSQL
-    database (and schema)."""
-    if ledger.type == "postgres":
-        from meterkit.sessions.postgres import PostgresSessionStore
-
-        assert ledger.url is not None
-        return PostgresSessionStore(ledger.url, ledger.schema, ledger.timeout)
-    return SessionStore(ledger.path)

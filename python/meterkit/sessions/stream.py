@@ -14,7 +14,7 @@ import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from meterkit import StreamMeter
 from meterkit.payments import mpp
@@ -22,15 +22,40 @@ from meterkit.payments.problems import PaymentProblem
 from meterkit.problems import Rendered
 from meterkit.sessions import wire
 from meterkit.sessions.channels import HOLD_TOKENS, Channel, Draw, Drawn
+from meterkit.sessions.hub import Hub
 from meterkit.sessions.offers import SessionOffer
 from meterkit.sessions.problems import ChannelNotFound, InsufficientBalance
+from meterkit.sessions.store import ChannelStore
 
 if TYPE_CHECKING:
-    from meterkit.sessions.meter import SessionMeter
+    from meterkit.sessions.sources import ChannelSource
 
 __all__ = ["EXHAUSTED", "Completion", "Emit", "PaidStream", "receipt", "receipt_headers"]
 
 log = logging.getLogger("meterkit.sessions")
+
+
+class Seller(Protocol):
+    """What a paid stream needs of the `SessionMeter` that admitted it (declared here, so the
+    stream does not reach back up into the meter's module)."""
+
+    store: ChannelStore
+    source: ChannelSource
+    hub: Hub
+    voucher_timeout: float
+    clock: Callable[[], float]
+
+    def event(self, name: str, method: str) -> None: ...
+
+    def refusal(
+        self,
+        e: PaymentProblem,
+        now: float,
+        *,
+        host: str | None = None,
+        channel_hint: str | None = None,
+    ) -> Rendered: ...
+
 
 # Writes bytes to the client between two LLM events while a stream is paused.
 Emit = Callable[[bytes], Awaitable[None]]
@@ -94,7 +119,7 @@ class PaidStream:
 
     def __init__(
         self,
-        meter: SessionMeter,
+        meter: Seller,
         channel_id: str,
         method: str,
         challenge_id: str,
@@ -242,7 +267,7 @@ class PaidStream:
                 c = out.channel
                 if not asked:
                     asked = True
-                    meter._event("need_voucher", self.method)
+                    meter.event("need_voucher", self.method)
                     # Between two LLM events (the meter holds the next one back): never
                     # inside one.
                     yield wire.need_voucher_event(
