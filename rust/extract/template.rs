@@ -16,7 +16,7 @@
 //! The one field a template does not fill is `info` (the stream's id and model): the meter
 //! uses a template only once it holds the stream's identity, after which it ignores `info`.
 //!
-//! Performance notes: see `rust/meter.rs` (the figures of the whole pipeline).
+//! Performance notes: see `rust/meter/mod.rs` (the figures of the whole pipeline).
 
 use super::json::Cursor;
 use super::scan::Scan;
