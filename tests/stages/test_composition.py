@@ -529,3 +529,33 @@ def test_a_request_the_budget_refuses_charges_no_payer(tmp_path: Path) -> None:
             assert await spent(db, cid) == 0
 
     asyncio.run(go())
+
+
+@pytest.mark.parametrize(
+    ("route", "where", "words"),
+    [
+        (
+            {"format": "none", "session": {"price": "$0.00001"}},
+            "session",
+            "per-token payment needs an LLM stream format",
+        ),
+        (
+            {"format": "none", "type": "token-based", "rates": RATES},
+            "type",
+            "token-based price needs an LLM request format",
+        ),
+        ({"budget": "payer"}, "budget", "keyed by the payer, and nothing pays on this route"),
+    ],
+    ids=["session-on-a-plain-route", "token-price-on-a-plain-route", "payer-budget-unpaid"],
+)
+def test_combinations_that_cannot_be_honoured_are_refused_at_load(
+    tmp_path: Path, route: dict[str, Any], where: str, words: str
+) -> None:
+    tree = route_tree(tmp_path / "l.sqlite3", set())
+    tree["budgets"] = {"payer": {"key": "payer", "tokens_per_day": 1000}}
+    tree["routes"] = {"POST /x": {"upstream": "mock", **route}}
+    tree["upstreams"]["mock"]["url"] = "http://127.0.0.1:9"
+    with pytest.raises(ConfigError) as e:
+        config_from_dict(tree)
+    (problem,) = [str(p) for p in e.value.problems]
+    assert problem.startswith(f'routes."POST /x".{where}: ') and words in problem

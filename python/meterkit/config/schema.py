@@ -325,6 +325,16 @@ def _route(
         return None
     if budget is not None and fmt == "none":
         problems.add(path / "budget", "a budget needs an LLM stream format (format is none)")
+    if fmt == "none":
+        # Nothing is counted on such a route: a per-token price could never be charged.
+        if payment.session is not None:
+            problems.add(
+                path / "session", "per-token payment needs an LLM stream format (format is none)"
+            )
+        if payment.type == "token-based":
+            problems.add(
+                path / "type", "a token-based price needs an LLM request format (format is none)"
+            )
     return Route(
         key=key,
         method=method,
