@@ -34,6 +34,7 @@ class Plan:
     take: int
     mid_stream: bool
     shadow: bool
+    prompt: int = 0
 
 
 def limits_of(policy: BudgetPolicy) -> Limits:
@@ -48,7 +49,9 @@ def plan(policy: BudgetPolicy, requested: int | None, prompt: int, stream: bool)
     )
     mid_stream = stream and policy.streaming.enforce_mid_stream
     first = min(cap, policy.streaming.buffer_tokens) if mid_stream else cap
-    return Plan(cap, first, prompt + cap, prompt + first, mid_stream, policy.mode == "shadow")
+    return Plan(
+        cap, first, prompt + cap, prompt + first, mid_stream, policy.mode == "shadow", prompt
+    )
 
 
 def prepaid(p: Plan, paid: int) -> Plan:
@@ -56,8 +59,7 @@ def prepaid(p: Plan, paid: int) -> Plan:
     granted whole — all of it reserved at admission, no mid-stream lease that could cut a
     paid stream short (the payment's own cap cuts it at what was paid)."""
     cap = min(p.cap, paid)
-    prompt = p.need - p.cap
-    return Plan(cap, cap, prompt + cap, prompt + cap, False, p.shadow)
+    return Plan(cap, cap, p.prompt + cap, p.prompt + cap, False, p.shadow, p.prompt)
 
 
 def key_missing(policy: BudgetPolicy) -> Problem:

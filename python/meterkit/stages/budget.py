@@ -116,7 +116,7 @@ class BudgetStage(Stage):
             p = admission.prepaid(p, prepaid)
         who = Identity(policy.name, key)
         limits = admission.limits_of(policy)
-        state = BudgetState(who, policy, limits, p.cap, p.need - p.cap, p.take, p.first)
+        state = BudgetState(who, policy, limits, p.cap, p.prompt, p.take, p.first)
         ctx.state["budget"] = state
         t0 = time.perf_counter()
         try:
