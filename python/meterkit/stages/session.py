@@ -53,6 +53,7 @@ from meterkit.sessions.meter import (
     Receipted,
     SessionMeter,
 )
+from meterkit.sessions.stream import PaidStream
 from meterkit.sessions.offers import SessionOffer
 from meterkit.sessions.sources import ChannelSource, PrepaidSource
 from meterkit.sessions.store import ChannelStore
@@ -210,7 +211,8 @@ class SessionStage(Stage):
         await self._end(ctx, record)
 
     async def _end(self, ctx: RequestContext, record: UsageRecord) -> None:
-        paid = ctx.payment.session
+        # A paid stream, or the channel a voucher / top-up / close was about (nothing charged).
+        paid: PaidStream | None = ctx.payment.session or ctx.state.get("session")
         if paid is None:
             return
         # A client that left is charged up to the last event it was sent.
