@@ -165,7 +165,7 @@ class PaymentStage(Stage):
             return None
         if rp.require_access:
             try:
-                claims = access.check(
+                grant = access.check(
                     self.access_secret,
                     ctx.request.headers.get(access.HEADER),
                     scope=rp.access_scope,
@@ -179,7 +179,7 @@ class PaymentStage(Stage):
                     reason=e.reason,
                     header=access.HEADER,
                 ) from None
-            ctx.state["access"] = claims
+            ctx.state["access"] = grant
         if ctx.payment.session_credential:
             return None  # paid per token: the session stage's
         if not rp.priced:
