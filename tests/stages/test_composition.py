@@ -5,9 +5,8 @@ channels in the session store, budgets in memory.
 First the seven defects found where two features met, each reproduced as it was reported;
 then every pair of route features on one route (and keys + budget + session together),
 each asserting the refusal order, one record per request carrying each feature's
-accounting, budgets kept, hooks fired, and shadow changing nothing on the wire. The same
-budget × session across two instances sharing Redis and PostgreSQL is in
-tests/sessions/test_session_instances.py's neighbour, tests/stages/test_composition_shared.py.
+accounting, budgets kept, hooks fired, and shadow changing nothing on the wire. Budget ×
+session across two instances sharing Redis and PostgreSQL is test_composition_shared.py.
 """
 
 from __future__ import annotations
