@@ -48,12 +48,20 @@ class Timeouts:
     idle: float = 300.0
 
 
+USAGE_SOURCES = ("max", "counted", "provider")
+
+
 @dataclass(frozen=True)
 class Upstream:
     name: str
     url: str
     headers: tuple[tuple[str, str], ...] = ()
     timeouts: Timeouts = field(default_factory=Timeouts)
+    # Which completion figure bills: "max" (the provider's, never below what was counted on
+    # the wire nor above what the request could have produced), "counted" (the wire's count
+    # for models counted exactly) or "provider" (the provider's, only made non-negative).
+    # See `meterkit.usage.trust`.
+    usage_source: str = "max"
 
 
 @dataclass(frozen=True)
@@ -220,7 +228,8 @@ def _upstream(name: str, value: Any, path: KeyPath, problems: Problems) -> Upstr
     m = _mapping(value, path, problems)
     if m is None:
         return None
-    problems.unknown_keys(path, m, ("url", "headers", "timeout"))
+    problems.unknown_keys(path, m, ("url", "headers", "timeout", "usage_source"))
+    usage_source = _choice(m, "usage_source", USAGE_SOURCES, path, problems) or "max"
     url = _str(m.get("url"), path / "url", problems) if "url" in m else None
     if "url" not in m:
         problems.add(path / "url", "required")
@@ -245,7 +254,13 @@ def _upstream(name: str, value: Any, path: KeyPath, problems: Problems) -> Upstr
     timeouts = _timeouts(m["timeout"], path / "timeout", problems) if "timeout" in m else Timeouts()
     if url is None:
         return None
-    return Upstream(name=name, url=url.rstrip("/"), headers=tuple(headers), timeouts=timeouts)
+    return Upstream(
+        name=name,
+        url=url.rstrip("/"),
+        headers=tuple(headers),
+        timeouts=timeouts,
+        usage_source=usage_source,
+    )
 
 
 def parse_route_key(key: str) -> tuple[str, tuple[str, ...]]:

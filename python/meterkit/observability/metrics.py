@@ -219,6 +219,13 @@ class ProxyMetrics:
         self.anomalies = Counter(
             "meterkit_stream_anomalies", "Stream anomalies by kind", ["route", "kind"], registry=r
         )
+        self.usage_discrepancies = Counter(
+            "meterkit_usage_discrepancies",
+            "Responses whose reported completion usage was outside what was counted on the "
+            "wire (kind: below_counted, above_plausible, above_limit, unusable)",
+            ["route", "kind"],
+            registry=r,
+        )
         # The per-request series, by label values (see `Children`): what the request path
         # and the usage record use instead of `labels()`.
         self.by_requests = Children(self.requests)

@@ -18,7 +18,7 @@ from meterkit import formats
 from meterkit.observability import spend
 from meterkit.pipeline import RequestContext
 from meterkit.proxy.appkeys import CONFIG, METRICS, PIPELINE, SINK, TASKS
-from meterkit.usage import Outcome, UsageRecord
+from meterkit.usage import Outcome, UsageRecord, trust
 
 log = logging.getLogger("meterkit.proxy")
 access_log = logging.getLogger("meterkit.access")
@@ -80,22 +80,46 @@ def _draft(ctx: RequestContext, duration: float) -> tuple[UsageRecord, dict[str,
     elif json_usage is not None:
         reported = {k: v for k, v in json_usage.items() if k != "text"}
         counted, counted_prov = formats.completion_count(json_usage["text"], ctx.model)
+    # What the provider said, as it said it; only usable figures (non-negative integers of a
+    # sane size) are read below: nothing an upstream sends can break a record or a metric.
     record.upstream_usage = reported or None
+    usable = {k: v for k, v in reported.items() if trust.usable(v) is not None}
+    if len(usable) < len(reported):
+        record.anomalies.append("unusable_usage")
+    reported = usable
     record.counted_completion_tokens = counted
-    if "output_tokens" in reported and r.outcome == "completed":
-        # What the provider bills. Only a finished response carries the final figure: a cut,
-        # cancelled or broken stream has at most a preliminary one (Anthropic's message_start).
-        record.completion_tokens, record.completion_provenance = (
-            reported["output_tokens"],
-            "provider",
-        )
-    elif counted is not None:
-        record.completion_tokens, record.completion_provenance = counted, counted_prov  # type: ignore[assignment]
+    # Only a finished response carries the provider's final figure: a cut, cancelled or
+    # broken stream has at most a preliminary one (Anthropic's message_start), so its count
+    # is billed.
+    final = reported.get("output_tokens") if r.outcome == "completed" else None
+    billed = trust.completion(
+        reported=final,
+        counted=counted,
+        counted_provenance=counted_prov,
+        reasoning=reported.get("reasoning_tokens"),
+        limit=_limit(ctx),
+        source=ctx.upstream.usage_source,
+    )
+    if billed is not None:
+        record.completion_tokens, record.completion_provenance = billed.tokens, billed.provenance  # type: ignore[assignment]
+        if billed.discrepancy is not None:
+            record.usage_discrepancy = billed.discrepancy
+            log.warning(
+                "upstream usage disagrees with the count on the wire",
+                extra={"request_id": ctx.request_id, "route": ctx.route.key, **billed.discrepancy},
+            )
     if "input_tokens" in reported:
         record.prompt_tokens, record.prompt_provenance = reported["input_tokens"], "provider"
     record.reasoning_tokens = reported.get("reasoning_tokens")
     record.cached_prompt_tokens = reported.get("cached_input_tokens")
     return record, reported
+
+
+def _limit(ctx: RequestContext) -> int | None:
+    """The most completion tokens the request could have produced: the smallest of its own
+    limit and the caps the stages enforced."""
+    requested = formats.requested_max(ctx.json, ctx.format)[0] if ctx.json is not None else None
+    return ctx.caps.effective(requested)
 
 
 def _ms(seconds: float | None) -> float | None:
@@ -185,9 +209,13 @@ def finish_unrouted(
 
 
 def _submit(app: web.Application, record: UsageRecord) -> None:
-    observe(app, record)
-    _access(record)
+    # The record first: a metric or a log line that fails must not cost it.
     app[SINK].submit(record)
+    try:
+        observe(app, record)
+        _access(record)
+    except Exception:
+        log.exception("could not observe the usage record", extra={"request_id": record.request_id})
 
 
 def observe(app: web.Application, record: UsageRecord) -> None:
@@ -214,6 +242,8 @@ def observe(app: web.Application, record: UsageRecord) -> None:
         )
     for kind in record.anomalies:
         m.anomalies.labels(route, kind).inc()
+    if record.usage_discrepancy is not None:
+        m.usage_discrepancies.labels(route, record.usage_discrepancy["kind"]).inc()
     # Duration, time per output token, spend, revenue and the per-key series.
     spend.observe(m, record, app[CONFIG])
 

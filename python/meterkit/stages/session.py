@@ -53,10 +53,10 @@ from meterkit.sessions.meter import (
     Receipted,
     SessionMeter,
 )
-from meterkit.sessions.stream import PaidStream
 from meterkit.sessions.offers import SessionOffer
 from meterkit.sessions.sources import ChannelSource, PrepaidSource
 from meterkit.sessions.store import ChannelStore
+from meterkit.sessions.stream import PaidStream
 from meterkit.usage import UsageRecord
 
 __all__ = ["CHANNEL_HINT", "SessionStage"]

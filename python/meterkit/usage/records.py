@@ -61,6 +61,9 @@ class UsageRecord:
     ttfb_ms: float | None = None
     # What cut a truncated stream: "limit", "budget" or "payment".
     truncation: str | None = None
+    # The provider's completion figure was out of the plausible range (usage/trust.py):
+    # {kind: below_counted | above_plausible | above_limit, reported, counted, billed}.
+    usage_discrepancy: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
