@@ -35,6 +35,7 @@ struct Fields<'j> {
     message_usage: Option<Usage>,
     usage: Option<Usage>,
     error: Option<StreamError>,
+    unusable: bool,
 }
 
 pub fn extract<'a>(event_type: &[u8], data: &'a [u8]) -> Result<Extracted<'a>> {
@@ -64,9 +65,21 @@ fn extract_with<'a, W: Cursor<'a>>(
                 each_key(w, DELTA, |w, k| {
                     match k {
                         0 => f.delta_type = w.loose_str()?,
-                        1 => f.delta_text = w.opt_str()?.map(|t| (Channel::Content, t)),
-                        2 => f.delta_text = w.opt_str()?.map(|t| (Channel::ToolArguments, t)),
-                        3 => f.delta_text = w.opt_str()?.map(|t| (Channel::Reasoning, t)),
+                        1 => {
+                            f.delta_text = w
+                                .billed_str(&mut f.unusable)?
+                                .map(|t| (Channel::Content, t))
+                        }
+                        2 => {
+                            f.delta_text = w
+                                .billed_str(&mut f.unusable)?
+                                .map(|t| (Channel::ToolArguments, t))
+                        }
+                        3 => {
+                            f.delta_text = w
+                                .billed_str(&mut f.unusable)?
+                                .map(|t| (Channel::Reasoning, t))
+                        }
                         _ => f.stop_reason = w.loose_string()?,
                     }
                     Ok(())
@@ -79,7 +92,7 @@ fn extract_with<'a, W: Cursor<'a>>(
                     } else {
                         Channel::Reasoning
                     };
-                    if let Some(t) = w.opt_str()? {
+                    if let Some(t) = w.billed_str(&mut f.unusable)? {
                         f.block_texts.push((channel, t));
                     }
                     Ok(())
@@ -91,13 +104,13 @@ fn extract_with<'a, W: Cursor<'a>>(
                     match k {
                         0 => info.id = w.loose_str()?,
                         1 => info.model = w.loose_str()?,
-                        _ => f.message_usage = parse_usage(w)?,
+                        _ => f.message_usage = parse_usage(w, &mut f.unusable)?,
                     }
                     Ok(())
                 })?;
                 f.info = Some(info);
             }
-            5 => f.usage = parse_usage(w)?,
+            5 => f.usage = parse_usage(w, &mut f.unusable)?,
             _ => f.error = parse_error(w)?,
         }
         Ok(())
@@ -107,6 +120,7 @@ fn extract_with<'a, W: Cursor<'a>>(
     let kind = kind.as_ref();
     let index = f.index.unwrap_or(0) as u32;
     let mut out = Extracted::new(EventKind::Data);
+    out.unusable = f.unusable;
     match kind {
         "message_start" => {
             out.info = f.info;

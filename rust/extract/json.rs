@@ -25,6 +25,8 @@ pub trait Cursor<'j>: Sized {
     /// Offset of the next value's first byte (whitespace skipped).
     fn value_start(&mut self) -> Result<usize>;
     fn is_string(&mut self) -> Result<bool>;
+    fn is_null(&mut self) -> Result<bool>;
+    fn is_object(&mut self) -> Result<bool>;
     fn skip(&mut self) -> Result<()>;
     /// Enter an object. `Ok(None)` for `null`; otherwise the first key (see [`Key`]).
     fn object(&mut self, names: &[&str]) -> Result<Option<Key>>;
@@ -70,6 +72,24 @@ pub trait Cursor<'j>: Sized {
     fn loose_u64(&mut self) -> Result<Option<u64>> {
         Ok(self.loose_i64()?.and_then(|i| u64::try_from(i).ok()))
     }
+
+    // Billed text and usage figures (issue 19 #5): a value of the wrong type cannot be
+    // counted, but it must not stop the rest of the event from being read and counted either
+    // (a `usage: [1]` beside real content once made the whole chunk "malformed": forwarded,
+    // never counted). Such a value is skipped and `unusable` is set, for the meter to report.
+
+    /// Billed text: a string; `null` is no text; any other value is unusable.
+    fn billed_str(&mut self, unusable: &mut bool) -> Result<Option<Cow<'j, str>>> {
+        if self.is_string()? || self.is_null()? {
+            return self.opt_str();
+        }
+        self.skip()?;
+        *unusable = true;
+        Ok(None)
+    }
+    /// A usage figure: a non-negative integer that fits in u64; `null` is none; any other
+    /// value (negative, fractional, too large, not a number) is unusable.
+    fn usage_count(&mut self, unusable: &mut bool) -> Result<Option<u64>>;
 }
 
 pub struct Walk<'j> {
@@ -102,6 +122,36 @@ impl<'j> Cursor<'j> for Walk<'j> {
 
     fn is_string(&mut self) -> Result<bool> {
         Ok(self.peek()? == Peek::String)
+    }
+
+    fn is_null(&mut self) -> Result<bool> {
+        Ok(self.peek()? == Peek::Null)
+    }
+
+    fn is_object(&mut self) -> Result<bool> {
+        Ok(self.peek()? == Peek::Object)
+    }
+
+    fn usage_count(&mut self, unusable: &mut bool) -> Result<Option<u64>> {
+        if self.is_null()? {
+            self.j.known_null().map_err(err)?;
+            return Ok(None);
+        }
+        // Read from the value's own bytes: jiter's number types stop at i64 and would turn a
+        // huge figure into an error for the whole event.
+        let start = self.value_start()?;
+        self.skip()?;
+        let raw = &self.data[start..self.j.current_index()];
+        match std::str::from_utf8(raw)
+            .ok()
+            .and_then(|s| s.parse::<u64>().ok())
+        {
+            Some(n) => Ok(Some(n)),
+            None => {
+                *unusable = true;
+                Ok(None)
+            }
+        }
     }
 
     fn skip(&mut self) -> Result<()> {

@@ -193,29 +193,29 @@ const USAGE: &[&str] = &[
 ];
 
 /// A usage object in any format: OpenAI chat/completions names, Responses names and
-/// Anthropic names all map onto [`Usage`]. `None` for `null`.
-pub(crate) fn parse_usage<'j, W: Cursor<'j>>(w: &mut W) -> json::Result<Option<Usage>> {
+/// Anthropic names all map onto [`Usage`]. `None` for `null`. A usage that is not an object,
+/// and each figure that is not a non-negative integer, is ignored and sets `unusable`: the
+/// event's billed text is still read and counted (issue 19 #5).
+pub(crate) fn parse_usage<'j, W: Cursor<'j>>(
+    w: &mut W,
+    unusable: &mut bool,
+) -> json::Result<Option<Usage>> {
+    if !w.is_object()? && !w.is_null()? {
+        w.skip()?;
+        *unusable = true;
+        return Ok(None);
+    }
     let mut u = Usage::default();
     let mut cache_read = None;
     let present = each_key(w, USAGE, |w, k| {
         match k {
-            0 | 1 => u.input_tokens = w.opt_u64()?,
-            2 | 3 => u.output_tokens = w.opt_u64()?,
-            4 => u.total_tokens = w.opt_u64()?,
-            5 | 6 => {
-                each_key(w, &["cached_tokens"], |w, _| {
-                    u.cached_input_tokens = w.opt_u64()?;
-                    Ok(())
-                })?;
-            }
-            7 | 8 => {
-                each_key(w, &["reasoning_tokens"], |w, _| {
-                    u.reasoning_tokens = w.opt_u64()?;
-                    Ok(())
-                })?;
-            }
-            9 => cache_read = w.opt_u64()?,
-            _ => u.cache_creation_input_tokens = w.opt_u64()?,
+            0 | 1 => u.input_tokens = w.usage_count(unusable)?,
+            2 | 3 => u.output_tokens = w.usage_count(unusable)?,
+            4 => u.total_tokens = w.usage_count(unusable)?,
+            5 | 6 => u.cached_input_tokens = detail(w, "cached_tokens", unusable)?,
+            7 | 8 => u.reasoning_tokens = detail(w, "reasoning_tokens", unusable)?,
+            9 => cache_read = w.usage_count(unusable)?,
+            _ => u.cache_creation_input_tokens = w.usage_count(unusable)?,
         }
         Ok(())
     })?;
@@ -223,6 +223,25 @@ pub(crate) fn parse_usage<'j, W: Cursor<'j>>(w: &mut W) -> json::Result<Option<U
         u.cached_input_tokens = cache_read;
     }
     Ok(present.then_some(u))
+}
+
+/// One figure of a usage details object (`completion_tokens_details.reasoning_tokens`).
+fn detail<'j, W: Cursor<'j>>(
+    w: &mut W,
+    name: &str,
+    unusable: &mut bool,
+) -> json::Result<Option<u64>> {
+    if !w.is_object()? && !w.is_null()? {
+        w.skip()?;
+        *unusable = true;
+        return Ok(None);
+    }
+    let mut out = None;
+    each_key(w, &[name], |w, _| {
+        out = w.usage_count(unusable)?;
+        Ok(())
+    })?;
+    Ok(out)
 }
 
 /// An error the upstream reported inside the stream.
@@ -292,6 +311,9 @@ pub struct Extracted<'a> {
     /// usage-only chunk (`"choices": []` with a usage object).
     pub usage_member: Option<(usize, usize)>,
     pub usage_only: bool,
+    /// A billed field (text or a usage figure) had a value that cannot be counted: it was
+    /// ignored, the rest of the event was read (the meter reports an `unusable_field`).
+    pub unusable: bool,
 }
 
 impl<'a> Extracted<'a> {
@@ -309,6 +331,7 @@ impl<'a> Extracted<'a> {
             sequence_number: None,
             usage_member: None,
             usage_only: false,
+            unusable: false,
         }
     }
 
@@ -343,6 +366,9 @@ pub enum AnomalyKind {
     EventTooLarge,
     /// The process-wide budget for unfinished events ran out and this stream held the most.
     PendingBudgetExceeded,
+    /// A billed field of an event (text, a usage figure) had a value that cannot be counted;
+    /// it was ignored and the rest of the event was counted.
+    UnusableField,
 }
 
 impl AnomalyKind {
@@ -354,6 +380,7 @@ impl AnomalyKind {
             AnomalyKind::EventAfterDone => "event_after_done",
             AnomalyKind::EventTooLarge => "event_too_large",
             AnomalyKind::PendingBudgetExceeded => "pending_budget_exceeded",
+            AnomalyKind::UnusableField => "unusable_field",
         }
     }
 }
@@ -495,7 +522,7 @@ mod tests {
 
     fn usage_of(json: &str) -> Usage {
         let mut w = Walk::new(json.as_bytes()).unwrap();
-        parse_usage(&mut w).unwrap().unwrap()
+        parse_usage(&mut w, &mut false).unwrap().unwrap()
     }
 
     #[test]

@@ -70,7 +70,7 @@ fn extract_with<'a, W: Cursor<'a>>(mut w: W, data: &'a [u8]) -> Result<Extracted
                 choice(w, &mut out)
             })?,
             5 => {
-                out.usage = parse_usage(w)?;
+                out.usage = parse_usage(w, &mut out.unusable)?;
                 out.usage_member = Some((start, w.index()));
             }
             _ => {
@@ -123,6 +123,7 @@ fn choice<'j, W: Cursor<'j>>(w: &mut W, out: &mut Extracted<'j>) -> Result<()> {
     let mut texts: smallvec::SmallVec<[(u32, Channel, std::borrow::Cow<'j, str>); 2]> =
         smallvec::SmallVec::new();
     let mut finish = None;
+    let mut unusable = false;
     each_key(w, CHOICE, |w, k| {
         match k {
             0 => index = w.loose_u64()?.unwrap_or(0) as u32,
@@ -135,7 +136,7 @@ fn choice<'j, W: Cursor<'j>>(w: &mut W, out: &mut Extracted<'j>) -> Result<()> {
                                 1 => Channel::Refusal,
                                 _ => Channel::Reasoning,
                             };
-                            if let Some(t) = w.opt_str()? {
+                            if let Some(t) = w.billed_str(&mut unusable)? {
                                 texts.push((0, channel, t));
                             }
                         }
@@ -147,7 +148,7 @@ fn choice<'j, W: Cursor<'j>>(w: &mut W, out: &mut Extracted<'j>) -> Result<()> {
                                     0 => call = w.loose_u64()?.unwrap_or(0) as u32,
                                     _ => {
                                         each_key(w, FUNCTION, |w, _| {
-                                            args = w.opt_str()?;
+                                            args = w.billed_str(&mut unusable)?;
                                             Ok(())
                                         })?;
                                     }
@@ -161,7 +162,7 @@ fn choice<'j, W: Cursor<'j>>(w: &mut W, out: &mut Extracted<'j>) -> Result<()> {
                         })?,
                         _ => {
                             each_key(w, FUNCTION, |w, _| {
-                                if let Some(a) = w.opt_str()? {
+                                if let Some(a) = w.billed_str(&mut unusable)? {
                                     texts.push((0, Channel::ToolArguments, a));
                                 }
                                 Ok(())
@@ -172,7 +173,7 @@ fn choice<'j, W: Cursor<'j>>(w: &mut W, out: &mut Extracted<'j>) -> Result<()> {
                 })?;
             }
             2 => {
-                if let Some(t) = w.opt_str()? {
+                if let Some(t) = w.billed_str(&mut unusable)? {
                     texts.push((0, Channel::Content, t));
                 }
             }
@@ -181,6 +182,7 @@ fn choice<'j, W: Cursor<'j>>(w: &mut W, out: &mut Extracted<'j>) -> Result<()> {
         Ok(())
     })?;
     // `index` may come after the delta in the object, so deltas are attributed at the end.
+    out.unusable |= unusable;
     out.choices_seen.push(index);
     for (part, channel, text) in texts {
         out.delta(index, part, channel, text);
@@ -260,11 +262,56 @@ mod tests {
         assert_eq!(e.finishes[0].1, "length");
     }
 
+    /// Issue 19 #5: a usage or refusal of the wrong type once made the whole chunk
+    /// malformed, so its content was forwarded and never counted.
+    #[test]
+    fn an_unusable_billed_field_is_ignored_and_the_content_still_read() {
+        let bad_usage = [
+            "[1]",
+            "true",
+            "-1",
+            "\"x\"",
+            r#"{"completion_tokens":1.5}"#,
+            r#"{"completion_tokens":-1}"#,
+            r#"{"completion_tokens":"3"}"#,
+            r#"{"completion_tokens":99999999999999999999999}"#,
+            r#"{"completion_tokens_details":[1]}"#,
+            r#"{"prompt_tokens_details":{"cached_tokens":-2}}"#,
+        ];
+        for usage in bad_usage {
+            let data = format!(
+                r#"{{"choices":[{{"index":0,"delta":{{"content":"Hello"}}}}],"usage":{usage}}}"#
+            );
+            for e in [extract(data.as_bytes()), extract_walk(data.as_bytes())] {
+                let e = e.unwrap_or_else(|m| panic!("{usage}: {m}"));
+                assert_eq!(e.deltas.len(), 1, "{usage}");
+                assert_eq!(e.deltas[0].text, "Hello");
+                assert!(e.unusable, "{usage}");
+                assert!(e.usage.is_none_or(|u| u.output_tokens.is_none()), "{usage}");
+            }
+        }
+        for refusal in ["1", "true", "[\"no\"]", r#"{"a":1}"#] {
+            let data = format!(
+                r#"{{"choices":[{{"index":0,"delta":{{"content":"Hi","refusal":{refusal}}}}}]}}"#
+            );
+            let e = extract(data.as_bytes()).unwrap();
+            assert_eq!(e.deltas.len(), 1, "{refusal}");
+            assert!(e.unusable);
+        }
+        // A usable usage beside a usable delta is neither.
+        let e = extract(
+            br#"{"choices":[{"index":0,"delta":{"content":"Hi","refusal":null}}],"usage":{"completion_tokens":3}}"#,
+        )
+        .unwrap();
+        assert!(!e.unusable && e.usage.unwrap().output_tokens == Some(3));
+    }
+
     #[test]
     fn malformed_is_an_error_not_a_panic() {
-        // A mistyped billed field is an error; a mistyped unbilled one (`index`, issue 12 #7)
-        // is read as absent.
-        assert!(extract(b"{\"choices\":[{\"delta\":{\"content\":5}}]}").is_err());
+        // A mistyped billed field is ignored and reported (issue 19 #5); a mistyped unbilled
+        // one (`index`, issue 12 #7) is read as absent; broken JSON is an error.
+        let e = extract(b"{\"choices\":[{\"delta\":{\"content\":5}}]}").unwrap();
+        assert!(e.unusable && e.deltas.is_empty());
         let e =
             extract(b"{\"choices\":[{\"index\":\"x\",\"delta\":{\"content\":\"a\"}}]}").unwrap();
         assert_eq!((e.deltas[0].choice, &*e.deltas[0].text), (0, "a"));

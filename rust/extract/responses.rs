@@ -50,6 +50,7 @@ struct Response<'j> {
     usage: Option<super::Usage>,
     incomplete_reason: Option<String>,
     error: Option<StreamError>,
+    unusable: bool,
 }
 
 fn response<'j, W: Cursor<'j>>(w: &mut W) -> Result<Option<Response<'j>>> {
@@ -60,7 +61,7 @@ fn response<'j, W: Cursor<'j>>(w: &mut W) -> Result<Option<Response<'j>>> {
             1 => r.info.model = w.loose_str()?,
             2 => r.info.created = w.loose_i64()?,
             3 => r.status = w.loose_string()?,
-            4 => r.usage = parse_usage(w)?,
+            4 => r.usage = parse_usage(w, &mut r.unusable)?,
             5 => {
                 each_key(w, INCOMPLETE, |w, _| {
                     r.incomplete_reason = w.loose_string()?;
@@ -138,6 +139,7 @@ fn extract_with<'a, W: Cursor<'a>>(
     let kind = typed_event(is_object, f.kind, event_type)?;
     let kind = kind.as_ref();
     let mut out = Extracted::new(EventKind::Data);
+    out.unusable = f.response.as_ref().is_some_and(|r| r.unusable);
     out.sequence_number = f.seq;
     if let Some(channel) = channel_of(kind) {
         if let Some(delta) = f.delta {

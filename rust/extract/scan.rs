@@ -311,11 +311,13 @@ impl<'j> Scan<'j> {
             if !b.is_ascii_digit() {
                 break;
             }
-            v = v * 10 + i64::from(b - b'0');
-            j += 1;
-            if j - s > 18 {
+            // Checked before the digit is taken: a 19th digit could overflow i64 (a panic
+            // in a debug build, a wrapped figure in a release one).
+            if j - s == 18 {
                 return give_up();
             }
+            v = v * 10 + i64::from(b - b'0');
+            j += 1;
         }
         let n = j - s;
         if n == 0
@@ -376,6 +378,19 @@ impl<'j> Cursor<'j> for Scan<'j> {
 
     fn is_string(&mut self) -> Result<bool> {
         Ok(self.peek()? == b'"')
+    }
+
+    fn is_null(&mut self) -> Result<bool> {
+        Ok(self.peek()? == b'n')
+    }
+
+    fn is_object(&mut self) -> Result<bool> {
+        Ok(self.peek()? == b'{')
+    }
+
+    fn usage_count(&mut self, _unusable: &mut bool) -> Result<Option<u64>> {
+        // Plain digits or null; anything else is left to the walk, which reads it exactly.
+        self.opt_u64()
     }
 
     fn skip(&mut self) -> Result<()> {

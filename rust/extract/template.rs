@@ -73,7 +73,8 @@ impl Template {
             && ex.error.is_none()
             && ex.block_opened.is_none()
             && ex.block_closed.is_none()
-            && !ex.usage_only;
+            && !ex.usage_only
+            && !ex.unusable;
         if !plain {
             return;
         }

@@ -67,6 +67,9 @@ pub(super) struct Core {
     pub(super) state: MeterState,
     pub(super) anomalies: Vec<Anomaly>,
     pub(super) unknown_reported: bool,
+    /// An `unusable_field` anomaly is reported once per stream (a chunk shape an upstream
+    /// repeats would otherwise add one per event).
+    pub(super) unusable_reported: bool,
     pub(super) after_done_reported: bool,
     pub(super) events: u64,
     /// The enforced cap (cuts).
@@ -272,6 +275,16 @@ impl Core {
                 }
             },
         };
+        if ex.unusable && !self.unusable_reported {
+            self.unusable_reported = true;
+            self.anomaly(
+                AnomalyKind::UnusableField,
+                "a billed field (text or a usage figure) has a value that cannot be counted; it \
+                 was ignored and the rest of the event counted"
+                    .into(),
+                ev.start,
+            );
+        }
         // The stream's identity is kept even from an event that is held back, so an ending
         // sent instead of it still names the stream's own id and model.
         if let Some(info) = &ex.info {

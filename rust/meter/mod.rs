@@ -220,6 +220,7 @@ impl StreamMeter {
                 state: MeterState::Streaming,
                 anomalies: Vec::new(),
                 unknown_reported: false,
+                unusable_reported: false,
                 after_done_reported: false,
                 events: 0,
                 limit: if cfg.shadow { None } else { cfg.limit },

@@ -183,6 +183,28 @@ mod stream {
         assert_eq!(m.completion_tokens(), 3);
     }
 
+    /// Issue 19 #5: on a 5-token cap, ten chunks with an unusable `usage` all went through
+    /// and the meter counted 0. Forwarded text is counted, always.
+    #[test]
+    fn unusable_billed_fields_never_switch_counting_off() {
+        let mut bytes = Vec::new();
+        for _ in 0..10 {
+            bytes.extend(format!(
+                "data: {{\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\" Hello\",\"refusal\":1}}}}],\"usage\":[1]}}\n\n"
+            ).bytes());
+        }
+        bytes.extend(b"data: [DONE]\n\n");
+        let mut m = StreamMeter::new(MeterConfig {
+            limit: Some(5),
+            ..Default::default()
+        });
+        run(&mut m, &bytes, 7);
+        assert_eq!(m.completion_tokens(), 5);
+        assert_eq!(m.state(), MeterState::Truncated);
+        let kinds: Vec<_> = m.anomalies().iter().map(|a| a.kind).collect();
+        assert_eq!(kinds, vec![AnomalyKind::UnusableField]);
+    }
+
     #[test]
     fn credit_pauses_and_grant_resumes_exactly() {
         let bytes = chat_stream(WORDS);
