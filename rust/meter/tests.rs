@@ -188,10 +188,11 @@ mod stream {
     #[test]
     fn unusable_billed_fields_never_switch_counting_off() {
         let mut bytes = Vec::new();
+        let chunk = br#"data: {"id":"c1","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":" Hello","refusal":1}}],"usage":[1]}
+
+"#;
         for _ in 0..10 {
-            bytes.extend(format!(
-                "data: {{\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\" Hello\",\"refusal\":1}}}}],\"usage\":[1]}}\n\n"
-            ).bytes());
+            bytes.extend_from_slice(chunk);
         }
         bytes.extend(b"data: [DONE]\n\n");
         let mut m = StreamMeter::new(MeterConfig {
