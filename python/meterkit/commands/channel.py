@@ -6,18 +6,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import sys
 from dataclasses import asdict
-
-import orjson
 
 from meterkit import _core
 from meterkit.commands import load_config_or_report
 from meterkit.config import Config
 from meterkit.config.units import parse_money
 from meterkit.payments.pricing import base_units
-from meterkit.sessions.channels import ZERO_ADDRESS, Channel, prepaid_channel
+from meterkit.sessions.channels import ZERO_ADDRESS, Channel, credited, prepaid_channel
 from meterkit.sessions.stores import make_store
 
 
@@ -45,6 +44,7 @@ def credit(args: argparse.Namespace) -> int:
     a = accepts[0]
     try:
         amount = base_units(parse_money(args.amount), a.asset)
+        credited(0, amount)  # refused here, before anything is opened or stored
         if args.key_file:
             from meterkit.commands.pay import _read_key
 
@@ -71,7 +71,7 @@ def credit(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"meterkit: {e}", file=sys.stderr)
         return 1
-    print(orjson.dumps({**asdict(out), "salt": salt}).decode())
+    print(_json({**asdict(out), "salt": salt}))
     return 0
 
 
@@ -89,5 +89,10 @@ def list_channels(args: argparse.Namespace) -> int:
             await store.close()
 
     for c in asyncio.run(run()):
-        print(orjson.dumps(asdict(c)).decode())
+        print(_json(asdict(c)))
     return 0
+
+
+def _json(obj: dict[str, object]) -> str:
+    # The standard library's encoder: channel amounts are uint128, past orjson's 64 bits.
+    return json.dumps(obj, separators=(",", ":"))

@@ -55,6 +55,24 @@ class Channel:
         return self.accepted - self.spent
 
 
+# Channel amounts are uint128 on chain (the escrow's storage) and in vouchers.
+UINT128_MAX = 2**128 - 1
+
+
+def credited(deposit: int, amount: int) -> int:
+    """The deposit after a prepaid credit of `amount` base units: refused (ValueError) when
+    the amount is not positive or the deposit would not fit in a uint128, before anything is
+    stored (a value past it once broke `channel list` for every channel)."""
+    if amount <= 0:
+        raise ValueError(f"a credit must be positive, got {amount} base units")
+    total = deposit + amount
+    if total > UINT128_MAX:
+        raise ValueError(
+            f"the deposit would be {total} base units, more than a channel holds (2^128 - 1)"
+        )
+    return total
+
+
 def prepaid_channel(
     payer: str, payee: str, token: str, chain_id: int, salt: str, signer: str = ZERO_ADDRESS
 ) -> Channel:

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from meterkit.pgpool import open_pool
-from meterkit.sessions.channels import Channel, Draw, Drawn, draw, follow_escrow
+from meterkit.sessions.channels import Channel, Draw, Drawn, credited, draw, follow_escrow
 from meterkit.sessions.store import AMOUNTS, COLUMNS
 
 log = logging.getLogger("meterkit.sessions")
@@ -153,7 +153,7 @@ class PostgresSessionStore:
                 channel.channel_id,
             )
             if r is None:
-                new = Channel(**{**channel.__dict__, "deposit": amount})
+                new = Channel(**{**channel.__dict__, "deposit": credited(0, amount)})
                 # Two first credits at once: the second waits on the key, then adds.
                 await c.execute(
                     _INSERT + " ON CONFLICT (channel_id) DO UPDATE "
@@ -165,9 +165,9 @@ class PostgresSessionStore:
                 if r["finalized"]:
                     raise ValueError(f"channel {channel.channel_id} is closed")
                 await c.execute(
-                    "UPDATE session_channels SET deposit = deposit + $1, updated_at = $2 "
+                    "UPDATE session_channels SET deposit = $1, updated_at = $2 "
                     "WHERE channel_id = $3",
-                    amount,
+                    credited(int(r["deposit"]), amount),
                     time.time(),
                     channel.channel_id,
                 )

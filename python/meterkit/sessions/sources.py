@@ -23,10 +23,9 @@ from meterkit.chain.rpc import RpcError, RpcUnavailable
 from meterkit.config.sessions import OnchainChannels
 from meterkit.payments.onchain import OnchainSettler
 from meterkit.payments.problems import ChainUnavailable, MethodUnsupported, VerificationFailed
-from meterkit.sessions.channels import PREPAID_ESCROW, Channel
+from meterkit.sessions.channels import PREPAID_ESCROW, UINT128_MAX, Channel
 from meterkit.sessions.problems import TransactionReverted
 from meterkit.sessions.store import ChannelStore
-from meterkit.sessions.wire import UINT128_MAX
 
 
 class ChannelSource(Protocol):

@@ -23,7 +23,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Protocol
 
-from meterkit.sessions.channels import Channel, Draw, Drawn, draw, follow_escrow
+from meterkit.sessions.channels import Channel, Draw, Drawn, credited, draw, follow_escrow
 from meterkit.sqlite_thread import SqliteThread
 
 
@@ -164,7 +164,7 @@ class SessionStore:
                 (channel.channel_id,),
             ).fetchone()
             if r is None:
-                new = Channel(**{**channel.__dict__, "deposit": amount})
+                new = Channel(**{**channel.__dict__, "deposit": credited(0, amount)})
                 c.execute(
                     f"INSERT INTO session_channels ({', '.join(COLUMNS)}, updated_at) "
                     f"VALUES ({', '.join('?' * (len(COLUMNS) + 1))})",
@@ -174,9 +174,14 @@ class SessionStore:
                 if r[1]:
                     c.execute("ROLLBACK")
                     raise ValueError(f"channel {channel.channel_id} is closed")
+                try:
+                    deposit = credited(int(r[0]), amount)
+                except ValueError:
+                    c.execute("ROLLBACK")
+                    raise
                 c.execute(
                     "UPDATE session_channels SET deposit = ?, updated_at = ? WHERE channel_id = ?",
-                    (str(int(r[0]) + amount), time.time(), channel.channel_id),
+                    (str(deposit), time.time(), channel.channel_id),
                 )
             out = c.execute(f"{_SELECT} WHERE channel_id = ?", (channel.channel_id,)).fetchone()
             c.execute("COMMIT")

@@ -9,11 +9,11 @@ from typing import Any, Literal
 
 from meterkit import _core
 from meterkit.payments.problems import MalformedCredential, MethodUnsupported
+from meterkit.sessions.channels import UINT128_MAX
 
 # MPP method name → the voucher dialect its signatures use (`_core.voucher_digest` profile).
 PROFILES: dict[str, Literal["evm", "tempo-v1"]] = {"evm": "evm", "tempo": "tempo-v1"}
 ACTIONS = ("open", "topUp", "voucher", "close")
-UINT128_MAX = 2**128 - 1
 
 # Matched whole (`fullmatch`): `$` would let a trailing newline through to the Rust core.
 _HEX32 = re.compile(r"0x[0-9a-fA-F]{64}")
