@@ -56,11 +56,12 @@ def json_body(usage: Any) -> bytes:
 
 
 @contextlib.asynccontextmanager
-async def liar(usage: Any) -> AsyncIterator[str]:
+async def liar(usage: Any, stream: bytes | None = None) -> AsyncIterator[str]:
     async def handle(request: web.Request) -> web.StreamResponse:
         body = await request.json()
         if body.get("stream"):
-            return web.Response(body=sse(usage), content_type="text/event-stream")
+            data = stream if stream is not None else sse(usage)
+            return web.Response(body=data, content_type="text/event-stream")
         return web.Response(body=json_body(usage), content_type="application/json")
 
     app = web.Application()
@@ -153,5 +154,43 @@ def test_usage_source_provider_keeps_the_old_behaviour_but_records_the_discrepan
             assert (await g.post(CHAT, chat(stream=False)))[0] == 200
             (r,) = await g.records(1)
             assert r.completion_tokens == 0 and r.usage_discrepancy is not None
+
+    asyncio.run(go())
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        '"usage":[1]',
+        '"usage":true',
+        '"usage":-1',
+        '"usage":"x"',
+        '"usage":{"completion_tokens":1.5}',
+        '"usage":{"completion_tokens":-1}',
+        '"usage":{"completion_tokens_details":[1]}',
+    ],
+)
+def test_chunks_with_an_unusable_billed_field_are_still_counted_and_cut(extra: str) -> None:
+    """Issue 19 #5: on a 5-token cap, 10 of 10 such chunks went through and the record said
+    0 tokens. Now the content is counted, the stream is cut at the cap, the field flagged."""
+    chunk = (
+        '{"id":"c1","object":"chat.completion.chunk","created":1,"model":"gpt-4o",'
+        '"choices":[{"index":0,"delta":{"content":" Hello","refusal":7}}],' + extra + "}"
+    )
+    stream = b"".join(b"data: " + chunk.encode() + b"\n\n" for _ in range(10))
+    stream += b"data: [DONE]\n\n"
+
+    async def go() -> None:
+        async with liar(None, stream) as url:
+            t = tree(url)
+            t["budgets"]["b"]["max_completion_tokens"] = 5
+            t["budgets"]["b"]["tokens_per_day"] = 100_000
+            async with gateway(t) as g:
+                status, _, body = await g.post(CHAT, chat())
+                assert status == 200
+                assert body.count(b" Hello") == 5
+                (r,) = await g.records(1)
+                assert (r.completion_tokens, r.outcome, r.truncation) == (5, "truncated", "limit")
+                assert "unusable_field" in r.anomalies
 
     asyncio.run(go())
