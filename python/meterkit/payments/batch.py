@@ -88,10 +88,9 @@ async def reconcile(settler: OnchainSettler, ledger: Ledger, claim: Claim) -> Ro
     try:
         if await settler.authorization_used(asset, auth.from_address, auth.nonce):
             ref = await _used_by(settler, ledger, claim, asset, auth)
-            if await ledger.transition(
-                key, ("pending", "settling", "unknown"), "settled", ref, None
-            ):
-                await ledger.record_settlement(key, "reconcile", "settled", ref, None)
+            await ledger.transition(
+                key, ("pending", "settling", "unknown"), "settled", ref, None, "reconcile"
+            )
             return RowResult(key, "settled", "reconcile", ref)
         txs = await ledger.sent_transactions(key)
         if await _in_flight(settler, txs):
@@ -103,8 +102,9 @@ async def reconcile(settler: OnchainSettler, ledger: Ledger, claim: Claim) -> Ro
         # Nothing was ever sent for it: the payer was not charged and may pay again.
         await ledger.release_claim(key, why)
         return RowResult(key, "released", "reconcile", None, why)
-    if await ledger.transition(key, ("pending", "settling", "unknown"), "failed", None, why):
-        await ledger.record_settlement(key, "reconcile", "failed", None, why)
+    await ledger.transition(
+        key, ("pending", "settling", "unknown"), "failed", None, why, "reconcile"
+    )
     return RowResult(key, "failed", "reconcile", None, why)
 
 
@@ -120,22 +120,19 @@ async def submit(
         try:
             if await settler.authorization_used(asset, auth.from_address, auth.nonce):
                 ref = await _used_by(settler, ledger, claim, asset, auth)
-                if await ledger.transition(key, ("queued",), "settled", ref, None):
-                    await ledger.record_settlement(key, "reconcile", "settled", ref, None)
+                await ledger.transition(key, ("queued",), "settled", ref, None, "reconcile")
                 return RowResult(key, "settled", "submit", ref, "already used on chain")
             tx = await settler.submit(asset, auth, key)
         except ChainUnavailable as e:
             last = str(e)
             continue
         except SettlementFailed as e:
-            if await ledger.transition(key, ("queued",), "failed", None, str(e)):
-                await ledger.record_settlement(key, settler.name, "failed", None, str(e))
+            await ledger.transition(key, ("queued",), "failed", None, str(e), settler.name)
             return RowResult(key, "failed", "submit", None, str(e))
         except SettlementUnknown as e:
             # Maybe on its way: the next run asks the chain first.
             return RowResult(key, "pending", "submit", None, str(e))
-        if await ledger.transition(key, ("queued",), "settled", tx, None):
-            await ledger.record_settlement(key, settler.name, "settled", tx, None)
+        await ledger.transition(key, ("queued",), "settled", tx, None, settler.name)
         return RowResult(key, "settled", "submit", tx)
     return RowResult(key, "pending", "submit", None, last)
 

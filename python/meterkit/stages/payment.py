@@ -333,15 +333,14 @@ class PaymentStage(Stage):
             self.metrics.settlements.labels(ctx.route.key, "failed").inc()
             raise
         except SettlementUnknown as e:
-            await self._ledger(self.ledger.finish_claim(key, "unknown", None, str(e)))
             await self._ledger(
-                self.ledger.record_settlement(key, self.settler.name, "unknown", None, str(e))
+                self.ledger.finish_claim(key, "unknown", None, str(e), self.settler.name)
             )
             self.metrics.settlements.labels(ctx.route.key, "unknown").inc()
             raise
-        await self._ledger(self.ledger.finish_claim(key, status, reference, None))
+        # The outcome and its audit row in one transaction.
         await self._ledger(
-            self.ledger.record_settlement(key, self.settler.name, status, reference, None)
+            self.ledger.finish_claim(key, status, reference, None, self.settler.name)
         )
         self.metrics.settlements.labels(ctx.route.key, status).inc()
         rcpt = self._paid(ctx, state, status, reference)

@@ -131,8 +131,16 @@ class Ledger(Protocol):
 
     async def get_claim(self, key: str) -> Claim | None: ...
     async def finish_claim(
-        self, key: str, status: str, reference: str | None, error: str | None
-    ) -> None: ...
+        self,
+        key: str,
+        status: str,
+        reference: str | None,
+        error: str | None,
+        settler: str | None = None,
+    ) -> None:
+        """Set a claim's status. With `settler`, the `settlements` audit row of this outcome
+        is written in the same transaction: a crash between two writes once lost it."""
+
     async def release_claim(self, key: str, error: str) -> None:
         """Delete a claim whose settlement certainly did not happen, so the payer can retry."""
 
@@ -165,9 +173,11 @@ class Ledger(Protocol):
         status: str,
         reference: str | None,
         error: str | None,
+        settler: str | None = None,
     ) -> bool:
         """Move a claim to `status` only if it is in one of `from_statuses` (True if it
-        moved): two settlers racing on one row cannot both record an outcome."""
+        moved): two settlers racing on one row cannot both record an outcome. With
+        `settler`, the audit row is written in the same transaction, only if it moved."""
 
     async def sent_transactions(self, key: str) -> list[str]:
         """Hashes of the transactions journaled for a claim (`settlements` rows with outcome

@@ -76,16 +76,47 @@ class PostgresLedger:
         return Claim(**dict(r)) if r else None
 
     async def finish_claim(
-        self, key: str, status: str, reference: str | None, error: str | None
+        self,
+        key: str,
+        status: str,
+        reference: str | None,
+        error: str | None,
+        settler: str | None = None,
     ) -> None:
-        await self._pool.execute(
-            "UPDATE payment_claims SET status = $1, reference = $2, error = $3, updated_at = $4 WHERE claim_key = $5",
-            status,
-            reference,
-            error,
-            time.time(),
-            key,
+        await self._move(key, None, status, reference, error, settler)
+
+    async def _move(
+        self,
+        key: str,
+        from_statuses: tuple[str, ...] | None,
+        status: str,
+        reference: str | None,
+        error: str | None,
+        settler: str | None,
+    ) -> bool:
+        """The status change and its audit row, in one transaction."""
+        now = time.time()
+        sql = (
+            "UPDATE payment_claims SET status = $1, reference = $2, error = $3, updated_at = $4 "
+            "WHERE claim_key = $5"
         )
+        args: list[object] = [status, reference, error, now, key]
+        if from_statuses is not None:
+            sql += " AND status = ANY($6::text[])"
+            args.append(list(from_statuses))
+        async with self._pool.acquire() as c, c.transaction():
+            moved = await c.fetchval(sql + " RETURNING claim_key", *args) is not None
+            if moved and settler is not None:
+                await c.execute(
+                    "INSERT INTO settlements VALUES ($1, $2, $3, $4, $5, $6)",
+                    key,
+                    settler,
+                    status,
+                    reference,
+                    error,
+                    now,
+                )
+        return moved
 
     async def release_claim(self, key: str, error: str) -> None:
         async with self._pool.acquire() as c, c.transaction():
@@ -240,18 +271,9 @@ class PostgresLedger:
         status: str,
         reference: str | None,
         error: str | None,
+        settler: str | None = None,
     ) -> bool:
-        got = await self._pool.fetchval(
-            "UPDATE payment_claims SET status = $1, reference = $2, error = $3, updated_at = $4 "
-            "WHERE claim_key = $5 AND status = ANY($6::text[]) RETURNING claim_key",
-            status,
-            reference,
-            error,
-            time.time(),
-            key,
-            list(from_statuses),
-        )
-        return got is not None
+        return await self._move(key, from_statuses, status, reference, error, settler)
 
     async def sent_transactions(self, key: str) -> list[str]:
         rows = await self._pool.fetch(

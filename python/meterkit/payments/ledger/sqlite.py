@@ -91,14 +91,50 @@ class SqliteLedger:
         return await self._run(lambda c: self._get(c, key))
 
     async def finish_claim(
-        self, key: str, status: str, reference: str | None, error: str | None
+        self,
+        key: str,
+        status: str,
+        reference: str | None,
+        error: str | None,
+        settler: str | None = None,
     ) -> None:
-        await self._run(
-            lambda c: c.execute(
-                "UPDATE payment_claims SET status = ?, reference = ?, error = ?, updated_at = ? WHERE claim_key = ?",
-                (status, reference, error, time.time(), key),
+        await self._run(lambda c: self._move(c, key, None, status, reference, error, settler))
+
+    @staticmethod
+    def _move(
+        c: sqlite3.Connection,
+        key: str,
+        from_statuses: tuple[str, ...] | None,
+        status: str,
+        reference: str | None,
+        error: str | None,
+        settler: str | None,
+    ) -> bool:
+        """The status change and its audit row, in one transaction."""
+        now = time.time()
+        where = "claim_key = ?"
+        args: tuple[object, ...] = (status, reference, error, now, key)
+        if from_statuses is not None:
+            where += f" AND status IN ({', '.join('?' for _ in from_statuses)})"
+            args += from_statuses
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            cur = c.execute(
+                "UPDATE payment_claims SET status = ?, reference = ?, error = ?, updated_at = ? "
+                f"WHERE {where}",
+                args,
             )
-        )
+            moved = cur.rowcount == 1
+            if moved and settler is not None:
+                c.execute(
+                    "INSERT INTO settlements VALUES (?, ?, ?, ?, ?, ?)",
+                    (key, settler, status, reference, error, now),
+                )
+        except BaseException:
+            c.execute("ROLLBACK")
+            raise
+        c.execute("COMMIT")
+        return moved
 
     async def release_claim(self, key: str, error: str) -> None:
         def go(c: sqlite3.Connection) -> None:
@@ -263,18 +299,11 @@ class SqliteLedger:
         status: str,
         reference: str | None,
         error: str | None,
+        settler: str | None = None,
     ) -> bool:
-        marks = ", ".join("?" for _ in from_statuses)
-
-        def go(c: sqlite3.Connection) -> bool:
-            cur = c.execute(
-                "UPDATE payment_claims SET status = ?, reference = ?, error = ?, updated_at = ? "
-                f"WHERE claim_key = ? AND status IN ({marks})",
-                (status, reference, error, time.time(), key, *from_statuses),
-            )
-            return cur.rowcount == 1
-
-        return await self._run(go)
+        return await self._run(
+            lambda c: self._move(c, key, from_statuses, status, reference, error, settler)
+        )
 
     async def sent_transactions(self, key: str) -> list[str]:
         rows = await self._run(
