@@ -187,7 +187,7 @@ class SessionStore:
             c.execute("COMMIT")
             return _channel(out)
 
-        return await self._db.read(go)
+        return await self._db.run(go)
 
     async def accept(self, channel_id: str, amount: int, signature: str) -> bool:
         def go(c: sqlite3.Connection) -> bool:
