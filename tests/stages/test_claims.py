@@ -6,6 +6,7 @@ In process, with a real SQLite or PostgreSQL ledger."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import sqlite3
 import time
 from pathlib import Path
@@ -19,6 +20,7 @@ import pytest
 from meterkit.payments import mpp
 from meterkit.payments.ledger import Claim, SqliteLedger
 from support.inproc import Gateway, chat, gateway, llm_config
+from support.payment_values import b64, x402_obj
 from support.payments import challenges, claim_key, credential, key, paid
 from support.tcpproxy import relay
 
@@ -93,6 +95,26 @@ def test_a_client_leaving_before_an_after_response_upstream_leaves_no_claim(
             assert status == 200 and "Payment-Receipt" in headers
             assert time.monotonic() - t0 < 10
             assert [c["status"] for c in rows(db)] == ["queued"]
+
+    asyncio.run(go())
+
+
+def test_an_x402_redelivery_says_so_in_its_payment_response(tmp_path: Path) -> None:
+    """Issue 19 #10: MPP receipts marked a redelivery, x402's PAYMENT-RESPONSE did not."""
+    db = tmp_path / "ledger.sqlite3"
+
+    async def go() -> None:
+        async with gateway(tree(str(db))) as g:
+            header = {"PAYMENT-SIGNATURE": b64(x402_obj(2))}
+            status, headers, _ = await g.post("/now", BODY, {**header, "x-mock-status": "500"})
+            assert status == 500
+            await g.records(1)
+            status, headers, _ = await g.post("/now", BODY, header)
+            assert status == 200
+            response = orjson.loads(base64.b64decode(headers["PAYMENT-RESPONSE"]))
+            assert response["success"] is True
+            assert response["extensions"] == {"meterkit": {"redelivery": True}}
+            assert settlements(db) == ["queued"]
 
     asyncio.run(go())
 

@@ -48,12 +48,46 @@ class TextFormatter(logging.Formatter):
         return f"{stamp} {record.levelname:<7} {record.name} {'[' + rid + '] ' if rid else ''}{record.getMessage()} {tail}".rstrip()
 
 
+class OncePerOutage(logging.Filter):
+    """A driver's retry loop logs the same warning with a traceback at every attempt while a
+    database is down (asyncpg: "Failed to restore the pool connection floor; retrying", two
+    tracebacks per freeze): one line per message and outage, no traceback. A message seen
+    again after `quiet` seconds of silence is a new outage and is logged again."""
+
+    def __init__(self, quiet: float = 60.0, clock: Any = time.monotonic) -> None:
+        super().__init__()
+        self.quiet = quiet
+        self.clock = clock
+        self.last: dict[str, float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        now = self.clock()
+        seen = self.last.get(msg)
+        self.last[msg] = now
+        if seen is not None and now - seen < self.quiet:
+            return False
+        if record.exc_info and record.exc_info[1] is not None:
+            # The error's own words, not its stack.
+            e = record.exc_info[1]
+            record.cause = f"{type(e).__name__}: {e}"
+        record.exc_info, record.exc_text = None, None
+        return True
+
+
 def configure_logging(level: str = "info", fmt: str = "json", stream: Any = None) -> None:
     """Configure the `meterkit` logger tree (not the root logger: a host application's own
-    logging stays untouched when meterkit is used as a library)."""
+    logging stays untouched when meterkit is used as a library), and the PostgreSQL driver's
+    logger, through the same handler, once per outage."""
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     logger = logging.getLogger("meterkit")
     logger.handlers[:] = [handler]
     logger.setLevel(level.upper())
     logger.propagate = False
+    driver = logging.getLogger("asyncpg")
+    quiet = logging.StreamHandler(stream or sys.stderr)
+    quiet.setFormatter(handler.formatter)
+    quiet.addFilter(OncePerOutage())
+    driver.handlers[:] = [quiet]
+    driver.propagate = False

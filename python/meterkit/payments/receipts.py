@@ -37,5 +37,7 @@ def response_headers(v: Verified, rcpt: dict[str, Any]) -> dict[str, str]:
         asset = v.offer.accept.asset
         name = "X-PAYMENT-RESPONSE" if v.protocol == "x402-v1" else "PAYMENT-RESPONSE"
         network = asset.network if v.protocol == "x402-v1" else asset.caip2
-        h[name] = x402.payment_response(True, rcpt["reference"], network, v.payer)
+        # A request served again without a second charge says so, as the MPP receipt does.
+        ext = {"meterkit": {"redelivery": True}} if rcpt.get("redelivery") else None
+        h[name] = x402.payment_response(True, rcpt["reference"], network, v.payer, None, ext)
     return h

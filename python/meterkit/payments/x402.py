@@ -171,7 +171,12 @@ def decode_payment(value: str, header: str) -> X402Payment:
 
 
 def payment_response(
-    success: bool, transaction: str, network: str, payer: str | None, error: str | None = None
+    success: bool,
+    transaction: str,
+    network: str,
+    payer: str | None,
+    error: str | None = None,
+    extensions: dict[str, Any] | None = None,
 ) -> str:
     body: dict[str, Any] = {
         "success": success,
@@ -181,4 +186,7 @@ def payment_response(
     }
     if error:
         body["errorReason"] = error
+    if extensions:
+        # x402's settle response carries `extensions` (an object the client keeps as it is).
+        body["extensions"] = extensions
     return base64.b64encode(orjson.dumps(body)).decode()
