@@ -49,6 +49,26 @@ def bad_json(detail: str) -> ProxyError:
     return ProxyError(400, "invalid-json", "Invalid JSON body", detail)
 
 
+def unsupported_body_encoding(coding: str) -> ProxyError:
+    return ProxyError(
+        415,
+        "unsupported-content-encoding",
+        "Request body encoding not supported",
+        f"the request body is in content coding {coding!r}; the gateway reads gzip, deflate "
+        "or an uncompressed body on metered routes",
+        encoding=coding,
+    )
+
+
+def body_required() -> ProxyError:
+    return ProxyError(
+        400,
+        "body-required",
+        "Request body required",
+        "an LLM request needs a JSON body; this one is empty",
+    )
+
+
 def invalid_field(field: str, detail: str) -> ProxyError:
     return ProxyError(
         400, "invalid-request", "Invalid request body", f"{field}: {detail}", field=field

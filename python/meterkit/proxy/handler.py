@@ -26,7 +26,7 @@ from meterkit.pipeline import problems as gateway
 from meterkit.pipeline.problems import problem_response
 from meterkit.pipeline.run import client_left
 from meterkit.problems import ProxyError
-from meterkit.proxy import record
+from meterkit.proxy import record, request_body
 from meterkit.proxy.appkeys import CONFIG, METRICS, PIPELINE, PLANS, ROUTER, SINK
 from meterkit.proxy.encoding import UnsupportedEncoding, decoder_for
 from meterkit.proxy.ids import new_request_id
@@ -38,6 +38,7 @@ from meterkit.proxy.upstream import has_body, open_upstream
 
 _CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _NO_QUERY: Mapping[str, str] = MappingProxyType({})
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 
 def _client_request_id(request: web.Request) -> str | None:
@@ -145,7 +146,12 @@ async def _read_capped(request: web.Request, limit: int, timeout: float) -> byte
 
 async def _read_llm_body(ctx: RequestContext, limits: Gateway) -> None:
     request = ctx.request
-    ctx.body = await _read_capped(request, limits.max_request_body, limits.body_timeout)
+    coding = request.headers.get("Content-Encoding")
+    # A coding the gateway cannot decode is refused before a byte is read; the others are
+    # read, then decoded within the same limit.
+    request_body.check(coding)
+    raw = await _read_capped(request, limits.max_request_body, limits.body_timeout)
+    ctx.body = request_body.decode(raw, coding, limits.max_request_body)
     if not ctx.body:
         return
     try:
@@ -166,6 +172,10 @@ async def _read_llm_body(ctx: RequestContext, limits: Gateway) -> None:
 
 
 async def _forward(ctx: RequestContext) -> web.StreamResponse:
+    if ctx.format is not None and ctx.json is None and ctx.request.method in _BODY_METHODS:
+        # No stage answered this empty request (a voucher POST would have been): an LLM
+        # request without a body is the client's mistake, not the upstream's to judge.
+        raise gateway.body_required()
     plan = ctx.request.app[PLANS][ctx.route.key]
     # The route's precomputed timeouts, unless a stage sent the request elsewhere.
     resp, watchdog = await open_upstream(

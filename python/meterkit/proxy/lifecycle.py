@@ -62,8 +62,14 @@ async def start(
     quiet_accept_errors(asyncio.get_running_loop())
     # handler_cancellation: aiohttp cancels a handler when its client disconnects, which is
     # how the upstream request gets aborted the moment the client leaves.
+    # auto_decompress off: a metered body is decoded by the handler (proxy/request_body.py),
+    # a pass-through body goes upstream as it came, with its own Content-Encoding.
     runner = GatewayRunner(
-        app, server_limits(app[CONFIG]), handler_cancellation=True, access_log=None
+        app,
+        server_limits(app[CONFIG]),
+        handler_cancellation=True,
+        access_log=None,
+        auto_decompress=False,
     )
     try:
         # The runner's setup opens the app's resources (cleanup_ctx): a failure there is

@@ -151,6 +151,8 @@ async def open_upstream(
     )
     if ctx.body is not None:
         data: Any = orjson.dumps(ctx.json) if ctx.body_changed else ctx.body
+        # The body the gateway read was decoded (proxy/request_body.py): it goes as it is.
+        headers.popall("Content-Encoding", None)
     elif has_body(request):
         gw = app[CONFIG].gateway
         data = _body_stream(ctx, gw.max_request_body, gw.body_timeout)
