@@ -99,6 +99,57 @@ def test_a_client_leaving_before_an_after_response_upstream_leaves_no_claim(
     asyncio.run(go())
 
 
+@pytest.mark.parametrize("protocol", ["mpp", "x402"])
+def test_a_paid_undelivered_request_is_served_after_its_authorization_expired(
+    tmp_path: Path, protocol: str
+) -> None:
+    """Issue 19 #1: a payer charged when the response never came got 402 "expired" once its
+    authorization ran out. A payment that settled is proof enough: served once more, free."""
+    db = tmp_path / "ledger.sqlite3"
+
+    async def go() -> None:
+        t = tree(str(db), type="deferred", max_validity="2s", expiry_margin="1s")
+        t["payments"]["expires"] = "2s"
+        t["payments"]["max_validity"] = "2s"
+        async with gateway(t) as g:
+            if protocol == "mpp":
+                header = pay(await token_for(g, "/now"))
+            else:
+                obj = x402_obj(2)
+                obj["payload"]["authorization"]["validBefore"] = str(int(time.time()) + 2)
+                fields = obj["payload"]["authorization"]
+                # Re-sign for the shorter validity.
+                from meterkit.payments import evm
+                from support.payment_values import ASSET, KEY, PAY_TO
+
+                f, sig = evm.sign(
+                    KEY, ASSET, to=PAY_TO, value=10_000, valid_before=int(fields["validBefore"])
+                )
+                obj["payload"] = {"authorization": f, "signature": sig}
+                header = {"PAYMENT-SIGNATURE": b64(obj)}
+            status, _, _ = await g.post("/now", BODY, {**header, "x-mock-status": "500"})
+            assert status == 500
+            await g.records(2 if protocol == "mpp" else 1)
+            (claim,) = rows(db)
+            assert (claim["status"], claim["delivery"]) == ("queued", "undelivered")
+            await asyncio.sleep(2.5)  # the challenge and the authorization have expired
+            status, headers, body = await g.post("/now", BODY, header)
+            assert status == 200, orjson.loads(body)["detail"]
+            if protocol == "mpp":
+                assert mpp.decode_receipt(headers["Payment-Receipt"])["redelivery"] is True
+            else:
+                response = orjson.loads(base64.b64decode(headers["PAYMENT-RESPONSE"]))
+                assert response["extensions"] == {"meterkit": {"redelivery": True}}
+            assert settlements(db) == ["queued"]  # charged once
+            await g.records(3)
+            # Delivered now: the expired credential buys nothing more.
+            status, _, problem = await g.post("/now", BODY, header)
+            assert status in (402, 403), problem
+            assert settlements(db) == ["queued"]
+
+    asyncio.run(go())
+
+
 def test_an_x402_redelivery_says_so_in_its_payment_response(tmp_path: Path) -> None:
     """Issue 19 #10: MPP receipts marked a redelivery, x402's PAYMENT-RESPONSE did not."""
     db = tmp_path / "ledger.sqlite3"

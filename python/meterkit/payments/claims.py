@@ -93,12 +93,7 @@ def replay_detail(claim: Claim, now: float) -> str:
         if claim.delivery == "delivered":
             return "this authorization has already paid for a request, which was delivered"
         if claim.delivery == "undelivered":
-            return (
-                "this authorization paid for a request that was never delivered, but it is no "
-                "longer valid, so that request cannot be served again"
-                if claim.valid_before <= now
-                else "this authorization's undelivered request is being served again"
-            )
+            return "this authorization's undelivered request is being served again"
         return "this authorization has paid for a request that is still being answered"
     if claim.status == "unknown":
         return (
@@ -139,7 +134,7 @@ async def take(
         if existing is None:
             continue  # released meanwhile: nothing was settled; claim it again
         if redeliverable(existing) and await call(
-            ledger.take_redelivery(claim.claim_key, claim.request_id, clock())
+            ledger.take_redelivery(claim.claim_key, claim.request_id)
         ):
             return Taken(claim.claim_key, existing)
         raise Replayed(

@@ -135,3 +135,34 @@ def verify_x402(
         max_valid_before=now + max_validity,
     )
     return Verified(f"x402-v{pay.version}", offer, auth, payer)
+
+
+def authorization_of(
+    header: str, value: str, offers: Sequence[Offer]
+) -> tuple[evm.Authorization, Offer] | None:
+    """The authorization a credential carries and the offer it pays, read without checking
+    anything (no expiry, no signature): to look up what it already paid for. `header`:
+    `Authorization`/`Payment-Authorization` (MPP) or `PAYMENT-SIGNATURE`/`X-PAYMENT` (x402).
+    None when it cannot be read."""
+    try:
+        if header.upper() in ("PAYMENT-SIGNATURE", "X-PAYMENT"):
+            pay = x402.decode_payment(value, header)
+            offer = next(
+                (
+                    o
+                    for o in offers
+                    if pay.network in (o.accept.asset.network, o.accept.asset.caip2)
+                ),
+                None,
+            )
+            if offer is None or not isinstance(pay.authorization, dict):
+                return None
+            auth = evm.parse_authorization(pay.authorization, pay.signature)
+            return auth, offer
+        cred = mpp.decode_credential(value)
+        offer = next((o for o in offers if o.mpp_request == cred.challenge.request_json), None)
+        if offer is None:
+            return None
+        return evm.parse_authorization(cred.payload, cred.payload.get("signature")), offer
+    except Exception:  # any defect: nothing to look up (verification says what is wrong)
+        return None

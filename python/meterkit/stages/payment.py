@@ -27,9 +27,11 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, TypeVar
 
+import orjson
+
 from meterkit.config import Config, Route
 from meterkit.observability.metrics import ProxyMetrics
-from meterkit.payments import access, claims, mpp, receipts, x402
+from meterkit.payments import access, claims, evm, mpp, receipts, x402
 from meterkit.payments.hooks import RouteHooks
 from meterkit.payments.ledger import Ledger
 from meterkit.payments.offers import (
@@ -42,12 +44,13 @@ from meterkit.payments.offers import (
 from meterkit.payments.pricing import Quote, quote
 from meterkit.payments.problems import (
     LedgerUnavailable,
+    PaymentExpired,
     PaymentProblem,
     PaymentRequired,
     SettlementUnknown,
 )
 from meterkit.payments.settlement import SettlementFailed, SettlementRequest, Settler
-from meterkit.payments.verify import Verified, verify_mpp, verify_x402
+from meterkit.payments.verify import Verified, authorization_of, verify_mpp, verify_x402
 from meterkit.pipeline import Answer, RequestContext, Stage
 from meterkit.problems import Problem, ProxyError
 from meterkit.usage import UsageRecord
@@ -220,19 +223,23 @@ class PaymentStage(Stage):
         )
         ctx.state["payment"] = state
         try:
-            verified = self._read_credential(ctx, state)
+            verified = self._read_credential(ctx, state, time.time())
             if verified is None:
                 raise PaymentRequired("this route requires payment", reason="no_credential")
         except PaymentProblem as e:
-            return await self._refuse(ctx, state, e)
+            paid = await self._paid_before(ctx, state) if _expired(e) else None
+            if paid is None:
+                return await self._refuse(ctx, state, e)
+            verified = paid
         state.verified = verified
         ctx.identity.payer = verified.payer
         return None
 
-    def _read_credential(self, ctx: RequestContext, state: PaymentState) -> Verified | None:
+    def _read_credential(
+        self, ctx: RequestContext, state: PaymentState, now: float
+    ) -> Verified | None:
         headers = ctx.request.headers
         protocols = self.pay.protocols
-        now = time.time()
         found = mpp.request_credential(headers) if "mpp" in protocols else None
         if found is not None:
             field, token = found
@@ -253,6 +260,40 @@ class PaymentStage(Stage):
                     name, value, state.offers, now=now, max_validity=self.pay.max_validity
                 )
         return None
+
+    async def _paid_before(self, ctx: RequestContext, state: PaymentState) -> Verified | None:
+        """A credential that expired since it paid for a request whose response never
+        reached the client: the settled claim is proof enough (issue 19 #1: a payer
+        charged when the gateway died got 403 for 10 minutes, then 402 "expired"). It is
+        verified as it was when it was claimed, and must be the authorization that paid;
+        the claim step then serves it once more without a second charge (or refuses it,
+        if it was delivered meanwhile)."""
+        headers = ctx.request.headers
+        found = mpp.request_credential(headers) if "mpp" in self.pay.protocols else None
+        if found is None:
+            found = next(
+                ((n, v) for n in ("PAYMENT-SIGNATURE", "X-PAYMENT") if (v := headers.get(n))),
+                None,
+            )
+        read = authorization_of(*found, state.offers) if found is not None else None
+        if read is None:
+            return None
+        auth, offer = read
+        existing = await self._ledger(
+            self.ledger.get_claim(evm.claim_key(auth, offer.accept.asset))
+        )
+        if (
+            existing is None
+            or existing.status not in claims.PAID
+            or existing.delivery == "delivered"
+            or orjson.loads(existing.authorization_json).get("signature", "").lower()
+            != (auth.signature or "").lower()
+        ):
+            return None
+        try:
+            return self._read_credential(ctx, state, existing.created_at)
+        except PaymentProblem:
+            return None
 
     # ---- commit: claim, then settle now or after the upstream answered -----------------
 
@@ -507,3 +548,8 @@ class PaymentStage(Stage):
             sessions = tuple(("WWW-Authenticate", c.header()) for c in self.session_challenges(ctx))
             problem = dataclasses.replace(problem, headers=problem.headers + sessions)
         return problem
+
+
+def _expired(e: PaymentProblem) -> bool:
+    """The credential was good and ran out: its challenge or its authorization expired."""
+    return isinstance(e, PaymentExpired) or e.reason in ("expired", "expired_challenge")

@@ -190,9 +190,10 @@ class Ledger(Protocol):
         """Whether the paid response of `request_id` reached its client (`delivered`) or
         not (`undelivered`, so a retry may be served without a second charge)."""
 
-    async def take_redelivery(self, key: str, request_id: str, now: float) -> bool:
-        """Take over an undelivered paid claim for `request_id`, once, while its
-        authorization is still valid at `now`. True when this request won it."""
+    async def take_redelivery(self, key: str, request_id: str) -> bool:
+        """Take over an undelivered paid claim for `request_id`, once. True when this
+        request won it. The authorization's own validity does not matter: the settled
+        claim is the proof of payment (issue 19 #1)."""
 
     async def recover(self, older_than: float | None, local: bool) -> dict[str, int]:
         """Resolve claims whose request died with its process, last touched before

@@ -142,15 +142,14 @@ class PostgresLedger:
             request_id,
         )
 
-    async def take_redelivery(self, key: str, request_id: str, now: float) -> bool:
+    async def take_redelivery(self, key: str, request_id: str) -> bool:
         got = await self._pool.fetchval(
             "UPDATE payment_claims SET delivery = NULL, request_id = $1, updated_at = $2 "
             "WHERE claim_key = $3 AND delivery = 'undelivered' "
-            "AND status IN ('settled', 'queued') AND valid_before > $4 RETURNING claim_key",
+            "AND status IN ('settled', 'queued') RETURNING claim_key",
             request_id,
             time.time(),
             key,
-            int(now),
         )
         return got is not None
 

@@ -160,13 +160,13 @@ class SqliteLedger:
             )
         )
 
-    async def take_redelivery(self, key: str, request_id: str, now: float) -> bool:
+    async def take_redelivery(self, key: str, request_id: str) -> bool:
         cur = await self._run(
             lambda c: c.execute(
                 "UPDATE payment_claims SET delivery = NULL, request_id = ?, updated_at = ? "
                 "WHERE claim_key = ? AND delivery = 'undelivered' "
-                "AND status IN ('settled', 'queued') AND valid_before > ?",
-                (request_id, time.time(), key, int(now)),
+                "AND status IN ('settled', 'queued')",
+                (request_id, time.time(), key),
             )
         )
         return bool(cur.rowcount == 1)
