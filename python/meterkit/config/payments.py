@@ -137,6 +137,9 @@ class LedgerConfig:
     schema: str | None = None
     # Seconds a ledger call may take on the request path before the client gets a 503.
     timeout: float = 5.0
+    # Each gateway process holds a lease in the ledger, renewed every third of this: the
+    # claims of a process that died are resolved once its lease runs out (issue 19 #1).
+    lease: float = 15.0
 
 
 @dataclass(frozen=True)
@@ -755,7 +758,7 @@ def parse_ledger(value: Any, path: KeyPath, problems: Problems) -> LedgerConfig:
     if not isinstance(value, dict):
         problems.add(path, "expected {type: sqlite, path: …} or {type: postgres, url: …}")
         return LedgerConfig()
-    problems.unknown_keys(path, value, ("type", "path", "url", "schema", "timeout"))
+    problems.unknown_keys(path, value, ("type", "path", "url", "schema", "timeout", "lease"))
     kind = value.get("type", "sqlite")
     if kind not in ("sqlite", "postgres"):
         problems.add(path / "type", f"expected sqlite or postgres, got {kind!r}")
@@ -781,10 +784,20 @@ def parse_ledger(value: Any, path: KeyPath, problems: Problems) -> LedgerConfig:
             timeout = parse_duration(value["timeout"])
         except ValueError as e:
             problems.add(path / "timeout", str(e))
+    lease = LedgerConfig.lease
+    if "lease" in value:
+        try:
+            lease = parse_duration(value["lease"])
+            if lease < 1:
+                problems.add(path / "lease", "expected at least 1s (renewed every third of it)")
+                lease = LedgerConfig.lease
+        except ValueError as e:
+            problems.add(path / "lease", str(e))
     return LedgerConfig(
         type=kind,
         path=p,
         url=url if isinstance(url, str) else None,
         schema=schema,
         timeout=timeout,
+        lease=lease,
     )

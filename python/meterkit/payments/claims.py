@@ -39,10 +39,12 @@ class Bounded(Protocol):
     def __call__(self, call: Awaitable[T], /) -> Awaitable[T]: ...
 
 
-def new_claim(v: Verified, route: str, request_id: str) -> Claim:
-    """The ledger row for a verified authorization, before anything was sent to a settler."""
+def new_claim(v: Verified, route: str, request_id: str, holder: str | None = None) -> Claim:
+    """The ledger row for a verified authorization, before anything was sent to a settler;
+    `holder`: the gateway process whose lease keeps it (see `take`)."""
     asset = v.offer.accept.asset
     return Claim(
+        holder=holder,
         claim_key=evm.claim_key(v.auth, asset),
         status="pending",
         protocol=v.protocol,
@@ -77,9 +79,20 @@ def stale(c: Claim, now: float) -> bool:
     return c.updated_at < now - STALE_CLAIM
 
 
-def orphaned(c: Claim, now: float) -> bool:
-    """In flight, or paid with no delivery outcome, and stale: to be resolved first."""
-    return stale(c, now) and (in_flight(c) or (c.status in PAID and c.delivery is None))
+def unresolved(c: Claim) -> bool:
+    """In flight, or paid with no delivery outcome: its request is still running, or died."""
+    return in_flight(c) or (c.status in PAID and c.delivery is None)
+
+
+def orphaned(c: Claim, now: float, holder_alive: bool | None = None) -> bool:
+    """Unresolved, and its request cannot still be running: its holder's lease has run
+    out (`holder_alive` False), or — a row without a holder — nobody touched it for
+    `STALE_CLAIM` seconds."""
+    if not unresolved(c):
+        return False
+    if c.holder is not None and holder_alive is not None:
+        return not holder_alive
+    return stale(c, now)
 
 
 def redeliverable(c: Claim) -> bool:
@@ -134,7 +147,7 @@ async def take(
         if existing is None:
             continue  # released meanwhile: nothing was settled; claim it again
         if redeliverable(existing) and await call(
-            ledger.take_redelivery(claim.claim_key, claim.request_id)
+            ledger.take_redelivery(claim.claim_key, claim.request_id, claim.holder)
         ):
             return Taken(claim.claim_key, existing)
         raise Replayed(
@@ -151,18 +164,24 @@ async def _outcome(
     clock: Callable[[], float],
 ) -> Claim | None:
     """Wait while another request settles the same authorization; None if it released the
-    claim (nothing was settled), else the finished claim. An orphaned claim is resolved
-    first."""
+    claim (nothing was settled), else the finished claim. A claim whose process died
+    (`orphaned`: its holder's lease ran out) is resolved first — within a lease of the
+    death, not after a fixed age."""
+
+    async def dead(c: Claim) -> bool:
+        alive = None if c.holder is None else await call(ledger.holder_alive(c.holder, clock()))
+        return orphaned(c, clock(), alive)
+
     deadline = time.monotonic() + CLAIM_WAIT
     while existing is not None and in_flight(existing):
-        if stale(existing, clock()):
+        if await dead(existing):
             await recover(clock() - STALE_CLAIM)
         elif time.monotonic() >= deadline:
             break
         else:
             await asyncio.sleep(0.05)
         existing = await call(ledger.get_claim(existing.claim_key))
-    if existing is not None and orphaned(existing, clock()):
+    if existing is not None and unresolved(existing) and await dead(existing):
         await recover(clock() - STALE_CLAIM)
         existing = await call(ledger.get_claim(existing.claim_key))
     return existing

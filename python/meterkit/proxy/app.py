@@ -112,11 +112,13 @@ async def _payments(app: web.Application) -> AsyncIterator[None]:
     # Instances sharing PostgreSQL resolve only what nobody touched for a while.
     local = isinstance(ledger, SqliteLedger)
     await stage.recover(None if local else time.time() - STALE_CLAIM)
+    await stage.start_lease()
     if isinstance(settler, FacilitatorSettler):
         check = await settler.supported([a.asset for a in app[CONFIG].accepts])
         if not check.ok:
             log.error("payment facilitator check: %s", check.describe())
     yield
+    await stage.stop_lease()
     await app[SETTLER].close()
     await app[LEDGER].close()
 

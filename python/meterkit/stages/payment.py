@@ -19,6 +19,9 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import os
+import secrets
+import socket
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable
@@ -121,6 +124,10 @@ class PaymentStage(Stage):
         # the app when it has a session stage).
         self.session_challenges: Callable[[RequestContext], list[mpp.Challenge]] | None = None
         self.hooks = hooks if hooks is not None else RouteHooks(config.routes, base_dir)
+        # This process, as the ledger knows it: its claims are its own while its lease runs.
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self._lease_task: asyncio.Task[None] | None = None
+        self.lease_outage = _Outage("payment ledger lease")
 
     @staticmethod
     def applies(route_payment: Any) -> bool:
@@ -322,7 +329,7 @@ class PaymentStage(Stage):
     async def _claim(self, ctx: RequestContext, state: PaymentState, v: Verified) -> None:
         taken = await claims.take(
             self.ledger,
-            claims.new_claim(v, ctx.route.key, ctx.request_id),
+            claims.new_claim(v, ctx.route.key, ctx.request_id, self.holder),
             call=self._ledger,
             recover=self._recover,
         )
@@ -340,6 +347,35 @@ class PaymentStage(Stage):
         if any(counts.values()):
             log.warning("payment claims left by a stopped gateway resolved", extra=counts)
         return counts
+
+    async def start_lease(self) -> None:
+        """Take this process's lease now (before any claim), then renew it every third of
+        `ledger.lease` until `stop_lease`."""
+        ttl = self.config.ledger.lease
+        await self.ledger.renew(self.holder, time.time() + ttl)
+
+        async def keep() -> None:
+            while True:
+                await asyncio.sleep(ttl / 3)
+                try:
+                    await self._ledger(self.ledger.renew(self.holder, time.time() + ttl))
+                except LedgerUnavailable as e:
+                    # Two more tries before the lease runs out; logged once per outage.
+                    self.lease_outage.failed(e)
+                else:
+                    self.lease_outage.ok()
+
+        self._lease_task = asyncio.get_running_loop().create_task(keep())
+
+    async def stop_lease(self) -> None:
+        """A clean stop: nothing of ours is in flight any more; the lease ends now."""
+        if self._lease_task is not None:
+            self._lease_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._lease_task
+            self._lease_task = None
+        with contextlib.suppress(Exception):
+            await self.ledger.drop_holder(self.holder)
 
     async def _recover(self, older_than: float) -> None:
         await self._ledger(self.recover(older_than))

@@ -67,6 +67,19 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             "ALTER TABLE payment_claims ADD COLUMN delivery TEXT",
         ],
     ),
+    (
+        3,
+        [
+            # The gateway process whose request holds the claim, and each process's lease:
+            # a claim whose holder's lease ran out belongs to a dead process and is resolved
+            # at once, instead of after a fixed age (issue 19 #1).
+            "ALTER TABLE payment_claims ADD COLUMN holder TEXT",
+            """CREATE TABLE ledger_holders (
+            holder TEXT PRIMARY KEY,
+            lease_until DOUBLE PRECISION NOT NULL
+        )""",
+        ],
+    ),
 ]
 
 
@@ -94,9 +107,17 @@ class Claim:
     updated_at: float = 0.0
     exported_at: float | None = None
     delivery: str | None = None
+    # The gateway process whose request holds the claim (None: rows from before holders).
+    holder: str | None = None
 
 
 CLAIM_COLUMNS = [f for f in Claim.__dataclass_fields__]
+# Which in-flight claims belong to a dead process, given (cutoff, now): a holder without a
+# live lease, or no holder and untouched since the cutoff. `?` placeholders (SQLite).
+ORPHANED = (
+    "((holder IS NULL AND updated_at < ?) OR (holder IS NOT NULL AND holder NOT IN "
+    "(SELECT holder FROM ledger_holders WHERE lease_until >= ?)))"
+)
 EXPIRED = "the authorization expired before it was exported for settlement"
 LOST = "the gateway stopped while settling: reconcile against the chain"
 
@@ -190,14 +211,24 @@ class Ledger(Protocol):
         """Whether the paid response of `request_id` reached its client (`delivered`) or
         not (`undelivered`, so a retry may be served without a second charge)."""
 
-    async def take_redelivery(self, key: str, request_id: str) -> bool:
-        """Take over an undelivered paid claim for `request_id`, once. True when this
-        request won it. The authorization's own validity does not matter: the settled
-        claim is the proof of payment (issue 19 #1)."""
+    async def take_redelivery(self, key: str, request_id: str, holder: str | None = None) -> bool:
+        """Take over an undelivered paid claim for `request_id` (held by `holder`), once.
+        True when this request won it. The authorization's own validity does not matter:
+        the settled claim is the proof of payment (issue 19 #1)."""
+
+    async def renew(self, holder: str, until: float) -> None:
+        """`holder`'s lease: its claims are its own until `until` (renewed while it lives)."""
+
+    async def drop_holder(self, holder: str) -> None:
+        """A process stopping: its lease ends now."""
+
+    async def holder_alive(self, holder: str, now: float) -> bool:
+        """Whether `holder`'s lease still runs at `now`."""
 
     async def recover(self, older_than: float | None, local: bool) -> dict[str, int]:
-        """Resolve claims whose request died with its process, last touched before
-        `older_than` (None: all of them; only safe with one process on the ledger):
+        """Resolve claims whose request died with its process: those whose holder's lease
+        has run out, and those without a holder last touched before `older_than` (None:
+        all of them; only safe with one process on the ledger):
         pending ones are released, settling ones released when settlement is `local` (it
         never left this machine) or marked `unknown`, paid ones without a delivery outcome
         marked `undelivered`. Returns the counts by what was done."""

@@ -13,6 +13,7 @@ from meterkit.payments.ledger.base import (
     EXPIRED,
     LOST,
     MIGRATIONS,
+    ORPHANED,
     Claim,
     receipt_row,
     usage_row,
@@ -142,27 +143,58 @@ class PostgresLedger:
             request_id,
         )
 
-    async def take_redelivery(self, key: str, request_id: str) -> bool:
+    async def take_redelivery(self, key: str, request_id: str, holder: str | None = None) -> bool:
         got = await self._pool.fetchval(
-            "UPDATE payment_claims SET delivery = NULL, request_id = $1, updated_at = $2 "
-            "WHERE claim_key = $3 AND delivery = 'undelivered' "
+            "UPDATE payment_claims SET delivery = NULL, request_id = $1, holder = $2, "
+            "updated_at = $3 WHERE claim_key = $4 AND delivery = 'undelivered' "
             "AND status IN ('settled', 'queued') RETURNING claim_key",
             request_id,
+            holder,
             time.time(),
             key,
         )
         return got is not None
 
+    async def renew(self, holder: str, until: float) -> None:
+        await self._pool.execute(
+            "INSERT INTO ledger_holders VALUES ($1, $2) "
+            "ON CONFLICT (holder) DO UPDATE SET lease_until = EXCLUDED.lease_until",
+            holder,
+            until,
+        )
+
+    async def drop_holder(self, holder: str) -> None:
+        await self._pool.execute("DELETE FROM ledger_holders WHERE holder = $1", holder)
+
+    async def holder_alive(self, holder: str, now: float) -> bool:
+        got = await self._pool.fetchval(
+            "SELECT 1 FROM ledger_holders WHERE holder = $1 AND lease_until >= $2", holder, now
+        )
+        return got is not None
+
     async def recover(self, older_than: float | None, local: bool) -> dict[str, int]:
-        cutoff = float("inf") if older_than is None else older_than
-        gone = ["pending", "settling"] if local else ["pending"]
         now = time.time()
+        gone = ["pending", "settling"] if local else ["pending"]
+        if older_than is None:
+            orphan, args = "TRUE", []
+        else:
+            # The shared condition with numbered placeholders after the statement's own.
+            orphan, args = ORPHANED, [older_than, now]
+
+        def numbered(sql: str, start: int) -> str:
+            parts = sql.split("?")
+            out = parts[0]
+            for n, part in enumerate(parts[1:]):
+                out += f"${start + n}" + part
+            return out
+
         async with self._pool.acquire() as c, c.transaction():
             released = await c.fetch(
-                "DELETE FROM payment_claims WHERE status = ANY($1::text[]) AND updated_at < $2 "
-                "RETURNING claim_key",
+                "DELETE FROM payment_claims WHERE status = ANY($1::text[]) AND "
+                + numbered(orphan, 2)
+                + " RETURNING claim_key",
                 gone,
-                cutoff,
+                *args,
             )
             await c.executemany(
                 "INSERT INTO settlements VALUES ($1, '-', 'released', NULL, $2, $3)",
@@ -173,19 +205,19 @@ class PostgresLedger:
                 unknown = _count(
                     await c.execute(
                         "UPDATE payment_claims SET status = 'unknown', error = $1, updated_at = $2 "
-                        "WHERE status = 'settling' AND updated_at < $3",
+                        "WHERE status = 'settling' AND " + numbered(orphan, 3),
                         LOST,
                         now,
-                        cutoff,
+                        *args,
                     )
                 )
             undelivered = _count(
                 await c.execute(
                     "UPDATE payment_claims SET delivery = 'undelivered', updated_at = $1 "
-                    "WHERE status IN ('settled', 'queued') AND delivery IS NULL "
-                    "AND updated_at < $2",
+                    "WHERE status IN ('settled', 'queued') AND delivery IS NULL AND "
+                    + numbered(orphan, 2),
                     now,
-                    cutoff,
+                    *args,
                 )
             )
         return {"released": len(released), "unknown": unknown, "undelivered": undelivered}

@@ -16,6 +16,7 @@ from meterkit.payments.ledger.base import (
     EXPIRED,
     LOST,
     MIGRATIONS,
+    ORPHANED,
     Claim,
     receipt_row,
     usage_row,
@@ -160,28 +161,53 @@ class SqliteLedger:
             )
         )
 
-    async def take_redelivery(self, key: str, request_id: str) -> bool:
+    async def take_redelivery(self, key: str, request_id: str, holder: str | None = None) -> bool:
         cur = await self._run(
             lambda c: c.execute(
-                "UPDATE payment_claims SET delivery = NULL, request_id = ?, updated_at = ? "
-                "WHERE claim_key = ? AND delivery = 'undelivered' "
+                "UPDATE payment_claims SET delivery = NULL, request_id = ?, holder = ?, "
+                "updated_at = ? WHERE claim_key = ? AND delivery = 'undelivered' "
                 "AND status IN ('settled', 'queued')",
-                (request_id, time.time(), key),
+                (request_id, holder, time.time(), key),
             )
         )
         return bool(cur.rowcount == 1)
 
-    async def recover(self, older_than: float | None, local: bool) -> dict[str, int]:
-        cutoff = float("inf") if older_than is None else older_than
+    async def renew(self, holder: str, until: float) -> None:
+        await self._run(
+            lambda c: c.execute(
+                "INSERT INTO ledger_holders VALUES (?, ?) "
+                "ON CONFLICT (holder) DO UPDATE SET lease_until = excluded.lease_until",
+                (holder, until),
+            )
+        )
 
+    async def drop_holder(self, holder: str) -> None:
+        await self._run(
+            lambda c: c.execute("DELETE FROM ledger_holders WHERE holder = ?", (holder,))
+        )
+
+    async def holder_alive(self, holder: str, now: float) -> bool:
+        row = await self._db.read(
+            lambda c: c.execute(
+                "SELECT 1 FROM ledger_holders WHERE holder = ? AND lease_until >= ?", (holder, now)
+            ).fetchone()
+        )
+        return row is not None
+
+    async def recover(self, older_than: float | None, local: bool) -> dict[str, int]:
         def go(c: sqlite3.Connection) -> dict[str, int]:
             c.execute("BEGIN IMMEDIATE")
             now = time.time()
+            args: tuple[float, ...] = ()
+            if older_than is None:
+                orphan = "1 = 1"
+            else:
+                orphan, args = ORPHANED, (older_than, now)
             gone = ("pending", "settling") if local else ("pending",)
             released = c.execute(
                 "SELECT claim_key FROM payment_claims "
-                f"WHERE status IN ({', '.join('?' * len(gone))}) AND updated_at < ?",
-                (*gone, cutoff),
+                f"WHERE status IN ({', '.join('?' * len(gone))}) AND {orphan}",
+                (*gone, *args),
             ).fetchall()
             c.executemany(
                 "INSERT INTO settlements VALUES (?, '-', 'released', NULL, ?, ?)",
@@ -192,13 +218,13 @@ class SqliteLedger:
             if not local:
                 unknown = c.execute(
                     "UPDATE payment_claims SET status = 'unknown', error = ?, updated_at = ? "
-                    "WHERE status = 'settling' AND updated_at < ?",
-                    (LOST, now, cutoff),
+                    f"WHERE status = 'settling' AND {orphan}",
+                    (LOST, now, *args),
                 ).rowcount
             undelivered = c.execute(
                 "UPDATE payment_claims SET delivery = 'undelivered', updated_at = ? "
-                "WHERE status IN ('settled', 'queued') AND delivery IS NULL AND updated_at < ?",
-                (now, cutoff),
+                f"WHERE status IN ('settled', 'queued') AND delivery IS NULL AND {orphan}",
+                (now, *args),
             ).rowcount
             c.execute("COMMIT")
             return {"released": len(released), "unknown": unknown, "undelivered": undelivered}
