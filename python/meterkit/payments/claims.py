@@ -173,15 +173,14 @@ async def _outcome(
         return orphaned(c, clock(), alive)
 
     deadline = time.monotonic() + CLAIM_WAIT
-    while existing is not None and in_flight(existing):
+    # Also while paid with no delivery outcome: its request may still answer, or its
+    # process may have died (then its lease runs out within `ledger.lease`).
+    while existing is not None and unresolved(existing):
         if await dead(existing):
             await recover(clock() - STALE_CLAIM)
         elif time.monotonic() >= deadline:
             break
         else:
             await asyncio.sleep(0.05)
-        existing = await call(ledger.get_claim(existing.claim_key))
-    if existing is not None and unresolved(existing) and await dead(existing):
-        await recover(clock() - STALE_CLAIM)
         existing = await call(ledger.get_claim(existing.claim_key))
     return existing
