@@ -71,6 +71,12 @@ class Gates:
 
     def __init__(self) -> None:
         self._gates: list[Gate] = []
+        # A gate's owner ended the stream outright (a session's channel is closing): the
+        # relay ends it with the format's ending at its next read, naming this cause.
+        self.stopped: TruncationCause | None = None
+
+    def stop(self, cause: TruncationCause) -> None:
+        self.stopped = cause
 
     def __bool__(self) -> bool:
         return bool(self._gates)

@@ -73,6 +73,11 @@ class _StreamRun:
         if fed.truncated:
             self.result.outcome, self.result.truncation = "truncated", "limit"
             return False
+        if gates.stopped is not None and fed.state != "finished":
+            # The channel paying for it is closing: end now, properly, and be charged.
+            self.result.outcome, self.result.truncation = "truncated", gates.stopped
+            await self.emit(self.meter.truncate("the payment channel was closed"))
+            return False
         if fed.state == "failed":
             # The meter has already sent the format's error ending (issue 12 #5, #9).
             if any(a.kind == "pending_budget_exceeded" for a in fed.anomalies):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from meterkit.sessions.store import ChannelStore
@@ -43,6 +44,43 @@ class Hub:
         # A channel started waiting since the last poll: read its total even if the store
         # says nothing changed (it may have changed before the channel was watched).
         self._fresh = False
+        # The streams of this process running on each channel: how a close ends them.
+        self._running: dict[str, dict[int, Callable[[], None]]] = {}
+        self._ended: dict[str, asyncio.Event] = {}
+
+    # ---- streams running on a channel (ended by a close, issue 19 #4) ---------------------
+
+    def running(self, channel_id: str, token: int, stop: Callable[[], None]) -> None:
+        """A paid stream on `channel_id` started; `stop()` ends it at its next read."""
+        self._running.setdefault(channel_id, {})[token] = stop
+
+    def finished(self, channel_id: str, token: int) -> None:
+        """The stream settled: what it delivered is charged and its hold given back."""
+        streams = self._running.get(channel_id)
+        if streams is None:
+            return
+        streams.pop(token, None)
+        if not streams:
+            del self._running[channel_id]
+            ended = self._ended.pop(channel_id, None)
+            if ended is not None:
+                ended.set()
+
+    async def end_streams(self, channel_id: str, timeout: float) -> int:
+        """Stop this process's streams on the channel (each ends with its format's ending at
+        its next read, or at once when paused) and wait up to `timeout` for them to settle.
+        The number that had not settled by then (0: all charged)."""
+        streams = self._running.get(channel_id)
+        if not streams:
+            return 0
+        ended = self._ended.setdefault(channel_id, asyncio.Event())
+        for stop in list(streams.values()):
+            stop()
+        self.notify(channel_id)  # a stream paused for a voucher wakes and sees the close
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await ended.wait()
+        return len(self._running.get(channel_id, {}))
 
     def start(self) -> None:
         """Listen for vouchers other instances accept, from now on (call once the store is

@@ -90,6 +90,8 @@ log = logging.getLogger("meterkit.sessions")
 # pays from it instead of opening one). Only a hint: the credential's own channel is checked.
 CHANNEL_HINT = "Payment-Channel-Id"
 _HEX32 = re.compile(r"^0x[0-9a-fA-F]{64}$")
+# How long a close waits for this process's streams on the channel to end and settle.
+CLOSE_WAIT = 5.0
 
 # Told what happened, for metrics: ("voucher" | "need_voucher", the session method).
 EventHook = Callable[[str, str], None]
@@ -442,6 +444,16 @@ class SessionMeter:
         assert channel is not None
         paid = PaidStream(self, p.channel_id, ch.method, ch.id, offer, channel.payer)
         if p.action == "close":
+            # This process's streams on the channel end first, with their format's ending,
+            # and are charged what they delivered (issue 19 #4: tokens sent after a close
+            # were charged to `spent` and never settled).
+            left = await self.hub.end_streams(p.channel_id, CLOSE_WAIT)
+            if left:
+                log.warning(
+                    "channel closed while streams still ran",
+                    extra={"channel": p.channel_id, "streams": left},
+                )
+            channel = await self.source.get(p.channel_id) or channel
             # Capture what was consumed, never more: max(spent, settled).
             settled = max(channel.spent, channel.settled)
             tx = await self.source.close(channel, settled)

@@ -154,6 +154,11 @@ class PaidStream:
         self.extra: dict[str, Any] = {}
         # The channel after the release draw.
         self._settled: Channel | None = None
+        # Set when the channel is being closed: the stream ends at its next read. `on_stop`
+        # tells whoever relays it (the proxy's stream loop).
+        self.stopped = False
+        self.on_stop: Callable[[], None] | None = None
+        self._token = next(_HOLDS)
 
     def receipt(self, channel: Channel, now: float) -> dict[str, Any]:
         return receipt(self.method, self.challenge_id, channel, now, self.extra.get("txHash"))
@@ -205,9 +210,16 @@ class PaidStream:
                 deposit=str(c.deposit),
             )
         self.holding = True
+        self.meter.hub.running(self.channel_id, self._token, self.stop)
         self.credit = out.granted // offer.price
         self.headers = receipt_headers(self.receipt(out.channel, self.meter.clock()))
         return self.credit
+
+    def stop(self) -> None:
+        """The channel is closing: end at the next read, with the format's ending."""
+        self.stopped = True
+        if self.on_stop is not None:
+            self.on_stop()
 
     # ---- while streaming ----------------------------------------------------------------
 
@@ -249,6 +261,8 @@ class PaidStream:
         deadline = time.monotonic() + meter.voucher_timeout
         asked = False
         while True:
+            if self.stopped:
+                return  # the channel is closing: no more credit
             # Watch first: a voucher accepted while the channel is read still wakes us.
             event = hub.watch(self.channel_id)
             watching = True
@@ -304,7 +318,10 @@ class PaidStream:
         self.holding = False
         # Shielded: a caller cancelled (again) while this runs — a client that left, a
         # server shutting down — must not lose the charge for what was sent.
-        out = await asyncio.shield(self._step(delivered, release=True))
+        try:
+            out = await asyncio.shield(self._step(delivered, release=True))
+        finally:
+            self.meter.hub.finished(self.channel_id, self._token)
         if out is not None:
             self._settled = out.channel
 
@@ -401,6 +418,11 @@ class PaidStream:
         reads = aiter(chunks)
         try:
             while self.outcome == "completed":
+                if self.stopped:
+                    # The channel is closing: end properly; what was sent is charged.
+                    self.outcome = "truncated"
+                    yield meter.truncate("the payment channel was closed")
+                    break
                 try:
                     chunk = await anext(reads)
                 except StopAsyncIteration:

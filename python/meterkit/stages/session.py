@@ -194,6 +194,7 @@ class SessionStage(Stage):
             lambda delivered, emit: paid.more_credit(delivered, emit, openai=openai),
         )
         ctx.trailers.append(lambda: paid.final_receipt(self._delivered(ctx)))
+        paid.on_stop = lambda: ctx.gates.stop("payment")
         ctx.response_headers.update(paid.headers)
         return None
 
