@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+from pathlib import Path
+from typing import Any
 
 from meterkit.payments.claims import (
     STALE_CLAIM,
@@ -11,8 +14,9 @@ from meterkit.payments.claims import (
     redeliverable,
     replay_detail,
     stale,
+    take,
 )
-from meterkit.payments.ledger import Claim
+from meterkit.payments.ledger import Claim, SqliteLedger
 
 NOW = 1_800_000_000.0
 
@@ -71,3 +75,43 @@ def test_every_replay_is_told_why_truly() -> None:
     assert "served again" in replay_detail(
         claim(status="queued", delivery="undelivered", valid_before=1), NOW
     )
+
+
+def test_an_unknown_outcome_is_reconciled_and_the_paid_request_served_again(
+    tmp_path: Path,
+) -> None:
+    """`claims.take` with a `reconcile` (on-chain settlement): a claim the crash left
+    `unknown` is checked, found settled, and — its holder dead — served once more."""
+
+    async def go() -> None:
+        ledger = SqliteLedger(tmp_path / "l.sqlite3")
+        await ledger.open()
+        try:
+            await ledger.claim(claim(status="unknown", holder="dead-process"))
+            checked: list[str] = []
+
+            async def reconcile(c: Claim) -> None:
+                checked.append(c.claim_key)
+                await ledger.transition(c.claim_key, ("unknown",), "settled", "0xtx", None, "t")
+
+            async def call(aw: Any) -> Any:
+                return await aw
+
+            async def recover(older_than: float) -> None:
+                await ledger.recover(older_than, local=False)
+
+            taken = await take(
+                ledger,
+                claim(request_id="r2", holder="alive"),
+                call=call,
+                recover=recover,
+                reconcile=reconcile,
+            )
+            assert checked == ["k"]
+            assert taken.redelivery is not None and taken.redelivery.status == "settled"
+            row = await ledger.get_claim("k")
+            assert row is not None and (row.delivery, row.holder) == (None, "alive")
+        finally:
+            await ledger.close()
+
+    asyncio.run(go())

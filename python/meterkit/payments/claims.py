@@ -134,16 +134,24 @@ async def take(
     call: Bounded,
     recover: Callable[[float], Awaitable[object]],
     clock: Callable[[], float] = time.time,
+    reconcile: Callable[[Claim], Awaitable[object]] | None = None,
 ) -> Taken:
     """Claim `claim` for its request, or wait for the request that holds it. `call` bounds
     each ledger call (the stage's timeout and outage handling); `recover(older_than)`
-    resolves claims left by dead processes. Raises `Replayed` when the authorization paid
-    (or is paying) for another request."""
+    resolves claims left by dead processes; `reconcile(claim)`, where the settlement can be
+    checked (on chain), settles an `unknown` outcome against the ground truth, so the payer
+    who comes back is served (or may pay again) instead of refused. Raises `Replayed` when
+    the authorization paid (or is paying) for another request."""
     for _ in range(3):
         won, existing = await call(ledger.claim(claim))
         if won:
             return Taken(claim.claim_key)
         existing = await _outcome(ledger, existing, call, recover, clock)
+        if existing is not None and existing.status == "unknown" and reconcile is not None:
+            await reconcile(existing)
+            existing = await _outcome(
+                ledger, await call(ledger.get_claim(claim.claim_key)), call, recover, clock
+            )
         if existing is None:
             continue  # released meanwhile: nothing was settled; claim it again
         if redeliverable(existing) and await call(

@@ -35,8 +35,9 @@ import orjson
 from meterkit.config import Config, Route
 from meterkit.observability.metrics import ProxyMetrics
 from meterkit.payments import access, claims, evm, mpp, receipts, x402
+from meterkit.payments.batch import reconcile as reconcile_onchain
 from meterkit.payments.hooks import RouteHooks
-from meterkit.payments.ledger import Ledger
+from meterkit.payments.ledger import Claim, Ledger
 from meterkit.payments.offers import (
     ChallengeTerms,
     Offer,
@@ -44,6 +45,7 @@ from meterkit.payments.offers import (
     refusal,
     request_scope,
 )
+from meterkit.payments.onchain import OnchainSettler
 from meterkit.payments.pricing import Quote, quote
 from meterkit.payments.problems import (
     LedgerUnavailable,
@@ -332,6 +334,7 @@ class PaymentStage(Stage):
             claims.new_claim(v, ctx.route.key, ctx.request_id, self.holder),
             call=self._ledger,
             recover=self._recover,
+            reconcile=self._reconcile if isinstance(self.settler, OnchainSettler) else None,
         )
         state.claim_key = taken.key
         if taken.redelivery is not None:
@@ -376,6 +379,17 @@ class PaymentStage(Stage):
             self._lease_task = None
         with contextlib.suppress(Exception):
             await self.ledger.drop_holder(self.holder)
+
+    async def _reconcile(self, claim: Claim) -> None:
+        """An `unknown` on-chain outcome, asked of the chain (as `meterkit ledger settle`
+        does): used → settled; never used and nothing in flight → released or failed."""
+        assert isinstance(self.settler, OnchainSettler)
+        try:
+            result = await reconcile_onchain(self.settler, self.ledger, claim)
+        except Exception as e:  # the chain or the ledger: the payer is told it is unknown
+            log.warning("reconciling an unknown settlement failed: %s", e)
+            return
+        log.info("unknown settlement reconciled", extra=result.as_dict())
 
     async def _recover(self, older_than: float) -> None:
         await self._ledger(self.recover(older_than))
