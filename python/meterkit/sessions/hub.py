@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -46,7 +47,6 @@ class Hub:
         self._fresh = False
         # The streams of this process running on each channel: how a close ends them.
         self._running: dict[str, dict[int, Callable[[], None]]] = {}
-        self._ended: dict[str, asyncio.Event] = {}
 
     # ---- streams running on a channel (ended by a close, issue 19 #4) ---------------------
 
@@ -62,25 +62,26 @@ class Hub:
         streams.pop(token, None)
         if not streams:
             del self._running[channel_id]
-            ended = self._ended.pop(channel_id, None)
-            if ended is not None:
-                ended.set()
 
-    async def end_streams(self, channel_id: str, timeout: float) -> int:
-        """Stop this process's streams on the channel (each ends with its format's ending at
-        its next read, or at once when paused) and wait up to `timeout` for them to settle.
-        The number that had not settled by then (0: all charged)."""
-        streams = self._running.get(channel_id)
-        if not streams:
-            return 0
-        ended = self._ended.setdefault(channel_id, asyncio.Event())
-        for stop in list(streams.values()):
+    def _stop_local(self, channel_id: str) -> None:
+        for stop in list(self._running.get(channel_id, {}).values()):
             stop()
         self.notify(channel_id)  # a stream paused for a voucher wakes and sees the close
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout):
-                await ended.wait()
-        return len(self._running.get(channel_id, {}))
+
+    async def end_streams(self, channel_id: str, timeout: float) -> int:
+        """Stop the channel's streams — this process's at once, the other instances' through
+        the store's notification — each ending with its format's ending at its next read (at
+        once when paused); wait up to `timeout` for every hold on the channel to be settled.
+        The number of streams still holding then (0: everything delivered is charged)."""
+        self._stop_local(channel_id)
+        await self.store.announce_close(channel_id)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            left = await self.store.holding(channel_id, time.time())
+            if left == 0 or loop.time() >= deadline:
+                return left
+            await asyncio.sleep(0.02)
 
     def start(self) -> None:
         """Listen for vouchers other instances accept, from now on (call once the store is
@@ -89,7 +90,14 @@ class Hub:
         second would otherwise be what wakes the first pause on each instance)."""
         if not self._subscribed:
             self._subscribed = True
-            self.store.on_voucher(self.notify)
+            self.store.on_voucher(self._notice)
+
+    def _notice(self, payload: str) -> None:
+        """A notification from another instance: a voucher, or a channel being closed."""
+        if payload.startswith("close:"):
+            self._stop_local(payload.removeprefix("close:"))
+        else:
+            self.notify(payload)
 
     def notify(self, channel_id: str) -> None:
         w = self._channels.pop(channel_id, None)

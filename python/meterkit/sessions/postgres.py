@@ -112,6 +112,18 @@ class PostgresSessionStore:
         if self._reconnect is None:
             self._reconnect = asyncio.get_running_loop().create_task(self._listen())
 
+    async def announce_close(self, channel_id: str) -> None:
+        await self._pool.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, "close:" + channel_id)
+
+    async def holding(self, channel_id: str, now: float) -> int:
+        return int(
+            await self._pool.fetchval(
+                "SELECT count(*) FROM session_holds WHERE channel_id = $1 AND expires_at > $2",
+                channel_id,
+                now,
+            )
+        )
+
     def _notified(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
         for cb in self._callbacks:
             cb(payload)

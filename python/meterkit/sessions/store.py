@@ -64,7 +64,18 @@ class ChannelStore(Protocol):
 
     def on_voucher(self, callback: Callable[[str], None]) -> None:
         """Call `callback(channel_id)` when another instance accepts a voucher, where the
-        store can tell at once."""
+        store can tell at once; `callback("close:" + channel_id)` when another instance is
+        closing the channel (`announce_close`)."""
+        ...
+
+    async def announce_close(self, channel_id: str) -> None:
+        """Tell the other instances sharing the store that the channel is being closed:
+        their streams on it end (where the store can notify; else they see it at their next
+        draw)."""
+        ...
+
+    async def holding(self, channel_id: str, now: float) -> int:
+        """How many live stream holds the channel has at `now` (streams still running)."""
         ...
 
 
@@ -335,3 +346,15 @@ class SessionStore:
 
     def on_voucher(self, callback: Callable[[str], None]) -> None:
         return None  # no notifications in SQLite: `accepted` is polled
+
+    async def announce_close(self, channel_id: str) -> None:
+        return None  # one process per file for sessions (serve --workers needs PostgreSQL)
+
+    async def holding(self, channel_id: str, now: float) -> int:
+        row = await self._db.read(
+            lambda c: c.execute(
+                "SELECT count(*) FROM session_holds WHERE channel_id = ? AND expires_at > ?",
+                (channel_id, now),
+            ).fetchone()
+        )
+        return int(row[0])
