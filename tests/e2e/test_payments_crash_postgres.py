@@ -22,6 +22,7 @@ import orjson
 import yaml
 from multidict import CIMultiDict
 
+from meterkit.payments import mpp
 from support.http import request
 from support.payments import CHAT, challenges, claim_key, credential, key, paid
 from support.processes import Process, running
@@ -61,7 +62,13 @@ def rows(url: str, schema: str, sql: str) -> list[Any]:
 
 
 def burst_and_kill(
-    mock_llm: Process, postgres_url: str, tmp_path: Path, lease: str, expires: str
+    mock_llm: Process,
+    postgres_url: str,
+    tmp_path: Path,
+    lease: str,
+    expires: str,
+    settlement: dict[str, Any] | None = None,
+    charged: Any = None,
 ) -> tuple[list[str], str, list[str], list[int | None], float, float]:
     """A proxy on a PostgreSQL ledger, a burst of n paid requests whose upstream answers
     after 2 s, and `kill -9` once half of them are charged. Returns the proxy's arguments,
@@ -82,7 +89,7 @@ def burst_and_kill(
     tree["ledger"] = {"type": "postgres", "url": postgres_url, "schema": schema, "lease": lease}
     tree["payments"]["expires"] = expires
     tree["payments"]["max_validity"] = expires
-    tree["payments"]["settlement"] = {
+    tree["payments"]["settlement"] = settlement or {
         "type": "deferred",
         "max_validity": expires,
         "expiry_margin": "1s",
@@ -101,12 +108,15 @@ def burst_and_kill(
             futures = [pool.submit(post, proxy.url, t, 10, 2) for t in tokens]
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline:
-                queued = rows(
-                    postgres_url,
-                    schema,
-                    "SELECT count(*) FROM payment_claims WHERE status = 'queued'",
-                )[0][0]
-                if queued >= n // 2:
+                if charged is not None:
+                    done = charged()
+                else:
+                    done = rows(
+                        postgres_url,
+                        schema,
+                        "SELECT count(*) FROM payment_claims WHERE status = 'queued'",
+                    )[0][0]
+                if done >= n // 2:
                     break
                 time.sleep(0.05)
             proxy.proc.send_signal(signal.SIGKILL)
@@ -180,3 +190,49 @@ def test_a_dead_instances_claims_are_resolvable_within_its_lease(
         resolved = time.monotonic() - killed
     assert answers == [200] * len(waiting)
     print(f"\nkill -9 -> charged undelivered requests served again: {resolved:.2f} s (lease 3 s)")
+
+
+def test_kill_9_with_a_facilitator_on_postgres_serves_each_charged_payer_once(
+    mock_llm: Process, postgres_url: str, tmp_path: Path
+) -> None:
+    """The facilitator settles, and answers 2 s later: the gateway dies in between, never
+    hearing that the payers were charged. Their claims become `unknown`; when they come
+    back, the facilitator's /verify (the nonce is used) settles them, and each is served
+    once; those never sent to it pay now. Nobody is charged twice."""
+    with running(["mock-facilitator", "--port", "0"]) as fac:
+        request(fac.url, "POST", "/_facilitator/mode", {"settle": "slow"})
+
+        def settled() -> list[dict[str, Any]]:
+            body = request(fac.url, "GET", "/_facilitator/settlements")[2]
+            return list(orjson.loads(body)["settlements"])
+
+        args, schema, tokens, first, _, _ = burst_and_kill(
+            mock_llm,
+            postgres_url,
+            tmp_path,
+            "2s",
+            "300s",
+            {"type": "facilitator", "url": fac.url, "timeout": "5s"},
+            charged=lambda: len(settled()),
+        )
+        request(fac.url, "POST", "/_facilitator/mode", {"settle": "ok"})
+        with running(args, cwd=tmp_path) as proxy:
+            again = [post(proxy.url, t, 30) for t in tokens]
+        by_nonce: dict[str, int] = {}
+        for s in settled():
+            by_nonce[s["nonce"]] = by_nonce.get(s["nonce"], 0) + 1
+    assert all(count == 1 for count in by_nonce.values()), "nobody is charged twice"
+    # The lost answers were found out from the facilitator, not left unknown.
+    reconciled = rows(
+        postgres_url,
+        schema,
+        "SELECT count(*) FROM settlements WHERE settler = 'reconcile' AND outcome = 'settled'",
+    )[0][0]
+    assert reconciled >= 1
+    # Each payer the facilitator charged got exactly one answer; one it did not charge (its
+    # settlement never left the dead gateway, and is released only once nothing can still
+    # be on its way) got none, and was charged nothing.
+    for t, a, b in zip(tokens, again, first, strict=True):
+        nonce = mpp.decode_credential(t).payload["nonce"]
+        assert [a, b].count(200) == (1 if nonce in by_nonce else 0), (a, b)
+    assert len(by_nonce) >= len(tokens) // 2

@@ -10,7 +10,8 @@ transaction hash (the tests run the `x402` package's own facilitator against it 
 
 `POST /verify`, `POST /settle`, `GET /supported` (the x402 facilitator API), plus
 `GET /_facilitator/settlements` and `POST /_facilitator/mode` ({"settle": "ok" | "fail" |
-"pending" | "timeout" | "http500"}) for failure injection.
+"pending" | "timeout" | "http500" | "slow"}) for failure injection ("slow": settled, answered
+2 s later).
 """
 
 from __future__ import annotations
@@ -150,6 +151,10 @@ async def _settle(request: web.Request) -> web.Response:
             "at": time.time(),
         }
     )
+    if mode == "slow":
+        # Settled, and the answer takes 2 s: a gateway that dies meanwhile never hears it.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(state["closing"].wait(), 2.0)
     return web.json_response(
         {"success": True, "payer": payer, "transaction": tx, "network": req.get("network")}
     )

@@ -171,6 +171,11 @@ class CallableSettler:
         return "settled", ref
 
 
+# How facilitators say an authorization's nonce is spent: x402's reference facilitator
+# (`invalid_exact_evm_nonce_already_used`) and meterkit's own local one.
+NONCE_USED = frozenset({"invalid_exact_evm_nonce_already_used", "nonce_used"})
+
+
 class FacilitatorSettler:
     """An x402 facilitator: POST /verify and /settle with {x402Version, paymentPayload,
     paymentRequirements}. `success: false` is a failure even with HTTP 200."""
@@ -228,6 +233,18 @@ class FacilitatorSettler:
             raise SettlementFailed(
                 f"the facilitator rejected the payment: {reason}", reason="facilitator_invalid"
             )
+
+    async def used(self, req: SettlementRequest) -> bool | None:
+        """Whether the authorization was used, as the facilitator's /verify tells: valid →
+        not used (False); refused because its nonce is used → used (True); anything else
+        (another refusal, no answer) → cannot tell (None)."""
+        try:
+            data = await self._post("/verify", req)
+        except (aiohttp.ClientError, TimeoutError, RuntimeError, ValueError, OSError):
+            return None
+        if data.get("isValid") is True:
+            return False
+        return True if data.get("invalidReason") in NONCE_USED else None
 
     async def settle(self, req: SettlementRequest) -> tuple[str, str]:
         try:

@@ -54,7 +54,12 @@ from meterkit.payments.problems import (
     PaymentRequired,
     SettlementUnknown,
 )
-from meterkit.payments.settlement import SettlementFailed, SettlementRequest, Settler
+from meterkit.payments.settlement import (
+    FacilitatorSettler,
+    SettlementFailed,
+    SettlementRequest,
+    Settler,
+)
 from meterkit.payments.verify import Verified, authorization_of, verify_mpp, verify_x402
 from meterkit.pipeline import Answer, RequestContext, Stage
 from meterkit.problems import Problem, ProxyError
@@ -334,7 +339,9 @@ class PaymentStage(Stage):
             claims.new_claim(v, ctx.route.key, ctx.request_id, self.holder),
             call=self._ledger,
             recover=self._recover,
-            reconcile=self._reconcile if isinstance(self.settler, OnchainSettler) else None,
+            reconcile=self._reconcile
+            if isinstance(self.settler, OnchainSettler | FacilitatorSettler)
+            else None,
         )
         state.claim_key = taken.key
         if taken.redelivery is not None:
@@ -381,15 +388,56 @@ class PaymentStage(Stage):
             await self.ledger.drop_holder(self.holder)
 
     async def _reconcile(self, claim: Claim) -> None:
-        """An `unknown` on-chain outcome, asked of the chain (as `meterkit ledger settle`
-        does): used → settled; never used and nothing in flight → released or failed."""
-        assert isinstance(self.settler, OnchainSettler)
+        """An `unknown` outcome (a crash lost the settler's answer) asked of the ground
+        truth when its payer comes back. On chain, as `meterkit ledger settle` does: used →
+        settled; never used and nothing in flight → released or failed. Through a
+        facilitator, its /verify: the nonce is used → settled; valid → never used, released
+        once any settlement that was in flight must have ended."""
         try:
-            result = await reconcile_onchain(self.settler, self.ledger, claim)
-        except Exception as e:  # the chain or the ledger: the payer is told it is unknown
+            if isinstance(self.settler, OnchainSettler):
+                result = await reconcile_onchain(self.settler, self.ledger, claim)
+                log.info("unknown settlement reconciled", extra=result.as_dict())
+            elif isinstance(self.settler, FacilitatorSettler):
+                await self._reconcile_facilitator(self.settler, claim)
+        except Exception as e:  # the chain, the facilitator or the ledger: still unknown
             log.warning("reconciling an unknown settlement failed: %s", e)
+
+    async def _reconcile_facilitator(self, settler: FacilitatorSettler, claim: Claim) -> None:
+        data = orjson.loads(claim.authorization_json)
+        accept = next(
+            (
+                a
+                for a in self.config.accepts
+                if a.asset.caip2 == claim.network and a.asset.address.lower() == claim.asset.lower()
+            ),
+            None,
+        )
+        if accept is None:
             return
-        log.info("unknown settlement reconciled", extra=result.as_dict())
+        auth = evm.parse_authorization(data["authorization"], data["signature"])
+        amount = int(claim.amount)
+        req = SettlementRequest(
+            auth,
+            accept.asset,
+            amount,
+            claim.pay_to,
+            claim.payer,
+            claim.protocol,
+            claim.claim_key,
+            x402.requirements_v2(
+                x402.Offer(accept.asset, amount, claim.pay_to), int(self.pay.expires)
+            ),
+        )
+        used = await settler.used(req)
+        key = claim.claim_key
+        if used is True:
+            ref = claim.reference or "facilitator:authorization-used"
+            await self.ledger.transition(key, ("unknown",), "settled", ref, None, "reconcile")
+        elif used is False and claim.updated_at < time.time() - 2 * self.pay.settlement.timeout:
+            # Nothing can still be on its way: the payer was not charged and may pay again.
+            why = "reconciled: the facilitator says the authorization was never used"
+            if await self.ledger.transition(key, ("unknown",), "pending", None, why, "reconcile"):
+                await self.ledger.release_claim(key, why)
 
     async def _recover(self, older_than: float) -> None:
         await self._ledger(self.recover(older_than))
