@@ -558,3 +558,20 @@ def test_combinations_that_cannot_be_honoured_are_refused_at_load(
         config_from_dict(tree)
     (problem,) = [str(p) for p in e.value.problems]
     assert problem.startswith(f'routes."POST /x".{where}: ') and words in problem
+
+
+@pytest.mark.parametrize("missing", ["payments", "accepts"])
+def test_a_session_route_that_cannot_be_paid_is_refused_at_load(
+    tmp_path: Path, missing: str
+) -> None:
+    """Issue 20 #4: without a secret or anything to accept, a session route validated and
+    served 402s with no challenge at all."""
+    tree = route_tree(tmp_path / "l.sqlite3", {"session"})
+    tree["upstreams"]["mock"]["url"] = "http://127.0.0.1:9"
+    del tree[missing]
+    tree.pop("wallets", None)
+    with pytest.raises(ConfigError) as e:
+        config_from_dict(tree)
+    text = " ".join(str(p) for p in e.value.problems)
+    where = "payments.secret" if missing == "payments" else "accepts"
+    assert f"{where}: required: route 'POST /v1/chat/completions' is paid per token" in text

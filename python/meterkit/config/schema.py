@@ -563,19 +563,25 @@ def build_config(tree: Any, problems: Problems, source: str = "config") -> Confi
         metrics = Metrics(enabled=enabled, path=mpath, key_label=key_label)
 
     priced = [r for r in routes if r.payment.priced]
-    if priced:
+    metered = [r for r in routes if r.payment.session is not None]
+    if metered:
+        check_payee(sessions, accepts, root / "sessions", problems)
+    # A price's and a session's challenges alike are bound by the secret and name what to pay
+    # in: without them every 402 would carry no challenge at all.
+    paying = priced or metered
+    if paying:
+        first = paying[0]
+        why = "has a price" if first.payment.priced else "is paid per token (session:)"
         if payments.secret is None:
             problems.add(
                 root / "payments" / "secret",
-                f"required: route {priced[0].key!r} has a price (the secret binds challenge ids)",
+                f"required: route {first.key!r} {why} (the secret binds challenge ids)",
             )
         if not accepts:
             problems.add(
                 root / "accepts",
-                f"required: route {priced[0].key!r} has a price; say what to accept",
+                f"required: route {first.key!r} {why}; say what to accept",
             )
-    if any(r.payment.session is not None for r in routes):
-        check_payee(sessions, accepts, root / "sessions", problems)
     for r in routes:
         # A combination that cannot be honoured is refused here, not with a 401 per request.
         policy = budgets.get(r.budget) if r.budget is not None else None
