@@ -94,3 +94,43 @@ def test_budget_command_goes_straight_to_redis(
     assert main(["budget", "reset", "ak_abc", "--config", str(cfg)]) == 0
     capsys.readouterr()
     assert main(["budget", "grant", "ak_abc", "--config", str(cfg)]) == 2
+
+
+def test_with_a_registry_unknown_aliases_are_refused_not_created() -> None:
+    """Issue 20 #3: `budget grant alcie` (a typo of alice) created a budget, and admin
+    `GET /budgets/nobody` answered a full one. With a `keys:` registry, an API-key budget
+    belongs to a registered alias; other budget keys (`ip_…`, `h_…`) are still valid."""
+    from meterkit.budgets import admin as budget_admin
+    from meterkit.budgets.registry import key_sha256, make_registry
+    from meterkit.config import config_from_dict
+
+    config = config_from_dict(
+        {
+            "upstreams": {"u": {"url": "http://127.0.0.1:9"}},
+            "keys": {"entries": {"alice": {"sha256": key_sha256("sk-alice-0123456789")}}},
+            "budgets": {
+                "default": {"key": "api_key", "tokens_per_day": 1_000},
+                "by_ip": {"key": "ip", "tokens_per_day": 1_000},
+            },
+            "routes": {"POST /v1/chat/completions": {"upstream": "u", "budget": "default"}},
+        }
+    )
+
+    async def go() -> None:
+        registry = make_registry(config.keys)  # type: ignore[arg-type]
+        await registry.open()
+        backend = MemoryBackend()
+        try:
+            for key in ("alcie", "nobody", "key_nobody"):
+                with pytest.raises(budget_admin.AdminError) as e:
+                    await budget_admin.run("grant", backend, config, registry, key, tokens=5)
+                assert (e.value.status, e.value.code) == (404, "unknown-key")
+            assert not backend.days  # nothing was created
+            ok = await budget_admin.run("grant", backend, config, registry, "alice", tokens=5)
+            assert {b["key"] for b in ok["budgets"]} == {"key_alice"}
+            ip = await budget_admin.run("show", backend, config, registry, "ip_10.0.0.1", "by_ip")
+            assert ip["budgets"][0]["key"] == "ip_10.0.0.1"
+        finally:
+            await registry.close()
+
+    asyncio.run(go())

@@ -19,6 +19,9 @@ from meterkit.budgets.registry import KeyRegistry, with_overrides
 from meterkit.config import Config
 
 ACTIONS = ("show", "grant", "reset")
+# Budget keys that are not API-key aliases: an unregistered API key's hash, a header's, an
+# address, a payer.
+OTHER_KEYS = ("ak_", "h_", "ip_", "payer_")
 
 
 class AdminError(Exception):
@@ -55,10 +58,23 @@ async def targets(
     if not key or len(key) > 256 or any(c.isspace() for c in key):
         raise AdminError(400, "invalid-key", "a key is an alias or a budget key, without spaces")
     entry = None
+    names = [budget] if budget is not None else list(config.budgets)
     if registry is not None:
         alias = key[len("key_") :] if key.startswith("key_") else key
         entry = await registry.by_alias(alias)
-    names = [budget] if budget is not None else list(config.budgets)
+        keyed = any(config.budgets[n].key.kind == "api_key" for n in names)
+        if entry is None and keyed and not key.startswith(OTHER_KEYS):
+            # With a registry, an API-key budget belongs to a registered alias: a typo
+            # must not create (or show) a budget nobody will ever use (issue 20 #3).
+            raise AdminError(
+                404,
+                "unknown-key",
+                f"no registered key {alias!r} (a budget key of another kind starts with "
+                f"{', '.join(OTHER_KEYS)})",
+            )
+        if entry is not None and budget is None:
+            # An alias names its API-key budgets, not an address's or a header's.
+            names = [n for n in names if config.budgets[n].key.kind == "api_key"]
     out = []
     for name in names:
         policy = config.budgets[name]
