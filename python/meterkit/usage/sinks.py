@@ -180,6 +180,8 @@ class SqliteSink:
         self.busy_timeout = busy_timeout
         self._queue: queue.Queue[object] = queue.Queue()
         self._inflight = 0
+        # Why the last batch could not be written (None: it was), for readiness.
+        self._failing: str | None = None
         # Open and migrate here so a bad path fails at startup, not on the first record.
         conn = sqlite3.connect(self.path)
         conn.execute("PRAGMA journal_mode=WAL")
@@ -241,11 +243,13 @@ class SqliteSink:
             try:
                 with conn:
                     conn.executemany(sql, rows)
+                self._failing = None
                 if warned:
                     log.warning("usage store writable again", extra={"count": len(rows)})
                 return
             except sqlite3.Error as e:
                 if not _transient(e):
+                    self._failing = str(e)
                     # Not a matter of waiting (a full disk, a broken file): keep the records
                     # in the log rather than lose them.
                     log.error(
@@ -263,6 +267,22 @@ class SqliteSink:
                     warned = True
                 time.sleep(delay)
                 delay = min(delay * 2, _RETRY_CAP)
+
+    async def ping(self) -> None:
+        """Readiness (issue 20 #6): the file takes a write now — its write lock can be had
+        within a second — and the last batch was written. Raises when not."""
+
+        def check() -> None:
+            conn = sqlite3.connect(self.path, timeout=1.0)
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                conn.execute("ROLLBACK")
+            finally:
+                conn.close()
+
+        await asyncio.to_thread(check)
+        if self._failing is not None:
+            raise RuntimeError(f"the last usage records could not be written: {self._failing}")
 
     async def close(self) -> None:
         self._queue.put(_STOP)
