@@ -21,6 +21,12 @@ def _digest(value: str) -> str:
     return hashlib.sha256(value.encode()).hexdigest()[:32]
 
 
+def unregistered_key(raw: str) -> str:
+    """The budget key of an API key that is not (or not known to be) registered: its hash,
+    never the secret itself."""
+    return f"ak_{_digest(raw)}"
+
+
 def api_key(headers: Mapping[str, str]) -> str | None:
     auth = headers.get("Authorization", "")
     scheme, _, token = auth.partition(" ")
@@ -75,7 +81,7 @@ def identity_of(
     """The budget key for a request, or None when the request does not carry one."""
     if spec.kind == "api_key":
         key = api_key(headers)
-        return f"ak_{_digest(key)}" if key else None
+        return unregistered_key(key) if key else None
     if spec.kind == "header":
         assert spec.header is not None
         value = headers.get(spec.header)

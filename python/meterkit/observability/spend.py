@@ -35,14 +35,17 @@ def key_label(key: str, mode: str) -> str | None:
 
 
 def record_cost(record: UsageRecord, config: Config) -> tuple[str, Decimal, Decimal]:
-    """(asset, paid, priced): what the request's payment settled, and its tokens at the
-    price table when it paid nothing."""
+    """(asset, paid, priced): what the request's payment settled (a one-time payment, or
+    what a stream paid per token was charged), and its tokens at the price table when it
+    paid nothing. A request the gateway answered itself costs nothing."""
     # Only the payment section is read: `as_dict()` (a deep copy) cost ~0.5 ms a request.
     asset, paid = paid_amount({"payment": record.payment}, _assets(config.accepts))
     if paid:
         return asset, paid, Decimal(0)
-    if record.payment is not None and record.payment.get("amount") is not None:
-        return "", Decimal(0), Decimal(0)  # a paid route that was not paid: no cost
+    if record.outcome == "rejected" or (
+        record.payment is not None and record.payment.get("amount") is not None
+    ):
+        return "", Decimal(0), Decimal(0)  # refused, or a paid route that was not paid
     return (
         "",
         Decimal(0),
@@ -75,7 +78,7 @@ def observe(m: ProxyMetrics, record: UsageRecord, config: Config) -> None:
     spend = paid + at_price
     if spend:
         m.by_spend[record.route, record.model or "unknown"].inc(float(spend))
-    key = (record.budget or {}).get("key")
+    key = (record.budget or {}).get("key") or record.identity
     label = key_label(str(key), m.key_label) if key else None
     if label is None:
         return

@@ -54,8 +54,20 @@ class MeterSettings:
 class Identity:
     """Who the request is, as the stages that verified it found."""
 
+    def label(self) -> str | None:
+        """The key the request's record is attributed to when no budget keyed it: a
+        registered key's alias (`key_<alias>`), a refused key's hash, a verified payer."""
+        if self.key is not None:
+            return f"key_{self.key.alias}"
+        if self.refused_key is not None:
+            return self.refused_key
+        return f"payer_{self.payer.lower()}" if self.payer else None
+
     # The registered API key (the key stage).
     key: KeyEntry | None = None
+    # The budget key of an API key the key stage refused as unknown (`ak_<hash>`): what its
+    # refusal is attributed to in the books.
+    refused_key: str | None = None
     # The verified payer's address: the one-time credential's signer (the payment stage) or
     # the session voucher's channel payer (the session stage). Never from an unverified header.
     payer: str | None = None
@@ -93,6 +105,8 @@ class Result:
     # True once the upstream's response started towards the client: from then on stages get
     # `on_complete`; before, `on_abort`.
     delivered: bool = False
+    # True once the request was sent upstream (whatever came back): it used tokens there.
+    upstream_called: bool = False
     truncation: TruncationCause | None = None
     meter: StreamMeter | None = None
     # A non-streamed response body, parsed, for its usage (None when not captured).

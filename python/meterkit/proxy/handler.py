@@ -177,6 +177,7 @@ async def _forward(ctx: RequestContext) -> web.StreamResponse:
         # request without a body is the client's mistake, not the upstream's to judge.
         raise gateway.body_required()
     plan = ctx.request.app[PLANS][ctx.route.key]
+    ctx.result.upstream_called = True
     # The route's precomputed timeouts, unless a stage sent the request elsewhere.
     resp, watchdog = await open_upstream(
         ctx, plan.timeout if plan.upstream is ctx.upstream else None

@@ -29,9 +29,16 @@ UNROUTED = "-"
 
 async def build(ctx: RequestContext, duration: float) -> UsageRecord:
     record, reported = _draft(ctx, duration)
-    if "input_tokens" not in reported:
+    if "input_tokens" not in reported and _reached_upstream(ctx):
         record.prompt_tokens, record.prompt_provenance = await _prompt(ctx)  # type: ignore[assignment]
     return record
+
+
+def _reached_upstream(ctx: RequestContext) -> bool:
+    """A request the gateway answered itself (a 401, 402, 429…) never reached the upstream:
+    it counts no tokens and costs nothing (issue 20 #2: a 402 and its paid retry counted
+    the prompt twice)."""
+    return ctx.result.upstream_called
 
 
 def _draft(ctx: RequestContext, duration: float) -> tuple[UsageRecord, dict[str, int]]:
@@ -112,6 +119,7 @@ def _draft(ctx: RequestContext, duration: float) -> tuple[UsageRecord, dict[str,
         record.prompt_tokens, record.prompt_provenance = reported["input_tokens"], "provider"
     record.reasoning_tokens = reported.get("reasoning_tokens")
     record.cached_prompt_tokens = reported.get("cached_input_tokens")
+    record.identity = ctx.identity.label()
     return record, reported
 
 
@@ -164,7 +172,7 @@ def finish(ctx: RequestContext) -> None:
         # cancelled, as the task did.
         try:
             record, reported = _draft(ctx, duration)
-            if "input_tokens" not in reported:
+            if "input_tokens" not in reported and _reached_upstream(ctx):
                 record.prompt_tokens, record.prompt_provenance = _prompt_now(ctx)  # type: ignore[assignment]
             _submit(app, record)
         except Exception:

@@ -17,7 +17,7 @@ the route's `credential_header: Payment-Authorization` names, or its key as `x-a
 
 from __future__ import annotations
 
-from meterkit.budgets.identity import api_key
+from meterkit.budgets.identity import api_key, unregistered_key
 from meterkit.budgets.registry import KeyRegistry, key_sha256
 from meterkit.config import Config, Route
 from meterkit.payments import mpp
@@ -75,6 +75,7 @@ class KeyStage(Stage):
             )
         entry = await self.registry.lookup(key_sha256(raw))
         if entry is None:
+            ctx.identity.refused_key = unregistered_key(raw)
             return _unauthorized(
                 "api-key-unknown", "Unknown API key", "the API key is not registered"
             )

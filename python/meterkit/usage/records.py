@@ -64,6 +64,9 @@ class UsageRecord:
     # The provider's completion figure was out of the plausible range (usage/trust.py):
     # {kind: below_counted | above_plausible | above_limit, reported, counted, billed}.
     usage_discrepancy: dict[str, Any] | None = None
+    # Who the request is attributed to when no budget keyed it (`key_<alias>`, the hash of a
+    # refused API key, `payer_<address>`).
+    identity: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -27,7 +27,7 @@ import orjson
 
 from meterkit.config import Config
 from meterkit.config.payments import Asset, TokenRates
-from meterkit.usage.cost import ZERO, assets, from_base_units, priced
+from meterkit.usage.cost import ZERO, assets, from_base_units, paid_amount, priced
 
 DIMENSIONS = ("key", "model", "route", "day")
 _RELATIVE = re.compile(r"^(\d+)\s*([smhdw])$")
@@ -104,10 +104,11 @@ class Row:
 
 
 def key_of(record: Mapping[str, Any], aliases: bool) -> str:
-    """The key a record is reported under: its budget key (a registered key's alias when
-    there is a registry), else its verified payer, else `-`."""
+    """The key a record is reported under: its budget key, else the identity it was
+    attributed to (a registered key, a refused key's hash, a verified payer) — a registered
+    key's alias when there is a registry — else `-`."""
     budget = record.get("budget") or {}
-    key = budget.get("key")
+    key = budget.get("key") or record.get("identity")
     if isinstance(key, str) and key:
         if aliases and key.startswith("key_"):
             return key[len("key_") :]
@@ -131,9 +132,12 @@ def aggregate(
     *,
     aliases: bool = False,
     key: str | None = None,
+    known: Mapping[str, Asset] | None = None,
 ) -> list[Row]:
     """Group `records` by the dimensions `by` (in order), most expensive first. `key` keeps
-    only the records of that key (an alias or a budget key)."""
+    only the records of that key (an alias or a budget key). One-time payments are what the
+    ledger says (`payments`); a stream paid per token is what its record says its channel
+    was charged (`known`: assets by address)."""
     for d in by:
         if d not in DIMENSIONS:
             raise ValueError(f"cannot group by {d!r}; expected {', '.join(DIMENSIONS)}")
@@ -155,17 +159,31 @@ def aggregate(
         row.requests += 1
         row.prompt_tokens += r.get("prompt_tokens") or 0
         row.completion_tokens += r.get("completion_tokens") or 0
-        payment = payments.get(str(r["request_id"]))
+        payment = payments.get(str(r["request_id"])) or _session_charge(r, known or {})
         if payment is not None:
             row.paid += payment.amount
             row.paid_by_asset[payment.asset] = (
                 row.paid_by_asset.get(payment.asset, ZERO) + payment.amount
             )
-        elif r.get("payment") is None and r.get("route") not in paid_routes:
+        elif (
+            r.get("payment") is None
+            and r.get("route") not in paid_routes
+            and r.get("outcome") != "rejected"  # answered by the gateway: never upstream
+        ):
             row.priced += priced(
                 prices, r.get("model"), r.get("prompt_tokens"), r.get("completion_tokens")
             )
     return sorted(rows.values(), key=lambda x: (-x.cost, -x.requests, x.group))
+
+
+def _session_charge(record: Mapping[str, Any], known: Mapping[str, Asset]) -> Payment | None:
+    """What a stream paid per token was charged (its record mirrors the channel's `spent`
+    for this request; issue 20 #1: session routes reported `paid $0`)."""
+    protocol = str((record.get("payment") or {}).get("protocol") or "")
+    if not protocol.startswith("mpp-session"):
+        return None
+    asset, amount = paid_amount(record, known)
+    return Payment(asset, amount) if amount else None
 
 
 def total(rows: Iterable[Row]) -> Row:
@@ -284,8 +302,8 @@ async def report(
         )
     paid_routes = frozenset(r.key for r in config.routes if r.payment.type != "free")
     payments: dict[str, Payment] = {}
+    known = assets(config.accepts)
     if paid_routes:
-        known = assets(config.accepts)
         if config.ledger.type == "postgres":
             assert config.ledger.url is not None
             payments = await postgres_payments(config.ledger.url, config.ledger.schema, known)
@@ -299,4 +317,5 @@ async def report(
         by,
         aliases=config.keys is not None,
         key=key,
+        known=known,
     )
