@@ -57,13 +57,26 @@ def test_memory_and_redis_administer_budgets_alike(redis_url: str) -> None:
     asyncio.run(go())
 
 
-def test_remaining_headers_name_the_tighter_limit() -> None:
+def test_remaining_headers_name_each_window() -> None:
+    """Issue 20 #5: one header switched silently between the minute and the day windows;
+    each window has its own now, and what a stream may still lease counts as taken."""
     # Per-minute bucket 600 (10/s): 100 left, refills in 50 s; the day has 800 left.
     h = ratelimit_headers(100.0, 800, MINUTE, NOW)
-    assert h == {"x-ratelimit-remaining-tokens": "100", "x-ratelimit-reset-tokens": "50s"}
-    h = ratelimit_headers(590.0, 50, MINUTE, NOW)
-    assert h["x-ratelimit-remaining-tokens"] == "50"
-    assert h["x-ratelimit-reset-tokens"] == "23h58m20s"  # to the next UTC midnight
+    assert h == {
+        "x-ratelimit-limit-tokens": "600",
+        "x-ratelimit-remaining-tokens": "100",
+        "x-ratelimit-reset-tokens": "50s",
+        "x-ratelimit-limit-tokens-day": "1000",
+        "x-ratelimit-remaining-tokens-day": "800",
+        "x-ratelimit-reset-tokens-day": "23h58m20s",  # to the next UTC midnight
+    }
+    # A stream that reserved its first lease and may take 44 more: counted as taken.
+    h = ratelimit_headers(100.0, 800, MINUTE, NOW, pending=44)
+    assert (h["x-ratelimit-remaining-tokens"], h["x-ratelimit-remaining-tokens-day"]) == (
+        "56",
+        "756",
+    )
+    assert h["x-ratelimit-reset-tokens"] == "54.4s"
     assert ratelimit_headers(None, None, Limits(None, None), NOW) == {}
     assert [go_duration(s) for s in (0, 0.25, 1.5, 360, 7384)] == [
         "0s",

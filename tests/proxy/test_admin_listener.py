@@ -75,9 +75,12 @@ def test_grant_lets_a_refused_key_in_without_a_restart() -> None:
                 # A successful response says what is left, in the headers clients read.
                 status, headers, _ = await g.post(CHAT, chat(), ALICE_H)
                 assert status == 200
-                left = int(headers["x-ratelimit-remaining-tokens"])
+                # A day budget: its window's headers (the per-minute ones name a bucket).
+                left = int(headers["x-ratelimit-remaining-tokens-day"])
                 assert 0 < left < 2_000
-                assert headers["x-ratelimit-reset-tokens"].endswith("s")
+                assert headers["x-ratelimit-limit-tokens-day"] == "2000"
+                assert headers["x-ratelimit-reset-tokens-day"].endswith("s")
+                assert "x-ratelimit-remaining-tokens" not in headers
 
                 # Spend the day: the next request no longer fits.
                 while True:

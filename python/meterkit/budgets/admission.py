@@ -79,6 +79,7 @@ def rejection(
     need: int,
     retry_after: float | None,
     remaining: float | None,
+    ratelimit: dict[str, str] | None = None,
 ) -> Problem:
     window = "minute" if reason == "tpm_exceeded" else "day"
     if retry_after is None:
@@ -93,10 +94,10 @@ def rejection(
             f"retry in {math.ceil(retry_after)} s"
         )
     extra: dict[str, object] = {"budget": policy.name, "limit": reason, "need": need}
-    headers: tuple[tuple[str, str], ...] = ()
+    headers: tuple[tuple[str, str], ...] = tuple((ratelimit or {}).items())
     if retry_after is not None:
         extra["retry_after"] = math.ceil(retry_after)
-        headers = (("Retry-After", str(math.ceil(retry_after))),)
+        headers = (("Retry-After", str(math.ceil(retry_after))), *headers)
     return Problem(429, reason, "Token budget exceeded", detail, extra=extra, headers=headers)
 
 
@@ -111,9 +112,13 @@ def backend_down(policy: BudgetPolicy) -> Problem:
     )
 
 
-# The headers OpenAI answers with, which SDKs and gateways already read.
+# The headers OpenAI answers with, which SDKs and gateways already read: the per-minute
+# window under its own names, today's allowance with a `-day` suffix. Each names one window
+# (issue 20 #5: one header that switched between them silently).
+LIMIT_HEADER = "x-ratelimit-limit-tokens"
 REMAINING_HEADER = "x-ratelimit-remaining-tokens"
 RESET_HEADER = "x-ratelimit-reset-tokens"
+DAY = "-day"
 
 
 def go_duration(seconds: float) -> str:
@@ -135,21 +140,31 @@ def go_duration(seconds: float) -> str:
 
 
 def ratelimit_headers(
-    tpm_remaining: float | None, tpd_remaining: int | None, limits: Limits, now: float
+    tpm_remaining: float | None,
+    tpd_remaining: int | None,
+    limits: Limits,
+    now: float,
+    pending: int = 0,
 ) -> dict[str, str]:
-    """`x-ratelimit-remaining-tokens` / `-reset-tokens` after an admission: the tighter of
-    the per-minute bucket and today's allowance, and when it is whole again (the bucket
-    refilled, or the next UTC day). Empty for a budget without limits."""
+    """The rate-limit headers of an answer: for the per-minute bucket
+    `x-ratelimit-limit-tokens`, `-remaining-tokens` and `-reset-tokens` (until it is full
+    again), and for today's allowance the same with `-day` (reset: the next UTC midnight).
+    `pending`: what this request may still take beyond its reservation (a stream leases as
+    it goes), counted as taken — so the figure is never more than what will be left,
+    whatever the stream uses (before, 272 was shown where 228 were left). Empty for a budget
+    without limits."""
     from meterkit.budgets.policy import seconds_to_next_day
 
-    options: list[tuple[float, float]] = []
+    out: dict[str, str] = {}
     cap = limits.capacity
     if tpm_remaining is not None and cap is not None:
-        refill = (cap - tpm_remaining) / limits.rate if limits.rate > 0 else 0.0
-        options.append((tpm_remaining, max(0.0, refill)))
-    if tpd_remaining is not None:
-        options.append((float(tpd_remaining), seconds_to_next_day(now)))
-    if not options:
-        return {}
-    remaining, reset = min(options, key=lambda o: o[0])
-    return {REMAINING_HEADER: str(max(0, math.floor(remaining))), RESET_HEADER: go_duration(reset)}
+        left = max(0.0, tpm_remaining - pending)
+        refill = (cap - left) / limits.rate if limits.rate > 0 else 0.0
+        out[LIMIT_HEADER] = str(math.floor(cap))
+        out[REMAINING_HEADER] = str(math.floor(left))
+        out[RESET_HEADER] = go_duration(max(0.0, refill))
+    if tpd_remaining is not None and limits.tokens_per_day is not None:
+        out[LIMIT_HEADER + DAY] = str(limits.tokens_per_day)
+        out[REMAINING_HEADER + DAY] = str(max(0, tpd_remaining - pending))
+        out[RESET_HEADER + DAY] = go_duration(seconds_to_next_day(now))
+    return out

@@ -140,7 +140,13 @@ class BudgetStage(Stage):
                 remaining = (
                     decision.tpm_remaining if reason == "tpm_exceeded" else decision.tpd_remaining
                 )
-                return admission.rejection(policy, reason, p.need, decision.retry_after, remaining)
+                # A 429 says what is left too, in the same headers.
+                now_left = admission.ratelimit_headers(
+                    decision.tpm_remaining, decision.tpd_remaining, limits, time.time()
+                )
+                return admission.rejection(
+                    policy, reason, p.need, decision.retry_after, remaining, now_left
+                )
             log.info(
                 "budget would reject",
                 extra={"budget": policy.name, "reason": decision.reason, "need": p.need},
@@ -151,7 +157,11 @@ class BudgetStage(Stage):
             # What is left after this request's reservation, in the headers clients read.
             ctx.response_headers.update(
                 admission.ratelimit_headers(
-                    decision.tpm_remaining, decision.tpd_remaining, limits, time.time()
+                    decision.tpm_remaining,
+                    decision.tpd_remaining,
+                    limits,
+                    time.time(),
+                    pending=p.need - p.take,
                 )
             )
         if p.mid_stream and state.reserved and not p.shadow:
