@@ -6,6 +6,7 @@ import argparse
 import sys
 import traceback
 from collections.abc import Sequence
+from typing import NoReturn
 
 __all__ = ["main"]
 
@@ -64,6 +65,54 @@ def _bench(args: argparse.Namespace) -> int:
     return run(args)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser with the CLI's one-line errors: `meterkit serve: argument --port:
+    port 70000 is out of range 0-65535 (see --help)` and exit 2, not usage lines first."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"{self.prog}: {message} (see --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def http_url(text: str) -> str:
+    """An argparse type: an http(s) URL with a host (`pay`'s target)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise argparse.ArgumentTypeError(
+            f"not an http(s) URL: {text!r} (write it like http://localhost:8080/v1/...)"
+        )
+    return text
+
+
+def amount(text: str) -> str:
+    """An argparse type: a money amount, `0.50` or `$0.50`, not negative."""
+    from decimal import Decimal, InvalidOperation
+
+    try:
+        value = Decimal(text.strip().removeprefix("$"))
+    except InvalidOperation:
+        raise argparse.ArgumentTypeError(
+            f"not an amount: {text!r} (write it like 0.50 or $0.50)"
+        ) from None
+    if not value.is_finite() or value < 0:
+        raise argparse.ArgumentTypeError(f"not an amount: {text!r}")
+    return text
+
+
+def address(text: str) -> str:
+    """An argparse type: a 20-byte hex address."""
+    from meterkit import _core
+
+    try:
+        return _core.checksum_address(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not an address: {text!r} (0x and 40 hex digits)"
+        ) from None
+
+
 def port_number(text: str) -> int:
     """An argparse type: a TCP port, 0-65535 (0: any free port)."""
     try:
@@ -89,7 +138,7 @@ def positive_int(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from meterkit import __version__
 
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="meterkit",
         description="Streaming metering for paid and budgeted LLM APIs.",
     )
@@ -176,10 +225,11 @@ def build_parser() -> argparse.ArgumentParser:
         "pay",
         help="request a URL, paying its 402 with a local key (MPP evm/charge or x402 exact)",
     )
-    pay.add_argument("url")
+    pay.add_argument("url", type=http_url)
     cap = pay.add_mutually_exclusive_group()
     cap.add_argument(
         "--max-amount",
+        type=amount,
         help="most to pay for this request, e.g. 0.50 (in the token's units); "
         "required to pay, unless --no-cap",
     )
@@ -215,11 +265,11 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--demo", action="store_true", help="the channels of `serve --demo`")
     cc.add_argument("--data-dir", default="meterkit-data", help="with --demo: its data folder")
     who = cc.add_mutually_exclusive_group(required=True)
-    who.add_argument("--payer", help="the payer's address")
+    who.add_argument("--payer", type=address, help="the payer's address")
     who.add_argument("--key-file", help="the payer's key file (its address is the payer)")
-    cc.add_argument("--amount", required=True, help='the deposit to add, e.g. "$5"')
+    cc.add_argument("--amount", required=True, type=amount, help='the deposit to add, e.g. "$5"')
     cc.add_argument("--salt", help="the channel's salt (0x + 64 hex; default: random, new channel)")
-    cc.add_argument("--signer", help="an authorized signer other than the payer")
+    cc.add_argument("--signer", type=address, help="an authorized signer other than the payer")
     cc.add_argument("--asset", help="the accepted asset's symbol (default: the first)")
     cc.add_argument("--network", help="the accepted asset's network")
     cc.set_defaults(func=_channel_cmd("credit"))

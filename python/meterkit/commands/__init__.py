@@ -65,6 +65,8 @@ def load_config_or_report(path: str) -> Config | None:
     try:
         return load_config(path)
     except ConfigError as e:
+        if e.unreadable:
+            raise CommandError(EXIT_FILE, str(e.problems[0].message)) from None
         print(f"meterkit: invalid configuration {e.source}:", file=sys.stderr)
         for p in e.problems:
             print(f"  {p}", file=sys.stderr)

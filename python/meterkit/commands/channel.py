@@ -43,7 +43,8 @@ def credit(args: argparse.Namespace) -> int:
         return 1
     a = accepts[0]
     try:
-        amount = base_units(parse_money(args.amount), a.asset)
+        text = args.amount.strip()
+        amount = base_units(parse_money(text if text.startswith("$") else "$" + text), a.asset)
         credited(0, amount)  # refused here, before anything is opened or stored
         if args.key_file:
             from meterkit.commands.pay import _read_key

@@ -29,6 +29,11 @@ def run(args: argparse.Namespace) -> int:
     try:
         since = rep.parse_time(args.since) if args.since else None
         until = rep.parse_time(args.until) if args.until else None
+        if since is not None and until is not None and until <= since:
+            raise CommandError(
+                EXIT_USAGE,
+                f"--until ({args.until}) is not after --since ({args.since}): an empty window",
+            )
         rows = asyncio.run(rep.report(config, by, since, until, args.key))
     except ValueError as e:
         raise CommandError(EXIT_USAGE if "not a time" in str(e) else EXIT_FAILED, str(e)) from None

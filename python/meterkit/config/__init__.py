@@ -98,7 +98,7 @@ def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = No
         text = p.read_text(encoding="utf-8")
     except OSError as e:
         raise ConfigError(
-            [ConfigProblem("(file)", f"cannot read {p}: {e.strerror}")], str(p)
+            [ConfigProblem("(file)", f"cannot read {p}: {e.strerror}")], str(p), unreadable=True
         ) from None
     except UnicodeDecodeError as e:
         raise ConfigError([ConfigProblem("(file)", f"not UTF-8: {e}")], str(p)) from None

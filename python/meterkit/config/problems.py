@@ -90,8 +90,13 @@ class Problems:
 class ConfigError(ValueError):
     """Invalid configuration: every problem, each with its key path."""
 
-    def __init__(self, problems: list[ConfigProblem], source: str = "config") -> None:
+    def __init__(
+        self, problems: list[ConfigProblem], source: str = "config", unreadable: bool = False
+    ) -> None:
         self.problems = problems
         self.source = source
+        # The file itself could not be read (missing, a folder, no permission): the CLI's
+        # exit code 5, not an invalid config's 1.
+        self.unreadable = unreadable
         lines = "\n".join(f"  {p}" for p in problems)
         super().__init__(f"{source}: {len(problems)} problem(s)\n{lines}")
