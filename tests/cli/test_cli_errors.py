@@ -98,8 +98,9 @@ def test_a_bad_host_is_one_line(host: str, tmp_path: Path) -> None:
 
 
 def test_a_missing_config_is_one_line(tmp_path: Path) -> None:
+    # A file that cannot be read: 5, as the README's table says (it was 1, issue 20 #7).
     r = meterkit("serve", "--config", str(tmp_path / "nope.yaml"))
-    one_line_error(r, EXIT_FAILED, "nope.yaml")
+    one_line_error(r, EXIT_FILE, "nope.yaml")
 
 
 def test_an_unwritable_data_path_is_one_line(tmp_path: Path) -> None:
