@@ -22,6 +22,8 @@ NPM ?= npm
 # move to whatever was published last (1.82.7 and 1.82.8 were a supply-chain compromise).
 # nginx comes from the system's packages: installing those is root's decision, not make's.
 PEERS_DIR := .peers
+# `make run`'s port.
+PORT ?= 8080
 LITELLM_VERSION ?= 1.106.12
 
 .PHONY: help install dev run test services chain contracts demo-chain test-rust test-python lint bench peers clean
@@ -44,8 +46,10 @@ dev: $(VENV)/.created ## quick debug build of the extension into the venv (not f
 	$(PY) -m pip install --quiet maturin
 	VIRTUAL_ENV=$(abspath $(VENV)) $(BIN)/maturin develop --quiet --extras '$(EXTRAS)'
 
-run: install ## set up and run the proxy on the embedded default (built-in mock upstream)
-	$(BIN)/meterkit serve --demo
+run: install ## set up and run the proxy on the embedded default (built-in mock upstream); PORT=8081 make run for another port
+	@$(BIN)/meterkit serve --demo --port $(PORT) || { code=$$?; \
+	  if [ $$code = 4 ]; then echo "make run: port $(PORT) is taken; try PORT=$$(( $(PORT) + 1 )) make run" >&2; fi; \
+	  exit $$code; }
 
 test: install services chain test-rust test-python ## set up and run every test: cargo test + pytest
 

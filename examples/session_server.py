@@ -167,8 +167,16 @@ def main() -> int:
         return asyncio.run(self_test())
     data = Path(args.data_dir)
     data.mkdir(parents=True, exist_ok=True)
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(args.host, args.port, data))
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(serve(args.host, args.port, data))
+    except OSError as e:  # a busy port, an address not of this machine: one line, not a trace
+        print(
+            f"session_server: cannot listen on {args.host}:{args.port}: "
+            f"{os.strerror(e.errno) if e.errno else e}",
+            file=sys.stderr,
+        )
+        return 4
     return 0
 
 

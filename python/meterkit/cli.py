@@ -172,7 +172,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--worker-fd", type=int, help=argparse.SUPPRESS)
     s.set_defaults(func=_serve)
 
-    v = sub.add_parser("validate", help="check a config file and list every problem")
+    v = sub.add_parser(
+        "validate",
+        help="check a config file and list every problem",
+        description="Check a config file: every problem with its key path (exit 1), every "
+        "operator hook and callable imported; with --connect, the stores it names answer.",
+    )
     v.add_argument("--config", required=True, help="YAML config file")
     v.add_argument(
         "--connect",
@@ -183,8 +188,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     hk = sub.add_parser(
         "hash-key",
-        help="print the sha256 the key registry (keys:) stores for a key read from stdin",
+        help="print the sha256 the key registry (keys:) stores for a key",
+        description="Print the sha256 the key registry (keys:) stores for KEY. Without KEY it "
+        "is read from stdin (`echo -n sk-… | meterkit hash-key`), which keeps it out of the "
+        "shell history.",
     )
+    hk.add_argument("key", nargs="?", help="the API key (default: one line of stdin)")
     hk.set_defaults(func=_hash_key)
 
     mk = sub.add_parser(
@@ -197,7 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
     mk.add_argument("--tokens-per-second", type=float, default=50.0, help="0: as fast as possible")
     mk.add_argument("--ttft", type=float, default=0.05, help="seconds before the first token")
     mk.add_argument("--length", type=int, default=64, help="tokens per choice")
-    mk.add_argument("--seed", type=int, default=0)
+    mk.add_argument(
+        "--seed", type=int, default=0, help="seed of the generated text (same seed, same text)"
+    )
     mk.set_defaults(func=_mock_llm)
 
     m = sub.add_parser(
@@ -252,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     kg = sub.add_parser("keygen", help="create a secp256k1 key for paying")
     kg.add_argument("--out", help="write the key to this file (mode 600)")
-    kg.add_argument("--force", action="store_true")
+    kg.add_argument("--force", action="store_true", help="overwrite an existing --out file")
     kg.set_defaults(func=_pay_cmd("keygen"))
 
     chn = sub.add_parser("channel", help="prepaid payment channels for per-token session routes")

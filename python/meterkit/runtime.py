@@ -112,8 +112,16 @@ def run_forever(
     loop = new_event_loop()
     asyncio.set_event_loop(loop)
     task = loop.create_task(main)
+
+    def stop(sig: signal.Signals) -> None:
+        # Said once, where an operator looks: the drain that follows can take a while.
+        logging.getLogger("meterkit").warning(
+            "%s: stopping (draining open streams and records)", sig.name
+        )
+        task.cancel()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, task.cancel)
+        loop.add_signal_handler(sig, stop, sig)
     loop.add_signal_handler(signal.SIGHUP, on_hangup or _hangup_ignored)
     try:
         loop.run_until_complete(task)

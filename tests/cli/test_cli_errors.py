@@ -189,11 +189,51 @@ def test_sighup_keeps_the_proxy_serving(tmp_path: Path) -> None:
     with running(["serve", "--config", str(cfg), "--port", "0"]) as p:
         os.kill(p.pid, signal.SIGHUP)
         said(1)
-        cfg.write_text("routes: [not, valid")
+        tree = yaml.safe_load(cfg.read_text())
+        tree["gateway"]["max_request_body"] = "1MiB"
+        cfg.write_text(yaml.safe_dump(tree))
         os.kill(p.pid, signal.SIGHUP)
         said(2)
+        cfg.write_text("routes: [not, valid")
+        os.kill(p.pid, signal.SIGHUP)
+        said(3)
         assert p.proc.poll() is None
         assert request(p.url, "GET", "/healthz")[0] == 200
         lines = [line for line in p.output if "SIGHUP" in line]
-        assert "restart to apply" in lines[0]
-        assert "invalid" in lines[1]
+        # Nothing changed: it says so, not "restart to apply" (issue 20 #8).
+        assert "unchanged" in lines[0]
+        assert "restart to apply" in lines[1]
+        assert "invalid" in lines[2]
+        p.proc.send_signal(signal.SIGTERM)
+        p.proc.wait(30)
+        time.sleep(0.2)
+        # Stopping is said once, where an operator looks.
+        assert any("SIGTERM: stopping" in line for line in p.output)
+
+
+def test_hash_key_takes_the_key_as_an_argument_or_on_stdin() -> None:
+    from meterkit.budgets.registry import key_sha256
+
+    r = meterkit("hash-key", "sk-alice")
+    assert (r.returncode, r.stdout.strip()) == (0, key_sha256("sk-alice"))
+    r = subprocess.run(
+        [sys.executable, "-m", "meterkit", "hash-key"],
+        input="sk-alice\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (r.returncode, r.stdout.strip()) == (0, key_sha256("sk-alice"))
+
+
+def test_pay_without_a_cap_says_which_option_to_give(tmp_path: Path) -> None:
+    (tmp_path / "k.hex").write_text("0x" + "11" * 32)
+    r = meterkit("pay", "http://127.0.0.1:9/v1", "--key-file", str(tmp_path / "k.hex"))
+    one_line_error(r, 2, "--max-amount", "--no-cap")
+    assert "max_per_request" not in r.stderr
+
+
+def test_config_durations_take_days() -> None:
+    from meterkit.config.units import parse_duration
+
+    assert parse_duration("1d") == 86_400.0 and parse_duration("7d") == 7 * 86_400.0

@@ -4,6 +4,8 @@ completion through the proxy, and a paid request recorded in the demo ledger."""
 from __future__ import annotations
 
 import sqlite3
+import time
+from decimal import Decimal
 from pathlib import Path
 
 from support.http import request
@@ -83,3 +85,13 @@ def test_demo_streams_a_completion_paid_per_token_as_printed(tmp_path: Path) -> 
         assert "event: payment-receipt" in paid.stdout and "data: [DONE]" in paid.stdout
         receipt = json.loads(paid.stderr.split("receipt: ", 1)[1].splitlines()[0])
         assert receipt["units"] > 20 and receipt["spent"] == str(receipt["units"] * 10)
+        # The demo's records, reported without writing a config (issue 20 #8): the stream
+        # paid per token is revenue on its route.
+        time.sleep(0.5)  # the record is written by the usage thread
+        report = meterkit(
+            "usage", "report", "--demo", "--data-dir", str(tmp_path), "--by", "route", "--json"
+        )
+        assert report.returncode == 0, report.stderr
+        rows = {r["route"]: r for r in json.loads(report.stdout)["rows"]}
+        session = rows["POST /session/v1/chat/completions"]
+        assert Decimal(session["paid"]) == Decimal(receipt["spent"]) / 10**6

@@ -255,10 +255,10 @@ def test_a_stream_cut_by_the_shared_budget_counts_one_truncation() -> None:
             records = await g.records(2)
             cut = [r for r in records if r.outcome == "truncated"]
             assert cut and all(r.truncation == "budget" for r in cut)
-            assert g.metric("meterkit_budget_truncations_total", budget="b", kind="budget") == len(
+            assert g.metric("meterkit_budget_truncations_total", budget="b", cause="budget") == len(
                 cut
             )
-            assert g.metric("meterkit_budget_truncations_total", budget="b", kind="limit") == 0
+            assert g.metric("meterkit_budget_truncations_total", budget="b", cause="limit") == 0
             assert g.metric(
                 "meterkit_truncations_total", route=cut[0].route, cause="budget"
             ) == len(cut)

@@ -12,7 +12,7 @@ from pathlib import Path
 import orjson
 
 from meterkit import _core
-from meterkit.commands import load_config_or_report
+from meterkit.commands import EXIT_USAGE, CommandError, load_config_or_report
 
 
 def _read_key(path: str | None) -> bytes:
@@ -71,6 +71,12 @@ def pay(args: argparse.Namespace) -> int:
     if data is not None and "Content-Type" not in headers:
         headers["Content-Type"] = "application/json"
     method = args.method or ("POST" if data is not None else "GET")
+    if args.max_amount is None and not args.no_cap and not args.dry_run:
+        raise CommandError(
+            EXIT_USAGE,
+            "pay: give --max-amount (the most to pay for this request) or --no-cap, "
+            "or --dry-run to see the price",
+        )
     if getattr(args, "session", None):
         return _pay_session(args, key, method, data, headers)
 

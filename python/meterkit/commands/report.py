@@ -12,12 +12,18 @@ from typing import Any
 import orjson
 
 from meterkit.commands import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CommandError, load_config_or_report
+from meterkit.config import Config
 
 
 def run(args: argparse.Namespace) -> int:
     from meterkit.usage import report as rep
 
-    config = load_config_or_report(args.config)
+    if args.demo:
+        from meterkit.commands.serve import demo_config
+
+        config: Config | None = demo_config("http://127.0.0.1:9", "127.0.0.1", 0, args.data_dir)
+    else:
+        config = load_config_or_report(args.config)
     if config is None:
         return EXIT_FAILED
     by = [d.strip() for d in args.by.split(",") if d.strip()]
@@ -104,7 +110,10 @@ def add_parser(sub: Any) -> None:
         "routes cost what the ledger says they settled; other routes their tokens at the "
         "prices: table. Times are UTC.",
     )
-    r.add_argument("--config", required=True)
+    where = r.add_mutually_exclusive_group(required=True)
+    where.add_argument("--config")
+    where.add_argument("--demo", action="store_true", help="the records of `serve --demo`")
+    r.add_argument("--data-dir", default="meterkit-data", help="with --demo: its data folder")
     r.add_argument(
         "--by", default="key", help="key, model, route, day, or several: key,model (default key)"
     )

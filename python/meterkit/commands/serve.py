@@ -267,8 +267,10 @@ def hash_key(args: argparse.Namespace) -> int:
     the raw key never lands in a config file or a shell history."""
     from meterkit.budgets.registry import key_sha256
 
-    raw = sys.stdin.readline().strip()
+    raw = (args.key or "").strip() or sys.stdin.readline().strip()
     if not raw:
-        raise CommandError(EXIT_USAGE, "hash-key: give the key on stdin")
+        raise CommandError(
+            EXIT_USAGE, "hash-key: give the key as an argument, or on stdin (kept out of history)"
+        )
     print(key_sha256(raw))
     return EXIT_OK

@@ -12,12 +12,14 @@ from decimal import Decimal, InvalidOperation
 
 __all__ = ["as_number", "parse_duration", "parse_money", "parse_size"]
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _DURATION_UNITS = {
     "ms": Decimal("0.001"),
     "s": Decimal(1),
     "m": Decimal(60),
     "h": Decimal(3600),
+    # Days, as the CLI's `7d` (issue 20 #8: a config refused `1d`).
+    "d": Decimal(86400),
     None: Decimal(1),
 }
 _SIZE = re.compile(r"^\s*(\d+)\s*(B|KB|KiB|MB|MiB|GB|GiB)?\s*$")
@@ -57,7 +59,7 @@ def parse_duration(value: object) -> float:
         if m:
             return float(Decimal(m.group(1)) * _DURATION_UNITS[m.group(2)])
         raise ValueError(
-            f"invalid duration {value!r}: use seconds (30) or a unit (250ms, 30s, 5m, 1h)"
+            f"invalid duration {value!r}: use seconds (30) or a unit (250ms, 30s, 5m, 1h, 1d)"
         )
     raise ValueError(f"expected a duration, got {type(value).__name__}")
 

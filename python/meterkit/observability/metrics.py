@@ -248,7 +248,8 @@ class ProxyMetrics:
         self.budget_truncations = Counter(
             "meterkit_budget_truncations",
             "Streams cut, once each, by cause (limit: the per-request cap; budget: the shared budget)",
-            ["budget", "kind"],
+            # `cause`, as meterkit_truncations_total names it (it was `kind`).
+            ["budget", "cause"],
             registry=r,
         )
         self.budget_would_truncate = Counter(

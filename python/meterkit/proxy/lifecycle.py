@@ -82,22 +82,27 @@ async def start(
     return await serve_app(runner, host, port, backlog=4096, reuse_port=reuse_port)
 
 
-def reread(source: str) -> None:
+def reread(loaded: Config) -> None:
     """SIGHUP: a running proxy does not swap its config (in-memory budgets, open streams and
     stores would not survive it). It checks the file again and says whether a restart would
-    start, so an operator's reload never kills the process."""
+    start — and whether it would change anything — so an operator's reload never kills the
+    process."""
     from meterkit.config import ConfigError, load_config
 
+    source = loaded.source
     if not Path(source).is_file():
         log.warning("SIGHUP ignored: no config file to re-read", extra={"source": source})
         return
     try:
-        load_config(source)
+        fresh = load_config(source)
     except ConfigError as e:
         log.error(
             "SIGHUP: the config file is invalid; still running the loaded config",
             extra={"source": source, "problems": [str(p) for p in e.problems]},
         )
+        return
+    if fresh == loaded:
+        log.warning("SIGHUP: the config file is unchanged", extra={"source": source})
         return
     log.warning(
         "SIGHUP: the config file is valid; restart to apply it (still running the loaded one)",
@@ -152,7 +157,7 @@ def serve(
             await runner.cleanup()
 
     # Workers leave SIGHUP to their parent (which re-validates once for all of them).
-    run_forever(main(), on_hangup=(lambda: None) if worker else lambda: reread(config.source))
+    run_forever(main(), on_hangup=(lambda: None) if worker else lambda: reread(config))
 
 
 def _report_to_parent(worker: Worker) -> None:

@@ -254,7 +254,7 @@ def _watch(
                 log.info("stopping workers", extra={"signal": signal.Signals(signum).name})
                 return None
             if signum == signal.SIGHUP:
-                reread(config.source)
+                reread(config)
         for c in children:
             code = c.proc.poll()
             if code is None:
