@@ -25,7 +25,9 @@ def test_bench_core_quick_writes_every_section(
         "linearity",
     } <= results.keys()
     assert len(results["pipeline"]) == 4
+    assert len(results["pipeline_responses"]) == 2
     assert all(r["speedup"] > 0 for r in results["pipeline"])
+    assert results["quick"] is True  # the JSON says it was a smoke run (issue 20 #9)
     assert "speedup" in capsys.readouterr().out
 
 

@@ -29,12 +29,28 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 __all__ = ["run"]
 
 
 SUITES = ("core", "proxy", "budgets", "payments", "sessions", "workers", "peers")
 # options only one suite takes (its `main` gets them as keywords)
 SUITE_OPTIONS = {"peers": ("nginx", "litellm")}
+
+
+def _mark_quick(json_out: str | None, quick: bool) -> None:
+    """Every suite's JSON says whether it was a --quick smoke run (figures not to quote)."""
+    if not json_out:
+        return
+    path = Path(json_out)
+    try:
+        data = orjson.loads(path.read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return
+    if isinstance(data, dict):
+        data["quick"] = quick
+        path.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2))
 
 
 def _plot_output(args: argparse.Namespace) -> tuple[Any, bool]:
@@ -96,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         progress.clear()
         progress.enabled = False
+    _mark_quick(args.json_out, args.quick)
     if out is not None and out.written:
         where = (
             " (a temporary directory: pass --plots DIR to keep them elsewhere)" if temporary else ""

@@ -158,7 +158,9 @@ def main(quick: bool = False, json_out: str | None = None, plots: Output | None 
     for fmt in FORMATS:
         data = stream(fmt, deltas)
         for per_read in (1, 64):
-            progress(f"pipeline {fmt}, {per_read} event(s)/read", len(pipeline) + 1, 4)
+            progress(
+                f"pipeline {fmt}, {per_read} event(s)/read", len(pipeline) + 1, 2 * len(FORMATS)
+            )
             chunks = reads(data, per_read)
             n_events = sum(c.count(b"\n\n") for c in chunks)
             ours = run_meter(chunks, fmt)
@@ -333,7 +335,7 @@ def figures(out: Output, results: dict[str, Any]) -> None:
                 "meterkit": r["meterkit_us_per_event"],
                 "pure Python": r["python_us_per_event"],
             }
-            for r in results["pipeline"]
+            for r in results["pipeline"] + results.get("pipeline_responses", [])
         },
         "µs per event",
         baseline="pure Python",
@@ -345,7 +347,7 @@ def figures(out: Output, results: dict[str, Any]) -> None:
         {
             **{
                 f"pipeline {label[r['format']]}\n{r['events_per_read']} ev/read": r["speedup"]
-                for r in results["pipeline"]
+                for r in results["pipeline"] + results.get("pipeline_responses", [])
             },
             **{
                 f"framing {label[r['format']]}": r["speedup"] for r in results["framing_extraction"]

@@ -175,6 +175,13 @@ def bars(
     xs = range(len(names))
     ax.bar(xs, [values[n] for n in names], color=colors, width=0.6)
     ax.set_xticks(list(xs), [_label(n, baseline) for n in names])
+    if len(names) > 8:
+        # Many two-line labels in a figure of bounded width: slanted, they do not overlap.
+        ax.tick_params(axis="x", labelsize=8)
+        for tick in ax.get_xticklabels():
+            tick.set_rotation(30)
+            tick.set_horizontalalignment("right")
+            tick.set_rotation_mode("anchor")
     base = values.get(baseline) if baseline else None
     for x, n in zip(xs, names, strict=True):
         text = _fmt(values[n]) + ("×" if ratio_line else "")
