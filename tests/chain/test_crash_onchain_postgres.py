@@ -7,43 +7,19 @@ Real processes: `meterkit serve`, `meterkit mock-llm`, anvil, PostgreSQL."""
 from __future__ import annotations
 
 import concurrent.futures
-import http.client
 import signal
 import time
 import uuid
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
-import orjson
 import yaml
 
 from support.chain import UNIT, LocalChain, credential
-from support.payments import CHAT
+from support.http import post_paid
 from support.processes import Process, running
 
 PRICE = 10_000
-
-
-def post(url: str, auth: str, timeout: float, delay: float = 0) -> int | None:
-    u = urlsplit(url)
-    c = http.client.HTTPConnection(u.hostname, u.port, timeout=timeout)
-    try:
-        c.request(
-            "POST",
-            "/now",
-            orjson.dumps(CHAT),
-            {
-                "Content-Type": "application/json",
-                "Authorization": auth,
-                "x-mock-delay-headers": str(delay),
-            },
-        )
-        return c.getresponse().status
-    except (OSError, http.client.HTTPException):
-        return None
-    finally:
-        c.close()
 
 
 def test_kill_9_with_onchain_settlement_on_postgres_serves_each_charged_payer_once(
@@ -70,7 +46,7 @@ def test_kill_9_with_onchain_settlement_on_postgres_serves_each_charged_payer_on
         auths = [credential(proxy.url, "/now", k, chain.asset)[0] for k, _ in payers]
         with concurrent.futures.ThreadPoolExecutor(n) as pool:
             # Settled on chain before the upstream answers (after 3 s): kill in between.
-            futures = [pool.submit(post, proxy.url, a, 10, 3) for a in auths]
+            futures = [pool.submit(post_paid, proxy.url, a, 10, 3) for a in auths]
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline:
                 charged = sum(chain.balance(a) < UNIT for _, a in payers)
@@ -81,7 +57,7 @@ def test_kill_9_with_onchain_settlement_on_postgres_serves_each_charged_payer_on
             first = [f.result() for f in futures]
     assert first.count(200) < n
     with running(args, cwd=tmp_path) as proxy:
-        again = [post(proxy.url, a, 30) for a in auths]
+        again = [post_paid(proxy.url, a, 30) for a in auths]
     for (_, address), a, b in zip(payers, again, first, strict=True):
         paid = UNIT - chain.balance(address)
         assert paid in (0, PRICE), "nobody is charged twice"

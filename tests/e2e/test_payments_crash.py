@@ -5,42 +5,18 @@ Real processes: `meterkit serve` with a SQLite ledger, `meterkit mock-llm`."""
 from __future__ import annotations
 
 import concurrent.futures
-import http.client
 import signal
 import sqlite3
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
-import orjson
 import yaml
 from multidict import CIMultiDict
 
-from support.http import request
+from support.http import post_paid, request
 from support.payments import CHAT, challenges, claim_key, credential, key, paid
 from support.processes import Process, running
-
-
-def post(url: str, token: str, timeout: float, delay: float = 0) -> int | None:
-    u = urlsplit(url)
-    c = http.client.HTTPConnection(u.hostname, u.port, timeout=timeout)
-    try:
-        c.request(
-            "POST",
-            "/now",
-            orjson.dumps(CHAT),
-            {
-                "Content-Type": "application/json",
-                "Authorization": f"Payment {token}",
-                "x-mock-delay-headers": str(delay),
-            },
-        )
-        return c.getresponse().status
-    except (OSError, http.client.HTTPException):
-        return None  # the proxy died under it
-    finally:
-        c.close()
 
 
 def test_kill_9_during_a_burst_then_every_retry_is_served_and_charged_once(
@@ -69,7 +45,7 @@ def test_kill_9_during_a_burst_then_every_retry_is_served_and_charged_once(
             tokens.append(credential(ch, key()))
         with concurrent.futures.ThreadPoolExecutor(n) as pool:
             # The upstream answers after 2 s: the burst is in flight, most claims settled.
-            futures = [pool.submit(post, proxy.url, t, 10, 2) for t in tokens]
+            futures = [pool.submit(post_paid, proxy.url, f"Payment {t}", 10, 2) for t in tokens]
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline:
                 with sqlite3.connect(db) as c:
@@ -86,7 +62,7 @@ def test_kill_9_during_a_burst_then_every_retry_is_served_and_charged_once(
         charged_before = {r[0] for r in c.execute("SELECT claim_key FROM payment_claims")}
     assert charged_before, "nothing was claimed before the kill"
     with running(args, cwd=tmp_path) as proxy:
-        again = [post(proxy.url, t, 10) for t in tokens]
+        again = [post_paid(proxy.url, f"Payment {t}", 10) for t in tokens]
     # Every client is served by retrying its own credential: undelivered paid requests are
     # served again for free, unsettled claims were released and settle now.
     assert again == [200] * n or all(

@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import http.client
 import signal
 import time
 import uuid
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import asyncpg
 import orjson
@@ -23,30 +21,9 @@ import yaml
 from multidict import CIMultiDict
 
 from meterkit.payments import mpp
-from support.http import request
+from support.http import post_paid, request
 from support.payments import CHAT, challenges, claim_key, credential, key, paid
 from support.processes import Process, running
-
-
-def post(url: str, token: str, timeout: float, delay: float = 0) -> int | None:
-    u = urlsplit(url)
-    c = http.client.HTTPConnection(u.hostname, u.port, timeout=timeout)
-    try:
-        c.request(
-            "POST",
-            "/now",
-            orjson.dumps(CHAT),
-            {
-                "Content-Type": "application/json",
-                "Authorization": f"Payment {token}",
-                "x-mock-delay-headers": str(delay),
-            },
-        )
-        return c.getresponse().status
-    except (OSError, http.client.HTTPException):
-        return None
-    finally:
-        c.close()
 
 
 def rows(url: str, schema: str, sql: str) -> list[Any]:
@@ -105,7 +82,7 @@ def burst_and_kill(
             tokens.append(credential(ch, key()))
         issued = time.monotonic()
         with concurrent.futures.ThreadPoolExecutor(n) as pool:
-            futures = [pool.submit(post, proxy.url, t, 10, 2) for t in tokens]
+            futures = [pool.submit(post_paid, proxy.url, f"Payment {t}", 10, 2) for t in tokens]
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline:
                 if charged is not None:
@@ -148,7 +125,7 @@ def test_kill_9_on_postgres_then_resends_after_expiry_are_served_once(
     # Every authorization has expired by the time the payers come back.
     time.sleep(max(0.0, 4.5 - (time.monotonic() - issued)))
     with running(args, cwd=tmp_path) as proxy:
-        again = [post(proxy.url, t, 30) for t in tokens]
+        again = [post_paid(proxy.url, f"Payment {t}", 30) for t in tokens]
     # Paid and undelivered: served again for free; never settled: released, and the payer
     # was never charged (an expired credential cannot pay anew: 402/403, nothing charged).
     served = [t for t, a in zip(tokens, again, strict=True) if a == 200]
@@ -186,7 +163,7 @@ def test_a_dead_instances_claims_are_resolvable_within_its_lease(
     ]
     assert waiting
     with running(args, cwd=tmp_path) as proxy:
-        answers = [post(proxy.url, t, 30) for t in waiting]
+        answers = [post_paid(proxy.url, f"Payment {t}", 30) for t in waiting]
         resolved = time.monotonic() - killed
     assert answers == [200] * len(waiting)
     print(f"\nkill -9 -> charged undelivered requests served again: {resolved:.2f} s (lease 3 s)")
@@ -217,7 +194,7 @@ def test_kill_9_with_a_facilitator_on_postgres_serves_each_charged_payer_once(
         )
         request(fac.url, "POST", "/_facilitator/mode", {"settle": "ok"})
         with running(args, cwd=tmp_path) as proxy:
-            again = [post(proxy.url, t, 30) for t in tokens]
+            again = [post_paid(proxy.url, f"Payment {t}", 30) for t in tokens]
         by_nonce: dict[str, int] = {}
         for s in settled():
             by_nonce[s["nonce"]] = by_nonce.get(s["nonce"], 0) + 1

@@ -74,3 +74,31 @@ def texts(fmt: str, data: bytes) -> str:
 
 
 FIXED = {"x-mock-seed": "42", "x-mock-created": "1700000000"}
+
+
+def post_paid(
+    url: str, authorization: str, timeout: float, delay: float = 0, path: str = "/now"
+) -> int | None:
+    """POST a chat request carrying `authorization` (a `Payment …` credential) to `path`;
+    the status, or None when the proxy died under it (the crash tests kill it mid-burst).
+    `delay`: seconds the mock upstream waits before its headers."""
+    from support.payments import CHAT
+
+    u = urlsplit(url)
+    c = http.client.HTTPConnection(u.hostname, u.port, timeout=timeout)
+    try:
+        c.request(
+            "POST",
+            path,
+            orjson.dumps(CHAT),
+            {
+                "Content-Type": "application/json",
+                "Authorization": authorization,
+                "x-mock-delay-headers": str(delay),
+            },
+        )
+        return c.getresponse().status
+    except (OSError, http.client.HTTPException):
+        return None
+    finally:
+        c.close()
