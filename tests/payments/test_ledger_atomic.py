@@ -10,29 +10,10 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
 
-from meterkit.payments.ledger import Claim, Ledger, PostgresLedger, SqliteLedger
-
-
-def row(n: int, status: str) -> Claim:
-    return Claim(
-        claim_key=f"k{n}",
-        status=status,
-        protocol="mpp",
-        network="eip155:31337",
-        asset="0xtoken",
-        payer="0xpayer",
-        pay_to="0xpayto",
-        amount="10000",
-        nonce=f"0x{n:064x}",
-        valid_before=2_000_000_000,
-        route="POST /paid",
-        request_id=f"r{n}",
-        challenge_id=None,
-        authorization_json=orjson.dumps({"n": n}).decode(),
-    )
+from meterkit.payments.ledger import Ledger, PostgresLedger, SqliteLedger
+from support.claims import claim_row
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -68,7 +49,7 @@ def test_the_outcome_and_its_audit_row_are_written_together(ledger: Ledger) -> N
     async def go() -> None:
         await ledger.open()
         try:
-            await ledger.claim(row(1, "settling"))
+            await ledger.claim(claim_row(1, "settling"))
             await ledger.finish_claim("k1", "settled", "0xtx", None, "onchain")
             assert (await ledger.get_claim("k1")).status == "settled"  # type: ignore[union-attr]
             assert await audit_rows(ledger, "k1") == [("onchain", "settled")]
@@ -78,7 +59,7 @@ def test_the_outcome_and_its_audit_row_are_written_together(ledger: Ledger) -> N
                 ("onchain", "settled"),
                 ("reconcile", "failed"),
             ]
-            await ledger.claim(row(2, "settling"))
+            await ledger.claim(claim_row(2, "settling"))
             await break_audit(ledger)
             with pytest.raises(Exception):  # noqa: B017 - whatever the driver raises
                 await ledger.finish_claim("k2", "settled", "0xtx", None, "onchain")

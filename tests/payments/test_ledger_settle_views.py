@@ -9,30 +9,14 @@ import time
 import uuid
 from pathlib import Path
 
-import orjson
-
 from meterkit.payments.ledger import Claim, Ledger, PostgresLedger, SqliteLedger, journal
+from support.claims import claim_row
 
 NOW = int(time.time())
 
 
 def claim(n: int, status: str, valid_before: int = NOW + 3600) -> Claim:
-    return Claim(
-        claim_key=f"k{n}",
-        status=status,
-        protocol="mpp",
-        network="eip155:31337",
-        asset="0xtoken",
-        payer="0xpayer",
-        pay_to="0xpayto",
-        amount="10000",
-        nonce=f"0x{n:064x}",
-        valid_before=valid_before,
-        route="POST /paid",
-        request_id=f"r{n}",
-        challenge_id=None,
-        authorization_json=orjson.dumps({"authorization": {"n": n}}).decode(),
-    )
+    return claim_row(n, status, valid_before)
 
 
 async def views(ledger: Ledger) -> dict[str, object]:
