@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from meterkit.payments.ledger import Claim, SqliteLedger
+from meterkit.payments.ledger import SqliteLedger
+from support.claims import claim_row
 from support.inproc import chat, gateway, llm_config
 from support.payments import challenges, credential, key, paid
 
@@ -46,22 +47,7 @@ def test_a_call_its_caller_gave_up_on_never_takes_effect(tmp_path: Path) -> None
         await ledger.open()
         try:
             holder = hold_write_lock(path, 1.5)
-            row = Claim(
-                claim_key="k1",
-                status="pending",
-                protocol="mpp",
-                network="eip155:1",
-                asset="0xa",
-                payer="0xp",
-                pay_to="0xq",
-                amount="1",
-                nonce="0x1",
-                valid_before=2_000_000_000,
-                route="POST /x",
-                request_id="r1",
-                challenge_id=None,
-                authorization_json="{}",
-            )
+            row = claim_row(1, "pending")
             with pytest.raises(TimeoutError):
                 async with asyncio.timeout(0.3):
                     await ledger.claim(row)
