@@ -229,7 +229,7 @@ def test_hash_key_takes_the_key_as_an_argument_or_on_stdin() -> None:
 def test_pay_without_a_cap_says_which_option_to_give(tmp_path: Path) -> None:
     (tmp_path / "k.hex").write_text("0x" + "11" * 32)
     r = meterkit("pay", "http://127.0.0.1:9/v1", "--key-file", str(tmp_path / "k.hex"))
-    one_line_error(r, 2, "--max-amount", "--no-cap")
+    one_line_error(r, 3, "--max-amount", "--no-cap")
     assert "max_per_request" not in r.stderr
 
 

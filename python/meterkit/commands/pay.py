@@ -12,7 +12,7 @@ from pathlib import Path
 import orjson
 
 from meterkit import _core
-from meterkit.commands import EXIT_USAGE, CommandError, load_config_or_report
+from meterkit.commands import EXIT_DECLINED, CommandError, load_config_or_report
 
 
 def _read_key(path: str | None) -> bytes:
@@ -72,8 +72,9 @@ def pay(args: argparse.Namespace) -> int:
         headers["Content-Type"] = "application/json"
     method = args.method or ("POST" if data is not None else "GET")
     if args.max_amount is None and not args.no_cap and not args.dry_run:
+        # Declining to pay without a cap (3), as it always has; in the CLI's own words.
         raise CommandError(
-            EXIT_USAGE,
+            EXIT_DECLINED,
             "pay: give --max-amount (the most to pay for this request) or --no-cap, "
             "or --dry-run to see the price",
         )
