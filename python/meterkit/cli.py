@@ -282,6 +282,9 @@ def build_parser() -> argparse.ArgumentParser:
     cc.add_argument("--salt", help="the channel's salt (0x + 64 hex; default: random, new channel)")
     cc.add_argument("--signer", type=address, help="an authorized signer other than the payer")
     cc.add_argument("--asset", help="the accepted asset's symbol (default: the first)")
+    cc.add_argument(
+        "--id", action="store_true", help="print only the channel id (for a shell variable)"
+    )
     cc.add_argument("--network", help="the accepted asset's network")
     cc.set_defaults(func=_channel_cmd("credit"))
     cl = chn_sub.add_parser("list", help="every channel: deposit, accepted, spent, units")

@@ -52,7 +52,28 @@ def test_demo_streams_a_completion_paid_per_token_as_printed(tmp_path: Path) -> 
     with running(
         ["serve", "--demo", "--port", "0", "--data-dir", str(tmp_path)], cwd=tmp_path
     ) as p:
-        assert "--session CHANNEL_ID_FROM_ABOVE" in "".join(p.output)
+        printed = "".join(p.output)
+        # Runs as pasted (issue 20 #8: it said CHANNEL_ID_FROM_ABOVE): the keygen and the
+        # per-token block, in a shell, from a folder where `.venv` is the project's.
+        (tmp_path / "pasted").mkdir()
+        (tmp_path / "pasted" / ".venv").symlink_to(Path(sys.executable).parents[1])
+        commands = []
+        for line in printed.split("Or pay per token", 1)[1].splitlines()[1:]:
+            if line.startswith("  "):
+                commands.append(line.strip())
+            elif commands:
+                break
+        script = "\n".join([".venv/bin/meterkit keygen --out demo-key.hex", *commands])
+        pasted = subprocess.run(
+            ["bash", "-ec", script],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path / "pasted",
+            timeout=120,
+        )
+        assert pasted.returncode == 0, (script, pasted.stderr)
+        assert "receipt:" in pasted.stderr and "data: [DONE]" in pasted.stdout
+        pasted_receipt = json.loads(pasted.stderr.split("receipt: ", 1)[1].splitlines()[0])
         assert meterkit("keygen", "--out", "k.hex").returncode == 0
         credited = meterkit(
             "channel",
@@ -94,4 +115,5 @@ def test_demo_streams_a_completion_paid_per_token_as_printed(tmp_path: Path) -> 
         assert report.returncode == 0, report.stderr
         rows = {r["route"]: r for r in json.loads(report.stdout)["rows"]}
         session = rows["POST /session/v1/chat/completions"]
-        assert Decimal(session["paid"]) == Decimal(receipt["spent"]) / 10**6
+        spent = int(receipt["spent"]) + int(pasted_receipt["spent"])  # both streams
+        assert Decimal(session["paid"]) == Decimal(spent) / 10**6

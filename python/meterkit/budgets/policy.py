@@ -76,15 +76,24 @@ class Standing:
     tpd_reset: float | None
 
     def as_dict(self) -> dict[str, float | int | None]:
+        """For people and scripts: whole tokens (a bucket refills continuously; what is
+        usable is whole — `budget show` printed 265.66365464528405) and seconds to 0.1."""
+
+        def whole(v: float | None) -> int | None:
+            return None if v is None else math.floor(v)
+
+        def tenths(v: float | None) -> float | None:
+            return None if v is None else round(v, 1)
+
         return {
-            "tokens_per_minute_remaining": self.tpm_remaining,
-            "tokens_per_minute_capacity": self.tpm_capacity,
-            "tokens_per_minute_reset_seconds": self.tpm_reset,
+            "tokens_per_minute_remaining": whole(self.tpm_remaining),
+            "tokens_per_minute_capacity": whole(self.tpm_capacity),
+            "tokens_per_minute_reset_seconds": tenths(self.tpm_reset),
             "tokens_per_day": self.tpd_limit,
             "tokens_today_used": self.tpd_used,
             "tokens_today_granted": self.tpd_granted,
             "tokens_today_remaining": self.tpd_remaining,
-            "tokens_today_reset_seconds": self.tpd_reset,
+            "tokens_today_reset_seconds": tenths(self.tpd_reset),
         }
 
 

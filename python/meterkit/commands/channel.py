@@ -72,7 +72,10 @@ def credit(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"meterkit: {e}", file=sys.stderr)
         return 1
-    print(_json({**asdict(out), "salt": salt}))
+    if args.id:
+        print(out.channel_id)  # for `CHANNEL=$(meterkit channel credit … --id)`
+    else:
+        print(_json({**asdict(out), "salt": salt}))
     return 0
 
 

@@ -230,9 +230,9 @@ def _serve_demo(args: argparse.Namespace) -> int:
             '    --data \'{"model": "gpt-4o", "messages": [{"role": "user", "content": "Hi"}]}\'\n\n'
             "Or pay per token, as the stream goes ($0.00001 a token from a prepaid channel; the\n"
             "stream pauses with a payment-need-voucher event whenever the vouchers run out):\n\n"
-            f"  .venv/bin/meterkit channel credit --demo --data-dir {args.data_dir} --key-file demo-key.hex --amount '$1'\n"
+            f"  CHANNEL=$(.venv/bin/meterkit channel credit --demo --data-dir {args.data_dir} --key-file demo-key.hex --amount '$1' --id)\n"
             f"  .venv/bin/meterkit pay {url}/session/v1/chat/completions --key-file demo-key.hex --max-amount 0.01 \\\n"
-            "    --session CHANNEL_ID_FROM_ABOVE \\\n"
+            '    --session "$CHANNEL" \\\n'
             '    --data \'{"model": "gpt-4o", "stream": true, "messages": [{"role": "user", "content": "Hi"}]}\'\n',
             flush=True,
         )
