@@ -285,6 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     cc.add_argument(
         "--id", action="store_true", help="print only the channel id (for a shell variable)"
     )
+    cc.add_argument("--json", action="store_true", help="the channel as JSON (for scripts)")
     cc.add_argument("--network", help="the accepted asset's network")
     cc.set_defaults(func=_channel_cmd("credit"))
     cl = chn_sub.add_parser("list", help="every channel: deposit, accepted, spent, units")
@@ -292,6 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--config")
     where.add_argument("--demo", action="store_true", help="the channels of `serve --demo`")
     cl.add_argument("--data-dir", default="meterkit-data", help="with --demo: its data folder")
+    cl.add_argument("--json", action="store_true", help="one JSON object per channel")
     cl.set_defaults(func=_channel_cmd("list_channels"))
 
     led = sub.add_parser("ledger", help="payment ledger tools")

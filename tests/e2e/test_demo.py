@@ -85,6 +85,7 @@ def test_demo_streams_a_completion_paid_per_token_as_printed(tmp_path: Path) -> 
             "k.hex",
             "--amount",
             "$1",
+            "--json",
         )
         assert credited.returncode == 0, credited.stderr
         channel = json.loads(credited.stdout)["channel_id"]

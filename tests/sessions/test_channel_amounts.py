@@ -45,7 +45,7 @@ def test_a_credit_past_uint128_is_one_line_and_breaks_no_listing(tmp_path: Path)
     assert r.returncode == 1, r.stderr
     assert r.stderr.startswith("meterkit: ") and len(r.stderr.strip().splitlines()) == 1
     assert "2^128" in r.stderr and "Traceback" not in r.stderr
-    listed = meterkit(tmp_path, "list")
+    listed = meterkit(tmp_path, "list", "--json")
     assert listed.returncode == 0, listed.stderr
     (channel,) = [json.loads(line) for line in listed.stdout.splitlines()]
     assert channel["deposit"] == 1_000_000
@@ -53,10 +53,10 @@ def test_a_credit_past_uint128_is_one_line_and_breaks_no_listing(tmp_path: Path)
 
 def test_amounts_above_64_bits_are_credited_and_listed_exactly(tmp_path: Path) -> None:
     # $10^14 of a 6-decimal token: 10^20 base units, past 2^64, well within uint128.
-    r = meterkit(tmp_path, "credit", "--payer", PAYER, "--amount", "$100000000000000")
+    r = meterkit(tmp_path, "credit", "--payer", PAYER, "--amount", "$100000000000000", "--json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["deposit"] == 10**20
-    listed = meterkit(tmp_path, "list")
+    listed = meterkit(tmp_path, "list", "--json")
     assert listed.returncode == 0, listed.stderr
     assert json.loads(listed.stdout)["deposit"] == 10**20
 
@@ -86,3 +86,16 @@ def test_no_store_takes_a_deposit_past_uint128(store: Any) -> None:
             await store.close()
 
     asyncio.run(go())
+
+
+def test_channel_output_is_for_people_by_default_and_json_on_request(tmp_path: Path) -> None:
+    """Issue 20 #8: `channel credit` printed 18 JSON fields; amounts now come with their
+    asset, and scripts ask for `--json` (or `--id`)."""
+    r = meterkit(tmp_path, "credit", "--payer", PAYER, "--amount", "$0.0048")
+    assert r.returncode == 0, r.stderr
+    assert "deposit   $0.0048 (4800 USDC base units)" in r.stdout
+    assert r.stdout.startswith("channel 0x") and "(prepaid, open)" in r.stdout
+    listed = meterkit(tmp_path, "list")
+    assert "$0.0048 (4800 USDC base units)" in listed.stdout
+    cid = meterkit(tmp_path, "credit", "--payer", PAYER, "--amount", "$1", "--id").stdout.strip()
+    assert cid.startswith("0x") and len(cid) == 66

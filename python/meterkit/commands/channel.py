@@ -14,10 +14,12 @@ from dataclasses import asdict
 from meterkit import _core
 from meterkit.commands import load_config_or_report
 from meterkit.config import Config
+from meterkit.config.payments import Asset
 from meterkit.config.units import parse_money
 from meterkit.payments.pricing import base_units
 from meterkit.sessions.channels import ZERO_ADDRESS, Channel, credited, prepaid_channel
 from meterkit.sessions.stores import make_store
+from meterkit.usage.cost import assets, from_base_units
 
 
 def _config(args: argparse.Namespace) -> Config | None:
@@ -74,8 +76,10 @@ def credit(args: argparse.Namespace) -> int:
         return 1
     if args.id:
         print(out.channel_id)  # for `CHANNEL=$(meterkit channel credit … --id)`
-    else:
+    elif args.json:
         print(_json({**asdict(out), "salt": salt}))
+    else:
+        print(_human(out, _assets(config), salt))
     return 0
 
 
@@ -92,9 +96,41 @@ def list_channels(args: argparse.Namespace) -> int:
         finally:
             await store.close()
 
+    known = _assets(config)
     for c in asyncio.run(run()):
-        print(_json(asdict(c)))
+        print(_json(asdict(c)) if args.json else _human(c, known))
     return 0
+
+
+def _assets(config: Config) -> dict[str, Asset]:
+    return assets(config.accepts)
+
+
+def _money_of(amount: int, token: str, known: dict[str, Asset]) -> str:
+    """`$0.0048 (4800 USDC base units)`: what an operator reads, and the exact figure."""
+    asset = known.get(token.lower())
+    if asset is None:
+        return f"{amount} base units of {token}"
+    value = from_base_units(amount, asset).normalize()
+    return f"${value:f} ({amount} {asset.symbol} base units)"
+
+
+def _human(c: Channel, known: dict[str, Asset], salt: str | None = None) -> str:
+    state = "finalized" if c.finalized else "closing" if c.close_requested else "open"
+    kind = "prepaid" if c.escrow.lower() == ZERO_ADDRESS else f"escrow {c.escrow}"
+    lines = [
+        f"channel {c.channel_id} ({kind}, {state})",
+        f"  payer     {c.payer}",
+        f"  payee     {c.payee}",
+        f"  deposit   {_money_of(c.deposit, c.token, known)}",
+        f"  accepted  {_money_of(c.accepted, c.token, known)}",
+        f"  spent     {_money_of(c.spent, c.token, known)} for {c.units} token(s)",
+    ]
+    if c.finalized:
+        lines.append(f"  settled   {_money_of(c.settled, c.token, known)}")
+    if salt is not None:
+        lines.append(f"  salt      {salt}")
+    return "\n".join(lines)
 
 
 def _json(obj: dict[str, object]) -> str:
