@@ -17,6 +17,7 @@ import yaml
 
 from support.chain import UNIT, LocalChain, credential
 from support.http import post_paid
+from support.payments import priced_now_route
 from support.processes import Process, running
 
 PRICE = 10_000
@@ -26,14 +27,7 @@ def test_kill_9_with_onchain_settlement_on_postgres_serves_each_charged_payer_on
     chain: LocalChain, mock_llm: Process, postgres_url: str, tmp_path: Path
 ) -> None:
     tree: dict[str, Any] = chain.paid(
-        {
-            "gateway": {"host": "127.0.0.1"},
-            "upstreams": {"mock": {"url": mock_llm.url}},
-            "routes": {
-                "POST /now": {"upstream": "mock", "path": "/v1/chat/completions", "price": "$0.01"}
-            },
-            "logging": {"level": "error"},
-        },
+        priced_now_route(mock_llm.url),
         "unused",
     )
     schema = f"s_{uuid.uuid4().hex[:12]}"

@@ -12,10 +12,16 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from multidict import CIMultiDict
 
-from support.http import post_paid, request
-from support.payments import CHAT, challenges, claim_key, credential, key, paid
+from support.http import post_paid
+from support.payments import (
+    challenge_for,
+    claim_key,
+    credential,
+    key,
+    paid,
+    priced_now_route,
+)
 from support.processes import Process, running
 
 
@@ -24,14 +30,7 @@ def test_kill_9_during_a_burst_then_every_retry_is_served_and_charged_once(
 ) -> None:
     db = tmp_path / "ledger.sqlite3"
     tree: dict[str, Any] = paid(
-        {
-            "gateway": {"host": "127.0.0.1"},
-            "upstreams": {"mock": {"url": mock_llm.url}},
-            "routes": {
-                "POST /now": {"upstream": "mock", "path": "/v1/chat/completions", "price": "$0.01"}
-            },
-            "logging": {"level": "error"},
-        },
+        priced_now_route(mock_llm.url),
         str(db),
     )
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(tree))
@@ -40,9 +39,7 @@ def test_kill_9_during_a_burst_then_every_retry_is_served_and_charged_once(
     with running(args, cwd=tmp_path) as proxy:
         tokens = []
         for _ in range(n):
-            _, headers, _ = request(proxy.url, "POST", "/now", CHAT)
-            (ch,) = challenges(CIMultiDict(headers.items()).getall("WWW-Authenticate"))
-            tokens.append(credential(ch, key()))
+            tokens.append(credential(challenge_for(proxy, "/now"), key()))
         with concurrent.futures.ThreadPoolExecutor(n) as pool:
             # The upstream answers after 2 s: the burst is in flight, most claims settled.
             futures = [pool.submit(post_paid, proxy.url, f"Payment {t}", 10, 2) for t in tokens]

@@ -18,11 +18,17 @@ from typing import Any
 import asyncpg
 import orjson
 import yaml
-from multidict import CIMultiDict
 
 from meterkit.payments import mpp
 from support.http import post_paid, request
-from support.payments import CHAT, challenges, claim_key, credential, key, paid
+from support.payments import (
+    challenge_for,
+    claim_key,
+    credential,
+    key,
+    paid,
+    priced_now_route,
+)
 from support.processes import Process, running
 
 
@@ -53,14 +59,7 @@ def burst_and_kill(
     proxy died (monotonic)."""
     schema = f"s_{uuid.uuid4().hex[:12]}"
     tree: dict[str, Any] = paid(
-        {
-            "gateway": {"host": "127.0.0.1"},
-            "upstreams": {"mock": {"url": mock_llm.url}},
-            "routes": {
-                "POST /now": {"upstream": "mock", "path": "/v1/chat/completions", "price": "$0.01"}
-            },
-            "logging": {"level": "error"},
-        },
+        priced_now_route(mock_llm.url),
         "unused",
     )
     tree["ledger"] = {"type": "postgres", "url": postgres_url, "schema": schema, "lease": lease}
@@ -77,9 +76,7 @@ def burst_and_kill(
     with running(args, cwd=tmp_path) as proxy:
         tokens = []
         for _ in range(n):
-            _, headers, _ = request(proxy.url, "POST", "/now", CHAT)
-            (ch,) = challenges(CIMultiDict(headers.items()).getall("WWW-Authenticate"))
-            tokens.append(credential(ch, key()))
+            tokens.append(credential(challenge_for(proxy, "/now"), key()))
         issued = time.monotonic()
         with concurrent.futures.ThreadPoolExecutor(n) as pool:
             futures = [pool.submit(post_paid, proxy.url, f"Payment {t}", 10, 2) for t in tokens]

@@ -54,6 +54,19 @@ def paid(tree: dict[str, Any], ledger_path: str) -> dict[str, Any]:
     }
 
 
+def priced_now_route(upstream_url: str) -> dict[str, Any]:
+    """One route, `POST /now`, at $0.01 a request to the chat endpoint of `upstream_url`:
+    the gateway the crash tests pay and kill (add payments with `paid`)."""
+    return {
+        "gateway": {"host": "127.0.0.1"},
+        "upstreams": {"mock": {"url": upstream_url}},
+        "routes": {
+            "POST /now": {"upstream": "mock", "path": "/v1/chat/completions", "price": "$0.01"}
+        },
+        "logging": {"level": "error"},
+    }
+
+
 def pay(
     url: str,
     path: str,
