@@ -12,12 +12,11 @@ from typing import Any
 
 from meterkit import count_tokens
 from meterkit.client.session import SessionClient
-from meterkit.payments import mpp
 from meterkit.sessions.store import SessionStore
 from support.http import texts
 from support.inproc import chat, gateway, llm_config
 from support.payments import key, paid
-from support.sessions import credit_prepaid
+from support.sessions import credit_prepaid, evm_challenges
 
 CHAT = "/v1/chat/completions"
 PRICE = 10
@@ -46,11 +45,7 @@ def test_a_close_ends_the_running_stream_and_settles_what_it_delivered(tmp_path:
         async with gateway(tree(db)) as g:
             status, headers, _ = await g.post(CHAT, chat())
             assert status == 402
-            (ch,) = [
-                c
-                for c in mpp.parse_challenges(headers.getall("WWW-Authenticate"))
-                if c.method == "evm"
-            ]
+            (ch,) = evm_challenges(headers)
             async with SessionClient(
                 payer, cid, max_total=Decimal("1"), initial=PRICE * 1000, session=g.session
             ) as client:

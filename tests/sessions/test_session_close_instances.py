@@ -14,12 +14,11 @@ from typing import Any
 from meterkit import count_tokens
 from meterkit.client.session import SessionClient
 from meterkit.config import config_from_dict
-from meterkit.payments import mpp
 from meterkit.sessions import make_store
 from support.http import texts
 from support.inproc import chat, gateway, llm_config
 from support.payments import key, paid
-from support.sessions import credit_prepaid
+from support.sessions import credit_prepaid, evm_challenges
 
 CHAT = "/v1/chat/completions"
 PRICE = 10
@@ -49,17 +48,12 @@ def test_a_close_on_another_instance_ends_the_stream_and_settles_it(postgres_url
         await store.open()
         payer = key()
         cid = await credit_prepaid(store, payer, 1_000_000)
-        t["upstreams"]["mock"]["url"] = "{mock}"
         async with AsyncExitStack() as stack:
             a = await stack.enter_async_context(gateway(tree(postgres_url, schema)))
             b = await stack.enter_async_context(gateway(tree(postgres_url, schema)))
             status, headers, _ = await b.post(CHAT, chat())
             assert status == 402
-            (ch,) = [
-                c
-                for c in mpp.parse_challenges(headers.getall("WWW-Authenticate"))
-                if c.method == "evm"
-            ]
+            (ch,) = evm_challenges(headers)
             async with SessionClient(
                 payer, cid, max_total=Decimal("1"), initial=PRICE * 1000, session=a.session
             ) as client:

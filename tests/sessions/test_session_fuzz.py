@@ -18,7 +18,7 @@ from meterkit.sessions.store import SessionStore
 from support.inproc import chat, gateway, llm_config
 from support.payment_values import WRONG_VALUES, paths, replace
 from support.payments import key, paid
-from support.sessions import credit_prepaid
+from support.sessions import credit_prepaid, evm_challenges
 
 CHAT = "/v1/chat/completions"
 
@@ -39,11 +39,7 @@ def test_no_malformed_session_credential_gets_a_5xx(tmp_path: Path) -> None:
         sent = 0
         async with gateway(t) as g:
             _, headers, _ = await g.post(CHAT, chat())
-            ch = next(
-                c
-                for c in mpp.parse_challenges(headers.getall("WWW-Authenticate"))
-                if c.method == "evm"
-            )
+            ch = evm_challenges(headers)[0]
             client = SessionClient(k, cid, max_total=Decimal("1"), session=g.session)
             token = client.authorization(ch, 1000)["Authorization"].removeprefix("Payment ")
             base: dict[str, Any] = orjson.loads(mpp.b64url_decode(token))

@@ -20,7 +20,6 @@ import pytest
 from meterkit import count_tokens
 from meterkit.client.session import SessionClient
 from meterkit.config import config_from_dict
-from meterkit.payments import mpp
 from meterkit.sessions import ChannelStore, make_store
 from meterkit.sessions.channels import PREPAID_ESCROW, ZERO_ADDRESS, Channel, Draw
 from meterkit.sessions.postgres import PostgresSessionStore
@@ -28,7 +27,7 @@ from meterkit.sessions.store import SessionStore
 from support.http import texts
 from support.inproc import Gateway, chat, gateway, llm_config
 from support.payments import ASSET, PAY_TO, key, paid
-from support.sessions import credit_prepaid
+from support.sessions import credit_prepaid, evm_challenges
 from support.tcpproxy import relay
 
 CHAT = "/v1/chat/completions"
@@ -139,11 +138,7 @@ def test_streams_on_two_instances_never_spend_the_same_credit(ledger: dict[str, 
             ):
                 async with http.post(url + CHAT, json=chat()) as r:
                     assert r.status == 402
-                    ch = next(
-                        c
-                        for c in mpp.parse_challenges(r.headers.getall("WWW-Authenticate"))
-                        if c.method == "evm"
-                    )
+                    ch = evm_challenges(r.headers)[0]
                 auth = client.authorization(ch, 30 * PRICE)
 
                 async def one() -> str:

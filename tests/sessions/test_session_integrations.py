@@ -23,6 +23,7 @@ from support.http import texts
 from support.inproc import chat
 from support.payments import key
 from support.session_apps import CHAT, FRAMEWORKS, PRICE, TEXT, Served, make_meter, serve
+from support.sessions import evm_challenges
 
 pytestmark = pytest.mark.parametrize("framework", FRAMEWORKS)
 
@@ -35,11 +36,7 @@ async def _prepaid(served: Served, payer_key: bytes, deposit: int, salt: int = 1
 async def _challenge(served: Served, http: aiohttp.ClientSession) -> mpp.Challenge:
     async with http.post(served.url + CHAT, json=chat()) as r:
         assert r.status == 402
-        return next(
-            c
-            for c in mpp.parse_challenges(r.headers.getall("WWW-Authenticate"))
-            if c.method == "evm"
-        )
+        return evm_challenges(r.headers)[0]
 
 
 def test_a_paid_stream_pauses_asks_for_a_voucher_resumes_and_ends_with_the_receipt(

@@ -21,7 +21,7 @@ from meterkit.sessions.store import SessionStore
 from support.http import texts
 from support.inproc import chat, gateway, llm_config
 from support.payments import ASSET, key, paid
-from support.sessions import credit_prepaid
+from support.sessions import credit_prepaid, evm_challenges
 
 CHAT = "/v1/chat/completions"
 # $0.00001 a completion token = 10 base units of a 6-decimal token; prompts are free here.
@@ -116,11 +116,7 @@ def test_no_voucher_in_time_ends_the_stream_at_the_last_covered_token(tmp_path: 
         async with gateway(tree(db, voucher_timeout="0.3s")) as g:
             status, headers, _ = await g.post(CHAT, chat())
             assert status == 402
-            (ch,) = [
-                c
-                for c in mpp.parse_challenges(headers.getall("WWW-Authenticate"))
-                if c.method == "evm"
-            ]
+            (ch,) = evm_challenges(headers)
             client = SessionClient(k, cid, max_total=Decimal("0.01"), session=g.session)
             auth = client.authorization(ch, PRICE * 7)
             status, _, body = await g.post(
@@ -151,11 +147,7 @@ def test_bad_vouchers_are_refused_with_the_session_problem(tmp_path: Path, case:
         cid = await prepaid(db, k, 1_000)
         async with gateway(tree(db, min_voucher_delta="$0.0001")) as g:
             status, headers, _ = await g.post(CHAT, chat())
-            (ch,) = [
-                c
-                for c in mpp.parse_challenges(headers.getall("WWW-Authenticate"))
-                if c.method == "evm"
-            ]
+            (ch,) = evm_challenges(headers)
             signer = key() if case == "forged" else k
             target = await prepaid(db, key(), 1_000, salt=2) if case == "other_channel" else cid
             client = SessionClient(signer, target, max_total=Decimal("1"), session=g.session)
@@ -225,12 +217,6 @@ def test_the_client_refuses_to_sign_past_its_cap(tmp_path: Path) -> None:
     asyncio.run(go())
 
 
-def _first_challenge(headers: Any) -> mpp.Challenge:
-    return next(
-        c for c in mpp.parse_challenges(headers.getall("WWW-Authenticate")) if c.method == "evm"
-    )
-
-
 @pytest.mark.parametrize("sdk", ["openai", "anthropic"])
 def test_the_official_sdks_read_a_paused_and_resumed_stream(tmp_path: Path, sdk: str) -> None:
     """The SDK reads the stream as any other; the voucher comes from elsewhere meanwhile
@@ -245,7 +231,7 @@ def test_the_official_sdks_read_a_paused_and_resumed_stream(tmp_path: Path, sdk:
         t["routes"][f"POST {path}"] = t["routes"].pop(f"POST {CHAT}")
         async with gateway(t) as g:
             _, headers, _ = await g.post(path, {})
-            ch = _first_challenge(headers)
+            ch = evm_challenges(headers)[0]
             client = SessionClient(k, cid, max_total=Decimal("0.01"), session=g.session)
             auth = client.authorization(ch, PRICE * 5)
 
@@ -300,7 +286,7 @@ def test_a_client_gone_while_paused_pays_up_to_the_last_event_it_was_sent(
         cid = await prepaid(db, k, 10_000)
         async with gateway(tree(db, voucher_timeout="30s")) as g:
             _, headers, _ = await g.post(CHAT, chat())
-            ch = _first_challenge(headers)
+            ch = evm_challenges(headers)[0]
             client = SessionClient(k, cid, max_total=Decimal("0.01"), session=g.session)
             # Paced, so the upstream is still generating when the client leaves.
             h = {**client.authorization(ch, PRICE * 6), "x-mock-length": "400", "x-mock-tps": "100"}
@@ -337,12 +323,12 @@ def test_accepted_vouchers_survive_a_restart(tmp_path: Path) -> None:
         cid = await prepaid(db, k, 10_000)
         async with gateway(tree(db)) as g:
             status, headers, _ = await g.post(CHAT, chat())
-            ch = _first_challenge(headers)
+            ch = evm_challenges(headers)[0]
             client = SessionClient(k, cid, max_total=Decimal("0.01"), session=g.session)
             assert await client.voucher(g.url + CHAT, ch, PRICE * 50) == 204
         async with gateway(tree(db)) as g:
             status, headers, _ = await g.post(CHAT, chat())
-            ch = _first_challenge(headers)
+            ch = evm_challenges(headers)[0]
             client = SessionClient(k, cid, max_total=Decimal("0.01"), session=g.session)
             # The same amount again buys nothing new, but the 50 tokens accepted before the
             # restart are still there to spend.
@@ -363,7 +349,7 @@ def test_only_vouchers_that_buy_nothing_are_rate_limited(tmp_path: Path) -> None
         cid = await prepaid(db, k, 10_000)
         async with gateway(tree(db)) as g:
             _, headers, _ = await g.post(CHAT, chat())
-            ch = _first_challenge(headers)
+            ch = evm_challenges(headers)[0]
             client = SessionClient(k, cid, max_total=Decimal("0.01"), session=g.session)
             rising = [await client.voucher(g.url + CHAT, ch, PRICE * (i + 1)) for i in range(25)]
             same = [await client.voucher(g.url + CHAT, ch, PRICE * 25) for _ in range(25)]
@@ -387,7 +373,7 @@ def test_a_budget_refusal_after_the_session_stage_charges_nothing(tmp_path: Path
         t["routes"][f"POST {CHAT}"]["budget"] = "b"
         async with gateway(t) as g:
             _, headers, _ = await g.post(CHAT, chat(), {"X-User": "u"})
-            ch = _first_challenge(headers)
+            ch = evm_challenges(headers)[0]
             client = SessionClient(k, cid, max_total=Decimal("0.01"), session=g.session)
             status, _, problem = await g.post(
                 CHAT, chat(), {**client.authorization(ch, PRICE * 200), "X-User": "u"}

@@ -33,7 +33,7 @@ from support import hook_log
 from support.http import texts
 from support.inproc import Gateway, chat, gateway, llm_config
 from support.payments import SECRET, key, paid
-from support.sessions import credit_prepaid
+from support.sessions import credit_prepaid, evm_challenges
 
 CHAT = "/v1/chat/completions"
 ROUTE = f"POST {CHAT}"
@@ -355,11 +355,7 @@ def test_6_hooks_fire_on_session_routes(tmp_path: Path) -> None:
             assert "onResponse" in names
             # A refused voucher is an error the operator hears of.
             status, headers, _ = await g.post(CHAT, chat())
-            (ch, *_) = [
-                c
-                for c in mpp.parse_challenges(headers.getall("WWW-Authenticate"))
-                if c.method == "evm"
-            ]
+            (ch, *_) = evm_challenges(headers)
             forged = SessionClient(key(), "0x" + "ab" * 32, max_total=Decimal("1"))
             status, _, _ = await g.post("/v1/chat/completions", None, forged.authorization(ch, 50))
             assert status in (402, 410)
